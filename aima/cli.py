@@ -1,0 +1,155 @@
+"""The `aima` command: the process edge, where settings are read and logging is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aima.db.models import Role
+from aima.settings import Settings
+
+app = typer.Typer(help="AIMA: AI media analysis.", no_args_is_help=True, add_completion=False)
+users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+logger = logging.getLogger("aima.cli")
+
+
+def _settings(json_logs: bool | None = None) -> Settings:
+    from aima.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json if json_logs is None else json_logs)
+    return settings
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: AIMA_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: AIMA_API_PORT).")] = None,
+) -> None:
+    """Serve the GraphQL API with uvicorn."""
+    import uvicorn
+
+    from aima.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_config=None,
+        access_log=False,
+        ws="websockets",
+        lifespan="on",
+    )
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+) -> None:
+    """Run an arq worker that executes analysis tasks."""
+    from arq.worker import Worker
+
+    from aima.workers.settings import worker_settings
+
+    settings = _settings()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    Worker(**worker_settings(settings), burst=burst).run()
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the database migrations."""
+    from aima.db.migrate import upgrade
+
+    settings = _settings(json_logs=False)
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database at revision {revision}")
+
+
+@app.command()
+def plugins() -> None:
+    """List the installed plugins and the analyzers each provides."""
+    from aima.plugins import AnalyzerRegistry, create_plugin_manager
+
+    registry = AnalyzerRegistry(create_plugin_manager())
+    analyzers = {a.name: a for a in registry.all()}
+    for info in registry.plugins():
+        typer.echo(f"{info.name} {info.version or ''}".rstrip())
+        for name in info.analyzers:
+            a = analyzers[name]
+            kinds = ",".join(sorted(a.media_kinds))
+            typer.echo(f"  {a.name} {a.version}  [{kinds}] on {a.runs_on}  {a.description}")
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the GraphQL schema (SDL); graphql/schema.graphql is this output."""
+    from aima.graphql.schema import schema_sdl
+
+    sdl = schema_sdl()
+    if output:
+        output.write_text(sdl, encoding="utf-8")
+    else:
+        typer.echo(sdl, nl=False)
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(prompt=True)],
+    password: Annotated[
+        str | None, typer.Option(help="Omit to generate one (printed once).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Give the account the admin role.")] = False,
+) -> None:
+    """Create an account, e.g. the first administrator."""
+    settings = _settings(json_logs=False)
+    password = password or secrets.token_urlsafe(18)
+    asyncio.run(create_account(settings, email, password, Role.ADMIN if admin else Role.USER))
+    typer.echo(f"created {'admin' if admin else 'user'} {email} with password {password}")
+
+
+async def create_account(settings: Settings, email: str, password: str, role: Role) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from aima.security import password_hasher
+    from aima.services.users import create_user
+
+    engine = create_async_engine(settings.database_url)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            await create_user(
+                session=session, hasher=password_hasher(settings.auth), email=email, password=password, role=role
+            )
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path | None, typer.Option(help="Where the embedded servers keep data (AIMA_DATA_DIR).")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (AIMA_API_PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Start everything on this machine: embedded servers, the API and workers. Ctrl-C stops it all."""
+    from aima.devserver import run_dev
+
+    settings = _settings(json_logs=False)
+    raise typer.Exit(run_dev(settings, data_dir=data_dir, port=port, workers=workers))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

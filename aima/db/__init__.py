@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables (PostgreSQL), Beanie documents (MongoDB) and Milvus collections."""

@@ -1,0 +1,1 @@
+"""The GraphQL API (Strawberry), split by concern: context, types, queries, mutations, subscriptions."""

@@ -1,0 +1,49 @@
+"""Per-request context: the shared clients, the acting user and request-scoped DataLoaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.dataloader import DataLoader
+
+from aima.db.documents import AnalysisResultDocument
+from aima.errors import AimaError
+from aima.resources import Resources
+from aima.services.access import Actor
+from aima.services.results import results_for_media
+
+
+def results_loader(resources: Resources) -> DataLoader[str, list[AnalysisResultDocument]]:
+    async def load(media_ids: list[str]) -> list[list[AnalysisResultDocument]]:
+        found = await results_for_media(resources.results, media_ids)
+        return [found[media_id] for media_id in media_ids]
+
+    return DataLoader(load_fn=load)
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    resources: Resources
+    actor: Actor | None = None
+    #: Why the credentials sent were refused, raised when a resolver needs the actor.
+    auth_error: AimaError | None = None
+    request_id: str | None = None
+    connection_params: dict[str, Any] | None = None
+    results_loader: DataLoader[str, list[AnalysisResultDocument]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results_loader = results_loader(self.resources)
+
+    def require_actor(self) -> Actor:
+        """The authenticated user; every resolver except register and login starts here."""
+        if self.actor is None:
+            from aima.errors import NotAuthenticated
+
+            raise self.auth_error or NotAuthenticated()
+        return self.actor

@@ -1,0 +1,64 @@
+"""How errors reach clients: domain errors keep their message and get `extensions.code`; the rest are masked."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from aima.errors import AimaError
+from aima.metrics import GRAPHQL_ERRORS, GRAPHQL_OPERATIONS
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_ERROR_CODE = "INTERNAL_SERVER_ERROR"
+INTERNAL_ERROR_MESSAGE = "Internal server error. The incident was logged."
+
+
+def format_error(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, AimaError):
+        code, message = original.code, original.message
+    elif original is None or isinstance(original, GraphQLError):
+        # Parse and validation errors: the message explains the query's own mistake.
+        code = "GRAPHQL_PARSE_FAILED" if error.message.startswith("Syntax Error") else "GRAPHQL_VALIDATION_FAILED"
+        if error.extensions and "code" in error.extensions:
+            code = str(error.extensions["code"])
+        message = error.message
+    else:
+        logger.error("unexpected error in %s: %r", ".".join(map(str, error.path or [])) or "operation",
+                     original, exc_info=original)
+        code, message = INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={**(error.extensions or {}), "code": code},
+    )
+
+
+def format_errors_in_place(errors: list[GraphQLError]) -> None:
+    """Format a result's errors in its own list, which every transport (HTTP, websocket) then sends."""
+    errors[:] = [format_error(error) for error in errors]
+    for error in errors:
+        GRAPHQL_ERRORS.labels(code=str((error.extensions or {}).get("code"))).inc()
+
+
+class DomainErrors(SchemaExtension):
+    """Formats what `Schema.process_errors` did not see and counts operations by type and outcome."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [format_error(error) for error in errors]
+        try:
+            operation_type = self.execution_context.operation_type.value
+        except RuntimeError:  # the document did not parse
+            operation_type = "unknown"
+        GRAPHQL_OPERATIONS.labels(operation_type=operation_type, outcome="error" if errors else "ok").inc()

@@ -1,0 +1,71 @@
+"""Write operations: accounts, cases, uploads and analysis requests."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.file_uploads import Upload
+from strawberry.types import Info
+
+from aima.db.models import User
+from aima.graphql.context import Context
+from aima.graphql.queries import parse_id
+from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
+from aima.security import issue_access_token
+from aima.services import cases, jobs, media, users
+from aima.services.access import Actor
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Create an account with the 'user' role and sign it in.")
+    async def register(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
+        ctx = info.context
+        async with ctx.resources.sessions() as session:
+            user = await users.create_user(
+                session=session, hasher=ctx.resources.password_hasher, email=email, password=password
+            )
+        return _signed_in(ctx, user)
+
+    @strawberry.mutation(description="Exchange email and password for an access token.")
+    async def login(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
+        ctx = info.context
+        async with ctx.resources.sessions() as session:
+            user = await ctx.resources.authenticator.authenticate(session=session, email=email, password=password)
+        return _signed_in(ctx, user)
+
+    @strawberry.mutation
+    async def create_case(self, info: Info[Context, None], title: str) -> CaseNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            return CaseNode.of(await cases.create_case(session=session, actor=actor, title=title))
+
+    @strawberry.mutation(description="Upload one image, video or audio file into a case (multipart request).")
+    async def upload_media(self, info: Info[Context, None], case_id: strawberry.ID, file: Upload) -> MediaNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        row = await media.upload_media(
+            resources=ctx.resources, actor=actor, case_id=parse_id(case_id, "case"), upload=file  # type: ignore[arg-type]
+        )
+        return MediaNode.of(row)
+
+    @strawberry.mutation(
+        description="Analyse one media item with the named analyzers (all that accept it when omitted)."
+    )
+    async def analyze_media(
+        self, info: Info[Context, None], media_id: strawberry.ID, analyzers: list[str] | None = None
+    ) -> JobNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        job = await jobs.analyze_media(
+            resources=ctx.resources, actor=actor, media_id=parse_id(media_id, "media"), analyzers=analyzers
+        )
+        return JobNode.of(job)
+
+
+def _signed_in(ctx: Context, user: User) -> AuthPayload:
+    token = issue_access_token(ctx.resources.settings.auth, user.id)
+    ctx.actor = Actor.of(user)
+    return AuthPayload(
+        access_token=token.token, token_type="Bearer", expires_at=token.expires_at, user=UserNode.of(user)
+    )

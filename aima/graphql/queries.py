@@ -1,0 +1,74 @@
+"""Read operations. Every field resolves the acting user first and lets the service layer check access."""
+
+from __future__ import annotations
+
+import uuid
+
+import strawberry
+from strawberry.types import Info
+
+from aima.errors import InvalidInput
+from aima.graphql.context import Context
+from aima.graphql.types import AnalyzerNode, CaseNode, JobNode, MediaKindEnum, MediaNode, UserNode
+from aima.services import cases, jobs, media
+from aima.services.users import active_user
+
+
+def parse_id(value: strawberry.ID, kind: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not a valid {kind} id.") from None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The signed-in user.")
+    async def me(self, info: Info[Context, None]) -> UserNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            return UserNode.of(await active_user(session=session, user_id=actor.user_id))
+
+    @strawberry.field(description="Cases the signed-in user may read, newest first.")
+    async def cases(self, info: Info[Context, None]) -> list[CaseNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            return [CaseNode.of(row) for row in await cases.list_cases(session=session, actor=actor)]
+
+    @strawberry.field
+    async def case(self, info: Info[Context, None], id: strawberry.ID) -> CaseNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            return CaseNode.of(await cases.get_case(session=session, actor=actor, case_id=parse_id(id, "case")))
+
+    @strawberry.field
+    async def media(self, info: Info[Context, None], id: strawberry.ID) -> MediaNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            row = await media.get_media(session=session, actor=actor, media_id=parse_id(id, "media"))
+            return MediaNode.of(row)
+
+    @strawberry.field
+    async def job(self, info: Info[Context, None], id: strawberry.ID) -> JobNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
+
+    @strawberry.field(description="The analyzers the installed plugins provide.")
+    def analyzers(self, info: Info[Context, None]) -> list[AnalyzerNode]:
+        info.context.require_actor()
+        return [
+            AnalyzerNode(
+                name=a.name,
+                version=a.version,
+                description=a.description,
+                media_kinds=[MediaKindEnum(k.value) for k in sorted(a.media_kinds)],
+                runs_on=a.runs_on,
+            )
+            for a in info.context.resources.analyzers.all()
+        ]

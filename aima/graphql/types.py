@@ -1,0 +1,257 @@
+"""GraphQL object types. Each is built from a row the service layer already checked the caller may read."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from aima.db import models
+from aima.db.documents import AnalysisResultDocument
+from aima.events import JobEvent as JobEventData
+from aima.graphql.context import Context
+from aima.services import jobs as job_service
+from aima.services import media as media_service
+from aima.services.cases import get_case
+
+Role = strawberry.enum(models.Role, name="Role")
+JobState = strawberry.enum(models.JobState, name="JobState")
+TaskState = strawberry.enum(models.TaskState, name="TaskState")
+
+
+@strawberry.enum(name="MediaKind")
+class MediaKindEnum(enum.Enum):
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+
+
+@strawberry.type(name="User")
+class UserNode:
+    id: strawberry.ID
+    email: str
+    role: Role  # type: ignore[valid-type]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.User) -> UserNode:
+        return cls(id=strawberry.ID(str(row.id)), email=row.email, role=row.role, created_at=row.created_at)
+
+
+@strawberry.type(name="AuthPayload")
+class AuthPayload:
+    access_token: str
+    token_type: str
+    expires_at: datetime
+    user: UserNode
+
+
+@strawberry.type(name="AnalysisResult")
+class AnalysisResultNode:
+    analyzer: str
+    analyzer_version: str
+    payload: JSON
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, doc: AnalysisResultDocument) -> AnalysisResultNode:
+        return cls(
+            analyzer=doc.analyzer,
+            analyzer_version=doc.analyzer_version,
+            payload=doc.payload,
+            created_at=doc.created_at,
+            updated_at=doc.updated_at,
+        )
+
+
+@strawberry.type(name="Media")
+class MediaNode:
+    id: strawberry.ID
+    case_id: strawberry.ID
+    filename: str = strawberry.field(description="The uploaded file's name, for display only.")
+    kind: MediaKindEnum
+    content_type: str
+    format: str
+    size_bytes: float = strawberry.field(description="Size in bytes (a Float: GraphQL's Int is 32-bit).")
+    sha256: str
+    probe: JSON = strawberry.field(description="What probing found at upload: container, streams, EXIF.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Media) -> MediaNode:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            case_id=strawberry.ID(str(row.case_id)),
+            filename=row.filename,
+            kind=MediaKindEnum(row.kind),
+            content_type=row.content_type,
+            format=row.format,
+            size_bytes=float(row.size_bytes),
+            sha256=row.sha256,
+            probe=row.probe,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field(description="Stored analyzer results, one per (analyzer, analyzer version).")
+    async def results(self, info: Info[Context, None]) -> list[AnalysisResultNode]:
+        info.context.require_actor()
+        docs = await info.context.results_loader.load(str(self.id))
+        return [AnalysisResultNode.of(doc) for doc in docs]
+
+
+@strawberry.type(name="TaskError")
+class TaskError:
+    code: str
+    message: str
+
+
+@strawberry.type(name="Task")
+class TaskNode:
+    id: strawberry.ID
+    job_id: strawberry.ID
+    media_id: strawberry.ID
+    analyzer: str
+    analyzer_version: str
+    state: TaskState  # type: ignore[valid-type]
+    progress: float
+    attempts: int
+    error: TaskError | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: models.Task) -> TaskNode:
+        error = None
+        if row.error_code:
+            error = TaskError(code=row.error_code, message=row.error_message or "")
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            job_id=strawberry.ID(str(row.job_id)),
+            media_id=strawberry.ID(str(row.media_id)),
+            analyzer=row.analyzer,
+            analyzer_version=row.analyzer_version,
+            state=row.state,
+            progress=row.progress,
+            attempts=row.attempts,
+            error=error,
+            worker=row.worker,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+
+@strawberry.type(name="Job")
+class JobNode:
+    id: strawberry.ID
+    case_id: strawberry.ID
+    media_id: strawberry.ID | None
+    state: JobState  # type: ignore[valid-type]
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: models.Job) -> JobNode:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            case_id=strawberry.ID(str(row.case_id)),
+            media_id=strawberry.ID(str(row.media_id)) if row.media_id else None,
+            state=row.state,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+        )
+
+    @strawberry.field
+    async def tasks(self, info: Info[Context, None]) -> list[TaskNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await job_service.get_job(session=session, actor=actor, job_id=uuid.UUID(self.id))
+            rows = await job_service.tasks_of_job(session=session, job_id=uuid.UUID(self.id))
+        return [TaskNode.of(row) for row in rows]
+
+
+@strawberry.type(name="Case")
+class CaseNode:
+    id: strawberry.ID
+    title: str
+    owner_id: strawberry.ID
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Case) -> CaseNode:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            title=row.title,
+            owner_id=strawberry.ID(str(row.owner_id)),
+            created_at=row.created_at,
+        )
+
+    @strawberry.field
+    async def media(self, info: Info[Context, None]) -> list[MediaNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await get_case(session=session, actor=actor, case_id=uuid.UUID(self.id))
+            rows = await media_service.media_of_case(session=session, case_id=uuid.UUID(self.id))
+        return [MediaNode.of(row) for row in rows]
+
+    @strawberry.field
+    async def jobs(self, info: Info[Context, None]) -> list[JobNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await get_case(session=session, actor=actor, case_id=uuid.UUID(self.id))
+            rows = await job_service.jobs_of_case(session=session, case_id=uuid.UUID(self.id))
+        return [JobNode.of(row) for row in rows]
+
+
+@strawberry.type(name="Analyzer")
+class AnalyzerNode:
+    name: str
+    version: str
+    description: str
+    media_kinds: list[MediaKindEnum]
+    runs_on: str
+
+
+@strawberry.type(name="JobEvent")
+class JobEventNode:
+    """A change of a job or one of its tasks. The first event of a subscription is the job's current state."""
+
+    job_id: strawberry.ID
+    job_state: JobState  # type: ignore[valid-type]
+    task_id: strawberry.ID | None
+    analyzer: str | None
+    task_state: TaskState | None  # type: ignore[valid-type]
+    progress: float
+    message: str
+    error_code: str | None
+    at: datetime
+    tasks: Annotated[
+        list[TaskNode] | None,
+        strawberry.field(description="Every task's state; sent with the first event only."),
+    ] = None
+
+    @classmethod
+    def of(cls, event: JobEventData, tasks: list[TaskNode] | None = None) -> JobEventNode:
+        return cls(
+            job_id=strawberry.ID(event.job_id),
+            job_state=models.JobState(event.job_state),
+            task_id=strawberry.ID(event.task_id) if event.task_id else None,
+            analyzer=event.analyzer,
+            task_state=models.TaskState(event.task_state) if event.task_state else None,
+            progress=event.progress,
+            message=event.message,
+            error_code=event.error_code,
+            at=datetime.fromisoformat(event.at),
+            tasks=tasks,
+        )

@@ -1,0 +1,68 @@
+"""The Strawberry ASGI view: builds each request's context and authenticates websocket connections."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from aima.errors import AimaError, NotAuthenticated
+from aima.graphql.context import Context
+from aima.logs import request_id_var
+from aima.resources import Resources
+from aima.security import decode_access_token
+from aima.services.access import Actor
+from aima.services.users import active_user
+
+
+class AimaGraphQL(GraphQL[Context, None]):
+    def __init__(self, schema: object, resources: Resources) -> None:
+        settings = resources.settings
+        super().__init__(
+            schema,  # type: ignore[arg-type]
+            graphql_ide="graphiql" if settings.environment == "development" else None,
+            allow_queries_via_get=False,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            multipart_uploads_enabled=True,
+            allowed_origins=settings.allowed_origins,
+            keep_alive=True,
+            keep_alive_interval=15,
+        )
+        self.resources = resources
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        ctx = Context(request=request, response=response, resources=self.resources, request_id=request_id_var.get())
+        if isinstance(request, Request):
+            header = request.headers.get("authorization")
+            if header:
+                try:
+                    ctx.actor = await self.authenticate(header)
+                except AimaError as exc:
+                    ctx.auth_error = exc
+        return ctx
+
+    async def on_ws_connect(self, context: Context) -> None:  # type: ignore[override]
+        """The token travels in the connection_init payload: {"authorization": "Bearer <token>"}."""
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization") or ""
+        if not isinstance(header, str) or not header:
+            raise ConnectionRejectionError({"code": NotAuthenticated.code, "message": "Send a token."})
+        try:
+            context.actor = await self.authenticate(header)
+        except AimaError as exc:
+            raise ConnectionRejectionError({"code": exc.code, "message": exc.message}) from exc
+        context.request_id = context.request_id or uuid.uuid4().hex
+
+    async def authenticate(self, header: str) -> Actor:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthenticated("Use 'Authorization: Bearer <token>'.")
+        claims = decode_access_token(self.resources.settings.auth, token.strip())
+        async with self.resources.sessions() as session:
+            user = await active_user(session=session, user_id=claims.user_id)
+        return Actor.of(user)

@@ -1,0 +1,103 @@
+"""Plugin loading: built-ins and external plugins go through the same pluggy manager.
+
+Built-in plugins are modules named in `DEFAULT_PLUGINS`; external ones are found through the ``aima`` entry point
+group, whose entry point names are the plugin names. ``AIMA_LOAD_PLUGINS`` (a comma-separated list of those names,
+empty for none) limits which external plugins load, as llm's ``LLM_LOAD_PLUGINS`` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+
+import pluggy
+
+from aima import hookspecs
+from aima.analysis import Analyzer
+from aima.errors import UnknownAnalyzer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("aima.analyzers.media_probe",)
+ENTRY_POINT_GROUP = "aima"
+LOAD_PLUGINS_ENV = "AIMA_LOAD_PLUGINS"
+
+
+def create_plugin_manager(*, load_external: bool = True) -> pluggy.PluginManager:
+    """A manager with the built-ins registered and, unless told otherwise, the external plugins too."""
+    pm = pluggy.PluginManager("aima")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name)
+    if load_external:
+        _load_external(pm)
+    return pm
+
+
+def _load_external(pm: pluggy.PluginManager) -> None:
+    wanted = os.environ.get(LOAD_PLUGINS_ENV)
+    if wanted is None:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        return
+    for name in (n.strip() for n in wanted.split(",")):
+        if name and pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name) == 0:
+            logger.warning("plugin %s named in %s is not installed", name, LOAD_PLUGINS_ENV)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    version: str | None
+    analyzers: tuple[str, ...]
+
+
+class AnalyzerRegistry:
+    """The analyzers every loaded plugin registered, by name."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+        self._analyzers: dict[str, Analyzer] = {}
+        self._owners: dict[str, str] = {}
+        for impl in pm.hook.register_analyzers.get_hookimpls():
+            owner = pm.get_name(impl.plugin) or impl.plugin_name
+
+            def register(analyzer: Analyzer, _owner: str = owner) -> None:
+                if analyzer.name in self._analyzers:
+                    raise ValueError(f"analyzer {analyzer.name!r} registered twice ({_owner})")
+                self._analyzers[analyzer.name] = analyzer
+                self._owners[analyzer.name] = _owner
+
+            impl.function(register=register)
+
+    def get(self, name: str) -> Analyzer:
+        try:
+            return self._analyzers[name]
+        except KeyError:
+            raise UnknownAnalyzer(name, self._analyzers) from None
+
+    def all(self) -> list[Analyzer]:
+        return [self._analyzers[name] for name in sorted(self._analyzers)]
+
+    def names(self) -> list[str]:
+        return sorted(self._analyzers)
+
+    def plugins(self) -> list[PluginInfo]:
+        versions = {
+            self._pm.get_name(plugin): dist.version for plugin, dist in self._pm.list_plugin_distinfo()
+        }
+        infos = []
+        for plugin in self._pm.get_plugins():
+            name = self._pm.get_name(plugin) or repr(plugin)
+            analyzers = tuple(a for a, owner in sorted(self._owners.items()) if owner == name)
+            version = versions.get(name) or _builtin_version(name)
+            infos.append(PluginInfo(name=name, version=version, analyzers=analyzers))
+        return sorted(infos, key=lambda info: info.name)
+
+
+def _builtin_version(name: str) -> str | None:
+    if name in DEFAULT_PLUGINS:
+        return importlib.metadata.version("aima")
+    return None

@@ -1,0 +1,173 @@
+"""Every client AIMA talks to, opened and closed in one async context.
+
+Nothing connects at import time: the API's lifespan and the worker's startup each enter `open_resources` once and
+pass the `Resources` object down to whatever needs a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+from argon2 import PasswordHasher
+from aiobotocore.config import AioConfig
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from beanie import init_beanie
+from pymilvus import AsyncMilvusClient, MilvusClient
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql import text
+
+from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
+from aima.db.vectors import ensure_collections
+from aima.security import password_hasher
+from aima.services.users import Authenticator
+from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima.settings import Settings
+from aima.storage import ObjectStore
+from aima.workers.serialization import deserialize, serialize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    mongo: AsyncMongoClient[dict[str, object]]
+    milvus: AsyncMilvusClient
+    store: ObjectStore
+    arq: ArqRedis
+    redis: Redis
+    analyzers: AnalyzerRegistry
+    password_hasher: PasswordHasher
+    authenticator: Authenticator
+
+    @property
+    def results(self) -> AsyncCollection[dict[str, Any]]:
+        """The collection of `AnalysisResultDocument`s."""
+        return self.mongo[self.settings.mongo_database][AnalysisResultDocument.Settings.name]
+
+    def key(self, *parts: object) -> str:
+        """A Redis key or channel name under this deployment's prefix."""
+        return ":".join([self.settings.redis_prefix, *(str(p) for p in parts)])
+
+    async def check_backends(self) -> dict[str, str | None]:
+        """Ask every backend for a sign of life; map each name to None when it answered, else the reason."""
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "postgresql": self._ping_postgres,
+            "mongodb": lambda: self.mongo.admin.command("ping"),
+            "milvus": self.milvus.list_collections,
+            "s3": self.store.ping,
+            "redis": self.redis.ping,
+        }
+        timeout = self.settings.readiness_timeout_s
+
+        async def run(check: Callable[[], Awaitable[object]]) -> str | None:
+            try:
+                await asyncio.wait_for(check(), timeout)
+            except TimeoutError:
+                return f"no answer within {timeout:g} s"
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"[:300]
+            return None
+
+        results = await asyncio.gather(*(run(c) for c in checks.values()))
+        return dict(zip(checks, results, strict=True))
+
+    async def _ping_postgres(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 2
+    settings.conn_retries = 3
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def open_resources(
+    settings: Settings, *, analyzers: AnalyzerRegistry | None = None, prepare: bool = True
+) -> AsyncIterator[Resources]:
+    """Open every client; with `prepare`, also create the bucket, Mongo indexes and Milvus collections."""
+    async with contextlib.AsyncExitStack() as stack:
+        engine = create_async_engine(settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        stack.push_async_callback(engine.dispose)
+
+        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            settings.mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True
+        )
+        stack.push_async_callback(mongo.close)
+        await init_beanie(
+            database=mongo[settings.mongo_database],
+            document_models=DOCUMENT_MODELS,
+            skip_indexes=not prepare,
+        )
+
+        if prepare:
+            await asyncio.to_thread(_prepare_milvus, settings.milvus_url)
+        milvus = AsyncMilvusClient(settings.milvus_url)
+        stack.push_async_callback(milvus.close)
+
+        session = aioboto3.Session()
+        s3 = await stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=settings.s3.endpoint_url,
+                aws_access_key_id=settings.s3.access_key,
+                aws_secret_access_key=settings.s3.secret_key.get_secret_value(),
+                region_name=settings.s3.region,
+                config=AioConfig(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"},
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    max_pool_connections=50,
+                ),
+            )
+        )
+        store = ObjectStore(s3, settings.s3.bucket, part_size=settings.s3.part_size)
+        if prepare:
+            await store.ensure_bucket()
+
+        arq = await create_pool(
+            redis_settings(settings.redis_url),
+            default_queue_name=settings.worker.queue_name,
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+        )
+        stack.push_async_callback(arq.aclose)
+        redis: Redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+        stack.push_async_callback(redis.aclose)
+
+        hasher = password_hasher(settings.auth)
+        yield Resources(
+            settings=settings,
+            engine=engine,
+            sessions=async_sessionmaker(engine, expire_on_commit=False),
+            mongo=mongo,
+            milvus=milvus,
+            store=store,
+            arq=arq,
+            redis=redis,
+            analyzers=analyzers or AnalyzerRegistry(create_plugin_manager()),
+            password_hasher=hasher,
+            authenticator=Authenticator(hasher),
+        )
+
+
+def _prepare_milvus(url: str) -> None:
+    client = MilvusClient(url)
+    try:
+        ensure_collections(client)
+    finally:
+        client.close()

@@ -1,0 +1,87 @@
+"""Password hashing (argon2id) and JWT access tokens (PyJWT, one algorithm)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from aima.errors import NotAuthenticated
+from aima.settings import AuthSettings
+
+ALGORITHM = "HS256"
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a token type, not a secret
+
+
+def password_hasher(settings: AuthSettings) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+        type=Type.ID,
+    )
+
+
+def verify_password(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
+    try:
+        return hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_at: datetime
+    jti: str
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: uuid.UUID
+    jti: str
+    expires_at: datetime
+
+
+def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datetime | None = None) -> AccessToken:
+    now = now or datetime.now(UTC)
+    expires = now + timedelta(minutes=settings.access_token_minutes)
+    jti = uuid.uuid4().hex
+    claims = {
+        "sub": str(user_id),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": jti,
+        "typ": ACCESS_TOKEN_TYPE,
+    }
+    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=ALGORITHM)
+    return AccessToken(token=token, expires_at=expires, jti=jti)
+
+
+def decode_access_token(settings: AuthSettings, token: str) -> TokenClaims:
+    """Check signature, algorithm, issuer, audience, time window and type; raise `NotAuthenticated` otherwise."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret.get_secret_value(),
+            algorithms=[ALGORITHM],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]},
+        )
+        if claims.get("typ") != ACCESS_TOKEN_TYPE:
+            raise jwt.InvalidTokenError("not an access token")
+        return TokenClaims(
+            user_id=uuid.UUID(claims["sub"]),
+            jti=str(claims["jti"]),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise NotAuthenticated("Invalid or expired access token.") from exc

@@ -1,0 +1,1 @@
+"""Domain operations. Each takes the acting user and its clients as arguments and checks access itself."""

@@ -1,0 +1,214 @@
+"""Jobs and tasks: creating them, reading them, and the state changes a worker makes.
+
+PostgreSQL holds the state of record; arq only carries task ids to workers, and Redis pub/sub tells subscribers.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, case, exists, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aima.analysis import MediaKind
+from aima.db.models import TERMINAL_TASK_STATES, Case, Job, JobState, Task, TaskState
+from aima.errors import AimaError, AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
+from aima.events import JobEvent, publish
+from aima.resources import Resources
+from aima.services.access import Actor, can_read_case
+from aima.services.cases import get_writable_case
+from aima.services.media import get_media
+
+logger = logging.getLogger(__name__)
+
+TASK_FUNCTION = "run_analysis_task"
+
+
+def arq_job_id(task_id: uuid.UUID | str) -> str:
+    """One arq job per task: arq refuses a second enqueue of the same id while the first is known."""
+    return f"task:{task_id}"
+
+
+async def analyze_media(
+    *, resources: Resources, actor: Actor, media_id: uuid.UUID, analyzers: Sequence[str] | None
+) -> Job:
+    """Create a job with one task per requested analyzer and hand the tasks to the workers."""
+    registry = resources.analyzers
+    async with resources.sessions() as session:
+        media = await get_media(session=session, actor=actor, media_id=media_id)
+        await get_writable_case(session=session, actor=actor, case_id=media.case_id)
+        kind = MediaKind(media.kind)
+        if analyzers is None:
+            chosen = [a for a in registry.all() if a.accepts(kind)]
+        else:
+            if not analyzers:
+                raise InvalidInput(f"Name at least one analyzer. Available analyzers: {', '.join(registry.names())}.")
+            chosen = [registry.get(name) for name in dict.fromkeys(analyzers)]
+            for analyzer in chosen:
+                if not analyzer.accepts(kind):
+                    accepted = ", ".join(sorted(analyzer.media_kinds))
+                    raise AnalyzerNotApplicable(
+                        f"Analyzer {analyzer.name!r} does not accept {kind} media (it accepts: {accepted})."
+                    )
+        job = Job(id=uuid.uuid4(), case_id=media.case_id, media_id=media.id, created_by=actor.user_id)
+        tasks = [
+            Task(
+                id=uuid.uuid4(),
+                job_id=job.id,
+                media_id=media.id,
+                analyzer=analyzer.name,
+                analyzer_version=analyzer.version,
+            )
+            for analyzer in chosen
+        ]
+        session.add(job)
+        await session.flush()
+        session.add_all(tasks)
+        await session.commit()
+
+    try:
+        for task in tasks:
+            await resources.arq.enqueue_job(TASK_FUNCTION, str(task.id), _job_id=arq_job_id(task.id))
+    except Exception as exc:
+        logger.exception("could not enqueue the tasks of job %s", job.id)
+        await _fail_unqueued(resources, job.id)
+        raise BackendUnavailable("The task queue is unavailable; the job was not started. Try again.") from exc
+    logger.info("job %s queued with %d tasks for media %s", job.id, len(tasks), media.id)
+    return job
+
+
+async def _fail_unqueued(resources: Resources, job_id: uuid.UUID) -> None:
+    now = datetime.now(UTC)
+    async with resources.sessions() as session:
+        await session.execute(
+            update(Task)
+            .where(Task.job_id == job_id, Task.state == TaskState.QUEUED)
+            .values(state=TaskState.FAILED, error_code=BackendUnavailable.code,
+                    error_message="The task queue was unavailable.", finished_at=now)
+        )
+        await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.FAILED, finished_at=now))
+        await session.commit()
+
+
+async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> Job:
+    row = (await session.execute(select(Job, Case).join(Case, Job.case_id == Case.id).where(Job.id == job_id))).first()
+    if row is None or not can_read_case(actor, row.Case):
+        raise NotFound("Job", job_id)
+    return row.Job
+
+
+async def tasks_of_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Task]:
+    query = select(Task).where(Task.job_id == job_id).order_by(Task.created_at, Task.analyzer)
+    return list((await session.execute(query)).scalars())
+
+
+async def jobs_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Job]:
+    query = select(Job).where(Job.case_id == case_id).order_by(Job.created_at.desc(), Job.id)
+    return list((await session.execute(query)).scalars())
+
+
+# --- state changes made by workers ------------------------------------------------------------------------------
+
+
+async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -> Task | None:
+    """Mark a task running; None when it is unknown or already finished (a duplicate delivery)."""
+    now = datetime.now(UTC)
+    async with resources.sessions() as session:
+        task = (
+            await session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.state.not_in(TERMINAL_TASK_STATES))
+                .values(state=TaskState.RUNNING, attempts=Task.attempts + 1, worker=worker,
+                        started_at=now, heartbeat_at=now, progress=0.0)
+                .returning(Task)
+            )
+        ).scalar_one_or_none()
+        if task is None:
+            return None
+        await session.execute(
+            update(Job).where(Job.id == task.job_id, Job.state == JobState.QUEUED).values(state=JobState.RUNNING)
+        )
+        await session.commit()
+    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
+        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
+        task_state=TaskState.RUNNING, progress=0.0, message=f"{task.analyzer} started",
+    ))
+    return task
+
+
+async def requeue_task(*, resources: Resources, task: Task, reason: AimaError) -> None:
+    """Put a task that hit a transient error back in line; its next delivery runs it again."""
+    async with resources.sessions() as session:
+        await session.execute(
+            update(Task).where(Task.id == task.id, Task.state == TaskState.RUNNING)
+            .values(state=TaskState.QUEUED, error_code=reason.code, error_message=reason.message)
+        )
+        await session.commit()
+    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
+        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
+        task_state=TaskState.QUEUED, message=f"{task.analyzer} will retry: {reason.message}", error_code=reason.code,
+    ))
+
+
+async def report_progress(*, resources: Resources, task: Task, progress: float, message: str) -> None:
+    progress = min(max(progress, 0.0), 1.0)
+    async with resources.sessions() as session:
+        await session.execute(
+            update(Task).where(Task.id == task.id, Task.state == TaskState.RUNNING)
+            .values(progress=progress, heartbeat_at=datetime.now(UTC))
+        )
+        await session.commit()
+    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
+        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
+        task_state=TaskState.RUNNING, progress=progress, message=message,
+    ))
+
+
+async def finish_task(
+    *, resources: Resources, task: Task, state: TaskState, error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    """Record a task's end, end its job when it was the last one, and tell the subscribers."""
+    now = datetime.now(UTC)
+    async with resources.sessions() as session:
+        await session.execute(
+            update(Task).where(Task.id == task.id)
+            .values(state=state, finished_at=now, heartbeat_at=now, error_code=error_code,
+                    error_message=error_message, progress=1.0 if state is TaskState.SUCCEEDED else Task.progress)
+        )
+        await session.commit()
+        job_state = await _close_job_if_done(session, task.job_id, now)
+    prefix = resources.settings.redis_prefix
+    message = f"{task.analyzer} {state}" + (f": {error_message}" if error_message else "")
+    await publish(resources.redis, prefix, JobEvent(
+        job_id=str(task.job_id), job_state=job_state or JobState.RUNNING, task_id=str(task.id),
+        analyzer=task.analyzer, task_state=state, progress=1.0 if state is TaskState.SUCCEEDED else 0.0,
+        message=message, error_code=error_code,
+    ))
+    if job_state is not None:
+        await publish(resources.redis, prefix, JobEvent(
+            job_id=str(task.job_id), job_state=job_state, progress=1.0, message=f"job {job_state}",
+        ))
+
+
+async def _close_job_if_done(session: AsyncSession, job_id: uuid.UUID, now: datetime) -> JobState | None:
+    """Set the job's final state once no task is left open; exactly one caller wins and gets the state back."""
+    open_tasks = exists().where(Task.job_id == job_id, Task.state.not_in(TERMINAL_TASK_STATES))
+    failed_tasks = exists().where(Task.job_id == job_id, Task.state == TaskState.FAILED)
+    state_type = Job.__table__.c.state.type
+    final_state = case(
+        (failed_tasks, literal(JobState.FAILED, state_type)), else_=literal(JobState.SUCCEEDED, state_type)
+    )
+    closed = (
+        await session.execute(
+            update(Job)
+            .where(and_(Job.id == job_id, Job.state.in_([JobState.QUEUED, JobState.RUNNING]), ~open_tasks))
+            .values(state=final_state, finished_at=now)
+            .returning(Job.state)
+        )
+    ).scalar_one_or_none()
+    await session.commit()
+    return closed

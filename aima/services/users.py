@@ -1,0 +1,85 @@
+"""Accounts: registration and login. The full account system (sessions, throttling, admin) builds on this."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+from argon2 import PasswordHasher
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aima.db.models import Role, User
+from aima.errors import Conflict, InvalidCredentials, InvalidInput, NotAuthenticated
+from aima.security import verify_password
+
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise InvalidInput("Enter a valid email address.")
+    return email
+
+
+def check_password_policy(password: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"Passwords must have between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH} characters."
+        )
+
+
+async def create_user(
+    *, session: AsyncSession, hasher: PasswordHasher, email: str, password: str, role: Role = Role.USER
+) -> User:
+    email = normalize_email(email)
+    check_password_policy(password)
+    password_hash = await asyncio.to_thread(hasher.hash, password)
+    user = User(id=uuid.uuid4(), email=email, password_hash=password_hash, role=role)
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise Conflict("This email cannot be registered.") from exc
+    return user
+
+
+class Authenticator:
+    """Checks credentials in roughly constant time, so answers do not reveal which emails exist."""
+
+    def __init__(self, hasher: PasswordHasher) -> None:
+        self._hasher = hasher
+        self._dummy_hash: str | None = None
+
+    async def authenticate(self, *, session: AsyncSession, email: str, password: str) -> User:
+        try:
+            email = normalize_email(email)
+        except InvalidInput:
+            email = ""
+        user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+        if user is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await asyncio.to_thread(self._hasher.hash, uuid.uuid4().hex)
+            await asyncio.to_thread(verify_password, self._hasher, self._dummy_hash, password)
+            raise InvalidCredentials()
+        ok = await asyncio.to_thread(verify_password, self._hasher, user.password_hash, password)
+        if not ok or not user.is_active:
+            raise InvalidCredentials()
+        return user
+
+
+async def active_user(*, session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("Invalid or expired access token.")
+    return user
+
+
+async def count_admins(*, session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).where(User.role == Role.ADMIN)) or 0)

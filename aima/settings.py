@@ -1,0 +1,91 @@
+"""Central configuration: one `Settings` object, read from the environment (prefix ``AIMA_``, nested with ``__``).
+
+The defaults point at the embedded servers that `aima dev` starts, so a fresh checkout runs with no configuration.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "aima-development-secret-change-me-0123456789"  # noqa: S105 - refused outside development
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str = "http://127.0.0.1:8433"
+    access_key: str = "aima"
+    secret_key: SecretStr = SecretStr("aima-dev-secret")
+    region: str = "us-east-1"
+    bucket: str = "aima-media"
+    #: Size of each multipart part when streaming an upload to S3 (S3's minimum is 5 MiB).
+    part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+
+class AuthSettings(BaseModel):
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_issuer: str = "aima"
+    jwt_audience: str = "aima-api"
+    access_token_minutes: int = Field(default=60, ge=1)
+    #: argon2id parameters (OWASP: m=19 MiB, t=2, p=1 at minimum).
+    argon2_memory_kib: int = Field(default=19 * 1024, ge=19 * 1024)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_parallelism: int = Field(default=1, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    queue_name: str = "aima:queue:cpu"
+    #: How often an idle worker polls Redis for new tasks; arq's default of 0.5 s adds that much latency.
+    poll_delay_s: float = Field(default=0.005, gt=0)
+    max_jobs: int = Field(default=4, ge=1)
+    job_timeout_s: int = Field(default=3600, ge=1)
+    #: Deliveries of one task before a transient error (a store or model server that is down) fails it.
+    max_tries: int = Field(default=3, ge=1)
+    #: Port of the worker's Prometheus endpoint; 0 turns it off.
+    metrics_port: int = 0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AIMA_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path(".aima")
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:55432/aima"
+    mongo_url: str = "mongodb://127.0.0.1:27118"
+    mongo_database: str = "aima"
+    milvus_url: str = "http://127.0.0.1:19531"
+    redis_url: str = "redis://127.0.0.1:6389/0"
+    #: Prefix of every Redis key and channel AIMA uses, so that deployments can share a Redis.
+    redis_prefix: str = "aima"
+    s3: S3Settings = S3Settings()
+    auth: AuthSettings = AuthSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: Browser origins allowed to open websockets and send credentials.
+    allowed_origins: list[str] = ["http://127.0.0.1:8000", "http://localhost:8000"]
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
+    log_level: str = "INFO"
+    log_json: bool = True
+    #: Seconds each readiness check may take before its backend counts as down.
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            if self.auth.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+                raise ValueError("AIMA_AUTH__JWT_SECRET must be set in production")
+            if len(self.auth.jwt_secret.get_secret_value()) < 32:
+                raise ValueError("AIMA_AUTH__JWT_SECRET must be at least 32 characters")
+        return self

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks of AIMA and its plugins."""

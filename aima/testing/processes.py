@@ -1,0 +1,87 @@
+"""Run the API and workers as real child processes, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from aima.settings import Settings
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The `AIMA_*` variables that make a child process see the same settings."""
+    return {
+        "AIMA_ENVIRONMENT": str(settings.environment),
+        "AIMA_DATABASE_URL": settings.database_url,
+        "AIMA_MONGO_URL": settings.mongo_url,
+        "AIMA_MONGO_DATABASE": settings.mongo_database,
+        "AIMA_MILVUS_URL": settings.milvus_url,
+        "AIMA_REDIS_URL": settings.redis_url,
+        "AIMA_REDIS_PREFIX": settings.redis_prefix,
+        "AIMA_S3__ENDPOINT_URL": settings.s3.endpoint_url,
+        "AIMA_S3__ACCESS_KEY": settings.s3.access_key,
+        "AIMA_S3__SECRET_KEY": settings.s3.secret_key.get_secret_value(),
+        "AIMA_S3__BUCKET": settings.s3.bucket,
+        "AIMA_WORKER__QUEUE_NAME": settings.worker.queue_name,
+        "AIMA_WORKER__POLL_DELAY_S": str(settings.worker.poll_delay_s),
+        "AIMA_WORKER__MAX_JOBS": str(settings.worker.max_jobs),
+        "AIMA_LOG_LEVEL": settings.log_level,
+        "AIMA_DATA_DIR": str(settings.data_dir),
+    }
+
+
+def spawn(args: list[str], settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """Start `aima <args>` with the settings' environment, its output going to `log`."""
+    env = {**os.environ, **settings_environment(settings), "AIMA_LOAD_PLUGINS": "", **extra_env}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aima.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - a local http URL
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGINT, as Ctrl-C would, then SIGKILL if it does not exit in time; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@contextlib.contextmanager
+def running(processes: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            stop(process)

@@ -1,0 +1,171 @@
+"""Pipeline benchmark: 200 small media through `media-probe`, with the API and two worker processes.
+
+Starts its own embedded servers (PostgreSQL, MongoDB-wire, Milvus Lite, S3, Redis) in a temporary folder, the API
+and two `aima worker` processes, then measures over GraphQL:
+
+- throughput: every media analysed at once (the client keeps up to --concurrency requests in flight);
+- latency: media analysed one at a time on idle workers, from sending `analyzeMedia` to the task's stored result.
+
+Run: .venv/bin/python bench/pipeline.py [--media 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import socket
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aima.cli import create_account  # noqa: E402
+from aima.db.migrate import upgrade  # noqa: E402
+from aima.db.models import Role  # noqa: E402
+from aima.embedded import DevStack, StackPorts  # noqa: E402
+from aima.embedded.base import make_runtime_root  # noqa: E402
+from aima.settings import Settings  # noqa: E402
+from aima.testing.media import make_jpeg  # noqa: E402
+from aima.testing.processes import spawn, stop, wait_ready  # noqa: E402
+
+EMAIL, PASSWORD = "bench@example.org", "benchmark password"
+ANALYZE = 'mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: ["media-probe"]) { id } }'
+JOBS = "query($c: ID!) { case(id: $c) { jobs { id state } } }"
+JOB = "query($j: ID!) { job(id: $j) { state tasks { finishedAt startedAt } } }"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer = await client.post("/graphql", json={"query": query, "variables": variables or {}})
+    body: dict[str, Any] = answer.json()
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+async def upload(client: httpx.AsyncClient, case_id: str, content: bytes) -> str:
+    operations = {"query": "mutation($c: ID!, $f: Upload!) { uploadMedia(caseId: $c, file: $f) { id } }",
+                  "variables": {"c": case_id, "f": None}}
+    answer = await client.post("/graphql", data={"operations": json.dumps(operations),
+                                                 "map": json.dumps({"0": ["variables.f"]})},
+                               files={"0": ("m.jpg", content, "image/jpeg")})
+    body = answer.json()
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    media_id: str = body["data"]["uploadMedia"]["id"]
+    return media_id
+
+
+async def wait_all_done(client: httpx.AsyncClient, case_id: str, count: int) -> None:
+    while True:
+        jobs = (await gql(client, JOBS, {"c": case_id}))["case"]["jobs"]
+        if len(jobs) >= count and all(j["state"] in {"SUCCEEDED", "FAILED"} for j in jobs):
+            failed = [j for j in jobs if j["state"] == "FAILED"]
+            if failed:
+                raise RuntimeError(f"{len(failed)} jobs failed")
+            return
+        await asyncio.sleep(0.2)
+
+
+async def finished_at(client: httpx.AsyncClient, job_id: str) -> float:
+    job = (await gql(client, JOB, {"j": job_id}))["job"]
+    return datetime.fromisoformat(job["tasks"][0]["finishedAt"]).timestamp()
+
+
+async def run(base_url: str, media_count: int, concurrency: int) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        login = await gql(client, "mutation($e: String!, $p: String!) { login(email: $e, password: $p)"
+                                  " { accessToken } }", {"e": EMAIL, "p": PASSWORD})
+        client.headers["Authorization"] = f"Bearer {login['login']['accessToken']}"
+
+        async def analyse_batch(title: str, media_total: int, parallel: int) -> tuple[list[float], float]:
+            case_id = (await gql(client, "mutation($t: String!) { createCase(title: $t) { id } }",
+                                 {"t": title}))["createCase"]["id"]
+            media_ids = [await upload(client, case_id, make_jpeg(width=64 + i % 32, height=48)) for i in
+                         range(media_total)]
+            limiter = asyncio.Semaphore(parallel)
+            sent: dict[str, float] = {}
+
+            async def analyse(media_id: str) -> None:
+                async with limiter:
+                    started = time.time()
+                    job_id = (await gql(client, ANALYZE, {"m": media_id}))["analyzeMedia"]["id"]
+                    sent[job_id] = started
+                    if parallel == 1:  # latency mode: wait for this one before sending the next
+                        while (await gql(client, JOB, {"j": job_id}))["job"]["state"] not in {"SUCCEEDED",
+                                                                                           "FAILED"}:
+                            await asyncio.sleep(0.005)
+
+            begin = time.time()
+            await asyncio.gather(*(analyse(m) for m in media_ids))
+            await wait_all_done(client, case_id, media_total)
+            ends = {job_id: await finished_at(client, job_id) for job_id in sent}
+            latencies = [ends[j] - sent[j] for j in sent]
+            return latencies, max(ends.values()) - begin
+
+        _, elapsed = await analyse_batch("throughput", media_count, concurrency)
+        latencies, _ = await analyse_batch("latency", max(20, media_count // 4), 1)
+        latencies_ms = sorted(x * 1000 for x in latencies)
+        return {
+            "tasks": media_count,
+            "tasks_per_s": media_count / elapsed,
+            "latency_median_ms": statistics.median(latencies_ms),
+            "latency_p95_ms": latencies_ms[int(0.95 * (len(latencies_ms) - 1))],
+            "latency_samples": len(latencies_ms),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--media", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    root = make_runtime_root("aima-bench-")
+    stack = DevStack(root / "servers", StackPorts.free())
+    processes = []
+    try:
+        stack.start()
+        urls = stack.urls
+        settings = Settings(
+            environment="test", database_url=urls.database_url, mongo_url=urls.mongo_url,
+            milvus_url=urls.milvus_url, redis_url=urls.redis_url, data_dir=root / "data", log_level="WARNING",
+            s3={"endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": urls.s3_secret_key},
+        )
+        upgrade(settings.database_url)
+        asyncio.run(create_account(settings, EMAIL, PASSWORD, Role.USER))
+        port = free_port()
+        api = spawn(["api", "--port", str(port)], settings, root / "logs" / "api.log")
+        processes.append(api)
+        processes.extend(spawn(["worker"], settings, root / "logs" / f"worker-{i}.log") for i in range(args.workers))
+        wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
+        figures = asyncio.run(run(f"http://127.0.0.1:{port}", args.media, args.concurrency))
+        print(f"media-probe pipeline, API + {args.workers} workers, {args.media} media")
+        print(f"  throughput: {figures['tasks_per_s']:.1f} tasks/s")
+        print(f"  analyzeMedia -> stored result (idle, {figures['latency_samples']:.0f} samples): "
+              f"median {figures['latency_median_ms']:.1f} ms, p95 {figures['latency_p95_ms']:.1f} ms")
+    finally:
+        for process in processes:
+            stop(process)
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

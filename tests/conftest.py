@@ -1,0 +1,157 @@
+"""Session fixtures: real servers for every test.
+
+PostgreSQL and Redis are the machine's (127.0.0.1:5432 and :6379, overridable with AIMA_TEST_POSTGRES_URL and
+AIMA_TEST_REDIS_URL); each session gets its own database and Redis key prefix. The MongoDB-wire server, Milvus Lite
+and the S3 server start here from their pip packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis as redis_sync
+
+from aima.db.migrate import upgrade
+from aima.embedded import EmbeddedMilvus, EmbeddedMongo, EmbeddedS3, StackPorts
+from aima.embedded.base import make_runtime_root
+from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima.resources import Resources, open_resources
+from aima.settings import Settings
+
+POSTGRES_URL = os.environ.get("AIMA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("AIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Plugins installed on the machine must not leak into tests.
+    os.environ["AIMA_LOAD_PLUGINS"] = ""
+
+
+@dataclass(frozen=True)
+class Servers:
+    database_url: str
+    redis_url: str
+    mongo_url: str
+    milvus_url: str
+    s3_url: str
+    s3_access_key: str
+    s3_secret_key: str
+    root: Path
+
+
+def _create_database(name: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _drop_database(name: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    root = make_runtime_root("aima-test-")
+    ports = StackPorts.free()
+    mongo = EmbeddedMongo(root / "mongo", ports.mongo)
+    milvus = EmbeddedMilvus(root / "milvus", ports.milvus)
+    s3 = EmbeddedS3(root / "s3", ports.s3, port_base=ports.s3_base)
+    database = f"aima_test_{uuid.uuid4().hex[:10]}"
+    started = []
+    try:
+        for server in (mongo, milvus, s3):
+            server.start()
+            started.append(server)
+        _create_database(database)
+        database_url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
+        database_url = f"{database_url}/{database}"
+        upgrade(database_url)
+        yield Servers(
+            database_url=database_url,
+            redis_url=REDIS_URL,
+            mongo_url=mongo.url,
+            milvus_url=milvus.url,
+            s3_url=s3.url,
+            s3_access_key=s3.access_key,
+            s3_secret_key=s3.secret_key,
+            root=root,
+        )
+    finally:
+        for server in reversed(started):
+            server.stop()
+        _drop_database(database)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def settings_for(servers: Servers, **overrides: object) -> Settings:
+    """Settings pointing at this session's servers, with a key prefix and queue of its own."""
+    prefix = f"aima-test-{uuid.uuid4().hex[:8]}"
+    values: dict[str, object] = {
+        "environment": "test",
+        "database_url": servers.database_url,
+        "mongo_url": servers.mongo_url,
+        "mongo_database": prefix,
+        "milvus_url": servers.milvus_url,
+        "redis_url": servers.redis_url,
+        "redis_prefix": prefix,
+        "data_dir": servers.root / "data",
+        "s3": {
+            "endpoint_url": servers.s3_url,
+            "access_key": servers.s3_access_key,
+            "secret_key": servers.s3_secret_key,
+            "bucket": prefix,
+        },
+        "worker": {"queue_name": f"{prefix}:queue:cpu"},
+        "log_json": False,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Servers) -> Settings:
+    return settings_for(servers)
+
+
+@pytest.fixture(scope="session")
+def analyzers() -> AnalyzerRegistry:
+    return AnalyzerRegistry(create_plugin_manager(load_external=False))
+
+
+@pytest.fixture(scope="session")
+async def resources(settings: Settings, analyzers: AnalyzerRegistry) -> AsyncIterator[Resources]:
+    async with open_resources(settings, analyzers=analyzers) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis_prefix() -> Iterator[None]:
+    yield
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match="aima-test-*"):
+            client.delete(key)
+        for key in client.scan_iter(match="arq:*"):
+            client.delete(key)
+    finally:
+        client.close()
