@@ -45,7 +45,7 @@ def api(
         port=port or settings.api_port,
         log_config=None,
         access_log=False,
-        ws="websockets",
+        ws="websockets-sansio",
         lifespan="on",
     )
 

@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from aima.db.migrate import upgrade
 from aima.db.models import Role
 from aima.embedded import DevStack, StackPorts, StackUrls
@@ -58,9 +60,9 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
     try:
         logger.info("starting embedded servers under %s", root)
         stack.start()
-        env = {**os.environ, **stack_environment(stack.urls), "AIMA_API_PORT": str(port),
-               "AIMA_DATA_DIR": str(root)}
-        child_settings = Settings(**_settings_overrides(stack.urls))
+        env = {"AIMA_LOG_JSON": "false", **os.environ, **stack_environment(stack.urls),
+               "AIMA_API_PORT": str(port), "AIMA_DATA_DIR": str(root)}
+        child_settings = with_stack(settings, stack.urls)
         upgrade(child_settings.database_url)
         admin_note = asyncio.run(_ensure_first_admin(child_settings))
 
@@ -92,14 +94,15 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
         logger.info("stopped")
 
 
-def _settings_overrides(urls: StackUrls) -> dict[str, object]:
-    return {
-        "database_url": urls.database_url,
-        "mongo_url": urls.mongo_url,
-        "milvus_url": urls.milvus_url,
-        "redis_url": urls.redis_url,
-        "s3": {"endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": urls.s3_secret_key},
-    }
+def with_stack(settings: Settings, urls: StackUrls) -> Settings:
+    """`settings` pointed at the embedded servers."""
+    s3 = settings.s3.model_copy(update={
+        "endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": SecretStr(urls.s3_secret_key),
+    })
+    return settings.model_copy(update={
+        "database_url": urls.database_url, "mongo_url": urls.mongo_url, "milvus_url": urls.milvus_url,
+        "redis_url": urls.redis_url, "s3": s3,
+    })
 
 
 async def _ensure_first_admin(settings: Settings) -> str:

@@ -64,7 +64,7 @@ class JobEventStream:
         try:
             await self._pubsub.unsubscribe(self._channel)
         finally:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def __aiter__(self) -> AsyncIterator[JobEvent]:
         async for message in self._pubsub.listen():

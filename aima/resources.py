@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
-from argon2 import PasswordHasher
 from aiobotocore.config import AioConfig
+from argon2 import PasswordHasher
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from beanie import init_beanie
 from pymilvus import AsyncMilvusClient, MilvusClient
@@ -27,9 +27,9 @@ from sqlalchemy.sql import text
 
 from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
 from aima.db.vectors import ensure_collections
+from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
 from aima.services.users import Authenticator
-from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.settings import Settings
 from aima.storage import ObjectStore
 from aima.workers.serialization import deserialize, serialize

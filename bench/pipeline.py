@@ -27,14 +27,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aima.cli import create_account  # noqa: E402
-from aima.db.migrate import upgrade  # noqa: E402
-from aima.db.models import Role  # noqa: E402
-from aima.embedded import DevStack, StackPorts  # noqa: E402
-from aima.embedded.base import make_runtime_root  # noqa: E402
-from aima.settings import Settings  # noqa: E402
-from aima.testing.media import make_jpeg  # noqa: E402
-from aima.testing.processes import spawn, stop, wait_ready  # noqa: E402
+from aima.cli import create_account
+from aima.db.migrate import upgrade
+from aima.db.models import Role
+from aima.embedded import DevStack, StackPorts
+from aima.embedded.base import make_runtime_root
+from aima.settings import Settings
+from aima.testing.media import make_jpeg
+from aima.testing.processes import spawn, stop, wait_ready
 
 EMAIL, PASSWORD = "bench@example.org", "benchmark password"
 ANALYZE = 'mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: ["media-probe"]) { id } }'

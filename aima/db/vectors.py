@@ -31,11 +31,15 @@ COLLECTIONS: tuple[VectorCollection, ...] = (
 
 
 def ensure_collections(client: MilvusClient, collections: tuple[VectorCollection, ...] = COLLECTIONS) -> list[str]:
-    """Create missing collections with their index; return the names created."""
+    """Create missing collections with their index and load every one; return the names created.
+
+    Milvus Lite brings collections back unloaded after a restart, and an unloaded collection refuses searches.
+    """
     existing = set(client.list_collections())
     created = []
     for spec in collections:
         if spec.name in existing:
+            client.load_collection(spec.name)
             continue
         schema = client.create_schema(auto_id=False, enable_dynamic_field=True, description=spec.description)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)

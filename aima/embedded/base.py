@@ -96,9 +96,7 @@ def _sigint_default_prefix() -> tuple[str, ...]:
     env = shutil.which("env")
     if env is None:
         return ()
-    probe = subprocess.run(
-        [env, "--default-signal=INT", "true"], capture_output=True, check=False, timeout=10
-    )
+    probe = subprocess.run([env, "--default-signal=INT", "true"], capture_output=True, check=False, timeout=10)
     return (env, "--default-signal=INT") if probe.returncode == 0 else ()
 
 
@@ -241,9 +239,7 @@ class EmbeddedServer(ABC):
             except BaseException:
                 self._kill_now()
                 raise
-            logger.info(
-                "%s ready on %s (pid %s) in %.2f s", self.name, self.url, self.pid, time.monotonic() - started
-            )
+            logger.info("%s ready on %s (pid %s) in %.2f s", self.name, self.url, self.pid, time.monotonic() - started)
 
     def _begin_log(self) -> None:
         """Mark where this run's part of the log starts, so errors quote only this run."""
@@ -314,8 +310,7 @@ class EmbeddedServer(ABC):
                 self._signal(proc.pid, signal.SIGKILL, whole_group=True, leader=False)
                 code = proc.wait()
                 raise EmbeddedServerError(
-                    f"{self.name} exited with code {code} while starting; log {self.log_path}:\n"
-                    f"{self.log_tail()}"
+                    f"{self.name} exited with code {code} while starting; log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
                 # A bare TCP connect first: cheap, and spares clients logging retries at a shut port.
@@ -457,9 +452,7 @@ class EmbeddedServer(ABC):
             with contextlib.suppress(OSError):
                 self.pid_path.unlink()
             return
-        logger.warning(
-            "%s: stopping pid %s left over from a previous run on %s", self.name, pid, self.data_dir
-        )
+        logger.warning("%s: stopping pid %s left over from a previous run on %s", self.name, pid, self.data_dir)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, self.stop_signal)
         deadline = time.monotonic() + 10.0

@@ -207,8 +207,7 @@ class EmbeddedPostgres(EmbeddedServer):
             return
         if any(self.data_dir.iterdir()):
             raise EmbeddedServerError(
-                f"postgres: {self.data_dir} is not empty but holds no cluster (no PG_VERSION); "
-                "move it away or empty it"
+                f"postgres: {self.data_dir} is not empty but holds no cluster (no PG_VERSION); move it away or empty it"
             )
         self.run_helper(
             self._as_run_user(

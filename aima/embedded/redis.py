@@ -31,9 +31,7 @@ class EmbeddedRedis(EmbeddedServer):
 
     name: ClassVar[str] = "redis"
 
-    def __init__(
-        self, data_dir: Path, port: int, host: str = "127.0.0.1", *, binary: str | None = None
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", *, binary: str | None = None) -> None:
         super().__init__(data_dir, port, host)
         self._binary = binary
 

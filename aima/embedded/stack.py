@@ -179,9 +179,7 @@ class DevStack:
         if errors:
             self.stop()
             message = "\n\n".join(str(exc) for exc in errors)
-            raise EmbeddedServerError(f"dev stack failed to start under {self.root}:\n{message}") from errors[
-                0
-            ]
+            raise EmbeddedServerError(f"dev stack failed to start under {self.root}:\n{message}") from errors[0]
         logger.info("dev stack ready under %s in %.2f s", self.root, time.monotonic() - started)
 
     def stop(self, timeout: float = 15.0) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import strawberry
 from graphql.error import GraphQLError
-from strawberry.types import ExecutionContext
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.types import ExecutionContext
 
 from aima.graphql.errors import DomainErrors, format_errors_in_place
 from aima.graphql.mutations import Mutation

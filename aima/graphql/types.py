@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -64,7 +64,7 @@ class AnalysisResultNode:
         return cls(
             analyzer=doc.analyzer,
             analyzer_version=doc.analyzer_version,
-            payload=doc.payload,
+            payload=cast(JSON, doc.payload),
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )
@@ -94,7 +94,7 @@ class MediaNode:
             format=row.format,
             size_bytes=float(row.size_bytes),
             sha256=row.sha256,
-            probe=row.probe,
+            probe=cast(JSON, row.probe),
             created_at=row.created_at,
         )
 

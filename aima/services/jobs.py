@@ -97,7 +97,8 @@ async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> 
     row = (await session.execute(select(Job, Case).join(Case, Job.case_id == Case.id).where(Job.id == job_id))).first()
     if row is None or not can_read_case(actor, row.Case):
         raise NotFound("Job", job_id)
-    return row.Job
+    job: Job = row.Job
+    return job
 
 
 async def tasks_of_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Task]:

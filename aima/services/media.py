@@ -134,7 +134,8 @@ async def get_media(*, session: AsyncSession, actor: Actor, media_id: uuid.UUID)
     ).first()
     if row is None or not can_read_case(actor, row.Case):
         raise NotFound("Media", media_id)
-    return row.Media
+    media: Media = row.Media
+    return media
 
 
 async def media_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Media]:

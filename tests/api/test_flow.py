@@ -24,7 +24,9 @@ query($id: ID!) {
   media(id: $id) { id kind sha256 results { analyzer analyzerVersion payload createdAt } }
 }
 """
-ANALYZE = "mutation($m: ID!, $a: [String!]) { analyzeMedia(mediaId: $m, analyzers: $a) { id state tasks { id analyzer state } } }"
+ANALYZE = """
+mutation($m: ID!, $a: [String!]) { analyzeMedia(mediaId: $m, analyzers: $a) { id state tasks { id analyzer state } } }
+"""
 
 
 def new_case(client: GraphQLClient, title: str = "Harbour fire") -> str:

@@ -254,9 +254,7 @@ def test_postgres_urls(root: Path) -> None:
 
 def test_s3_checks_signatures_binds_loopback_and_runs_twice(root: Path) -> None:
     ports = StackPorts.free()
-    server = EmbeddedS3(
-        root / "s3", ports.s3, port_base=ports.s3_base, access_key="ak", secret_key="sk-secret"
-    )
+    server = EmbeddedS3(root / "s3", ports.s3, port_base=ports.s3_base, access_key="ak", secret_key="sk-secret")
     with server:
         assert server.pid is not None
         assert listening(server.pid) == {("127.0.0.1", port) for port in server.ports()}
@@ -284,9 +282,7 @@ def test_port_in_use_is_reported(root: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         server = EmbeddedRedis(root / "redis", port)
-        with pytest.raises(
-            EmbeddedServerError, match=rf"redis: port\(s\) {port} on 127.0.0.1 already in use"
-        ):
+        with pytest.raises(EmbeddedServerError, match=rf"redis: port\(s\) {port} on 127.0.0.1 already in use"):
             server.start()
         assert not server.running
 
@@ -323,10 +319,7 @@ class Scripted(EmbeddedServer):
 
 def test_crashing_server_reports_its_log_tail(root: Path) -> None:
     script = (
-        "import sys\n"
-        "for i in range(40): print(f'line {i}')\n"
-        "print('fatal: bad setting', flush=True)\n"
-        "sys.exit(3)\n"
+        "import sys\nfor i in range(40): print(f'line {i}')\nprint('fatal: bad setting', flush=True)\nsys.exit(3)\n"
     )
     server = Scripted(root / "scripted", free_port(), script)
     with pytest.raises(EmbeddedServerError) as failed:
@@ -342,9 +335,7 @@ def test_crashing_server_reports_its_log_tail(root: Path) -> None:
 
 def test_start_timeout_kills_the_child(root: Path) -> None:
     script = (
-        "import os, pathlib, sys, time\n"
-        "pathlib.Path(sys.argv[2], 'pid').write_text(str(os.getpid()))\n"
-        "time.sleep(60)\n"
+        "import os, pathlib, sys, time\npathlib.Path(sys.argv[2], 'pid').write_text(str(os.getpid()))\ntime.sleep(60)\n"
     )
     server = Scripted(root / "scripted", free_port(), script)
     started = time.monotonic()
