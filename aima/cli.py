@@ -55,12 +55,13 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
 ) -> None:
     """Run an arq worker that executes analysis tasks."""
+    import uvloop
     from arq.worker import Worker
 
     from aima.workers.settings import worker_settings
 
     settings = _settings()
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    asyncio.set_event_loop(uvloop.new_event_loop())
     Worker(**worker_settings(settings), burst=burst).run()
 
 
@@ -106,9 +107,7 @@ def schema(
 @users_app.command("create")
 def users_create(
     email: Annotated[str, typer.Option(prompt=True)],
-    password: Annotated[
-        str | None, typer.Option(help="Omit to generate one (printed once).")
-    ] = None,
+    password: Annotated[str | None, typer.Option(help="Omit to generate one (printed once).")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Give the account the admin role.")] = False,
 ) -> None:
     """Create an account, e.g. the first administrator."""

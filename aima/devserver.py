@@ -60,8 +60,13 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
     try:
         logger.info("starting embedded servers under %s", root)
         stack.start()
-        env = {"AIMA_LOG_JSON": "false", **os.environ, **stack_environment(stack.urls),
-               "AIMA_API_PORT": str(port), "AIMA_DATA_DIR": str(root)}
+        env = {
+            "AIMA_LOG_JSON": "false",
+            **os.environ,
+            **stack_environment(stack.urls),
+            "AIMA_API_PORT": str(port),
+            "AIMA_DATA_DIR": str(root),
+        }
         child_settings = with_stack(settings, stack.urls)
         upgrade(child_settings.database_url)
         admin_note = asyncio.run(_ensure_first_admin(child_settings))
@@ -69,9 +74,7 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
         command = [sys.executable, "-m", "aima.cli"]
         # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the children in order.
         children.append(subprocess.Popen([*command, "api", "--port", str(port)], env=env, start_new_session=True))
-        children.extend(
-            subprocess.Popen([*command, "worker"], env=env, start_new_session=True) for _ in range(workers)
-        )
+        children.extend(subprocess.Popen([*command, "worker"], env=env, start_new_session=True) for _ in range(workers))
         url = f"http://{settings.api_host}:{port}"
         if not _wait_ready(f"{url}/readyz", children, timeout=60, stop=lambda: stopping):
             logger.error("the API did not become ready; see the messages above")
@@ -96,13 +99,22 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
 
 def with_stack(settings: Settings, urls: StackUrls) -> Settings:
     """`settings` pointed at the embedded servers."""
-    s3 = settings.s3.model_copy(update={
-        "endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": SecretStr(urls.s3_secret_key),
-    })
-    return settings.model_copy(update={
-        "database_url": urls.database_url, "mongo_url": urls.mongo_url, "milvus_url": urls.milvus_url,
-        "redis_url": urls.redis_url, "s3": s3,
-    })
+    s3 = settings.s3.model_copy(
+        update={
+            "endpoint_url": urls.s3_url,
+            "access_key": urls.s3_access_key,
+            "secret_key": SecretStr(urls.s3_secret_key),
+        }
+    )
+    return settings.model_copy(
+        update={
+            "database_url": urls.database_url,
+            "mongo_url": urls.mongo_url,
+            "milvus_url": urls.milvus_url,
+            "redis_url": urls.redis_url,
+            "s3": s3,
+        }
+    )
 
 
 async def _ensure_first_admin(settings: Settings) -> str:
@@ -116,11 +128,18 @@ async def _ensure_first_admin(settings: Settings) -> str:
     try:
         async with async_sessionmaker(engine)() as session:
             if await count_admins(session=session):
-                return (f"admin: {FIRST_ADMIN_EMAIL} (password shown at the first start; "
-                        "`aima users create --admin` makes another)")
+                return (
+                    f"admin: {FIRST_ADMIN_EMAIL} (password shown at the first start; "
+                    "`aima users create --admin` makes another)"
+                )
             password = secrets.token_urlsafe(15)
-            await create_user(session=session, hasher=password_hasher(settings.auth), email=FIRST_ADMIN_EMAIL,
-                              password=password, role=Role.ADMIN)
+            await create_user(
+                session=session,
+                hasher=password_hasher(settings.auth),
+                email=FIRST_ADMIN_EMAIL,
+                password=password,
+                role=Role.ADMIN,
+            )
             return f"first admin created: {FIRST_ADMIN_EMAIL} / {password}  (shown once: note it)"
     finally:
         await engine.dispose()

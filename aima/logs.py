@@ -60,9 +60,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ids = " ".join(
-            f"{name}={getattr(record, name)}" for name in _CONTEXT_VARS if getattr(record, name, None)
-        )
+        ids = " ".join(f"{name}={getattr(record, name)}" for name in _CONTEXT_VARS if getattr(record, name, None))
         base = super().format(record)
         return f"{base} [{ids}]" if ids else base
 

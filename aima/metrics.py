@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-HTTP_REQUESTS = Counter(
-    "aima_http_requests_total", "HTTP requests served", ["method", "route", "status"]
-)
-HTTP_LATENCY = Histogram(
-    "aima_http_request_duration_seconds", "HTTP request latency", ["method", "route"]
-)
+HTTP_REQUESTS = Counter("aima_http_requests_total", "HTTP requests served", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("aima_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 GRAPHQL_OPERATIONS = Counter(
     "aima_graphql_operations_total", "GraphQL operations executed", ["operation_type", "outcome"]
 )

@@ -85,9 +85,7 @@ class AnalyzerRegistry:
         return sorted(self._analyzers)
 
     def plugins(self) -> list[PluginInfo]:
-        versions = {
-            self._pm.get_name(plugin): dist.version for plugin, dist in self._pm.list_plugin_distinfo()
-        }
+        versions = {self._pm.get_name(plugin): dist.version for plugin, dist in self._pm.list_plugin_distinfo()}
         infos = []
         for plugin in self._pm.get_plugins():
             name = self._pm.get_name(plugin) or repr(plugin)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
+import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,11 +61,15 @@ async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] |
 
 
 async def upload(client: httpx.AsyncClient, case_id: str, content: bytes) -> str:
-    operations = {"query": "mutation($c: ID!, $f: Upload!) { uploadMedia(caseId: $c, file: $f) { id } }",
-                  "variables": {"c": case_id, "f": None}}
-    answer = await client.post("/graphql", data={"operations": json.dumps(operations),
-                                                 "map": json.dumps({"0": ["variables.f"]})},
-                               files={"0": ("m.jpg", content, "image/jpeg")})
+    operations = {
+        "query": "mutation($c: ID!, $f: Upload!) { uploadMedia(caseId: $c, file: $f) { id } }",
+        "variables": {"c": case_id, "f": None},
+    }
+    answer = await client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.f"]})},
+        files={"0": ("m.jpg", content, "image/jpeg")},
+    )
     body = answer.json()
     if body.get("errors"):
         raise RuntimeError(body["errors"])
@@ -79,25 +85,52 @@ async def wait_all_done(client: httpx.AsyncClient, case_id: str, count: int) -> 
             if failed:
                 raise RuntimeError(f"{len(failed)} jobs failed")
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
 
 
-async def finished_at(client: httpx.AsyncClient, job_id: str) -> float:
-    job = (await gql(client, JOB, {"j": job_id}))["job"]
-    return datetime.fromisoformat(job["tasks"][0]["finishedAt"]).timestamp()
+async def until_done(ws_url: str, authorization: str, job_id: str) -> None:
+    async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": authorization}}))
+        await ws.recv()
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {
+                        "query": "subscription($j: ID!) { jobEvents(jobId: $j) { jobState } }",
+                        "variables": {"j": job_id},
+                    },
+                }
+            )
+        )
+        while json.loads(await ws.recv())["type"] != "complete":
+            pass
+
+
+async def task_times(client: httpx.AsyncClient, job_id: str) -> tuple[float, float]:
+    """When the job's task started and finished (server clock, the same machine's)."""
+    task = (await gql(client, JOB, {"j": job_id}))["job"]["tasks"][0]
+    return datetime.fromisoformat(task["startedAt"]).timestamp(), datetime.fromisoformat(task["finishedAt"]).timestamp()
 
 
 async def run(base_url: str, media_count: int, concurrency: int) -> dict[str, float]:
+    ws_url = base_url.replace("http://", "ws://") + "/graphql"
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        login = await gql(client, "mutation($e: String!, $p: String!) { login(email: $e, password: $p)"
-                                  " { accessToken } }", {"e": EMAIL, "p": PASSWORD})
+        login = await gql(
+            client,
+            "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
+            {"e": EMAIL, "p": PASSWORD},
+        )
         client.headers["Authorization"] = f"Bearer {login['login']['accessToken']}"
 
         async def analyse_batch(title: str, media_total: int, parallel: int) -> tuple[list[float], float]:
-            case_id = (await gql(client, "mutation($t: String!) { createCase(title: $t) { id } }",
-                                 {"t": title}))["createCase"]["id"]
-            media_ids = [await upload(client, case_id, make_jpeg(width=64 + i % 32, height=48)) for i in
-                         range(media_total)]
+            case_id = (await gql(client, "mutation($t: String!) { createCase(title: $t) { id } }", {"t": title}))[
+                "createCase"
+            ]["id"]
+            media_ids = [
+                await upload(client, case_id, make_jpeg(width=64 + i % 32, height=48)) for i in range(media_total)
+            ]
             limiter = asyncio.Semaphore(parallel)
             sent: dict[str, float] = {}
 
@@ -106,17 +139,21 @@ async def run(base_url: str, media_count: int, concurrency: int) -> dict[str, fl
                     started = time.time()
                     job_id = (await gql(client, ANALYZE, {"m": media_id}))["analyzeMedia"]["id"]
                     sent[job_id] = started
-                    if parallel == 1:  # latency mode: wait for this one before sending the next
-                        while (await gql(client, JOB, {"j": job_id}))["job"]["state"] not in {"SUCCEEDED",
-                                                                                           "FAILED"}:
-                            await asyncio.sleep(0.005)
+                    if parallel == 1:  # latency mode: wait for this one (its subscription) before the next
+                        await until_done(ws_url, client.headers["Authorization"], job_id)
 
             begin = time.time()
             await asyncio.gather(*(analyse(m) for m in media_ids))
             await wait_all_done(client, case_id, media_total)
-            ends = {job_id: await finished_at(client, job_id) for job_id in sent}
-            latencies = [ends[j] - sent[j] for j in sent]
-            return latencies, max(ends.values()) - begin
+            times = {job_id: await task_times(client, job_id) for job_id in sent}
+            latencies = [times[j][1] - sent[j] for j in sent]
+            to_start = sorted((times[j][0] - sent[j]) * 1000 for j in sent)
+            running = sorted((times[j][1] - times[j][0]) * 1000 for j in sent)
+            print(
+                f"  [{title}] send->start median {statistics.median(to_start):.1f} ms, "
+                f"start->stored median {statistics.median(running):.1f} ms"
+            )
+            return latencies, max(t[1] for t in times.values()) - begin
 
         _, elapsed = await analyse_batch("throughput", media_count, concurrency)
         latencies, _ = await analyse_batch("latency", max(20, media_count // 4), 1)
@@ -144,8 +181,13 @@ def main() -> None:
         stack.start()
         urls = stack.urls
         settings = Settings(
-            environment="test", database_url=urls.database_url, mongo_url=urls.mongo_url,
-            milvus_url=urls.milvus_url, redis_url=urls.redis_url, data_dir=root / "data", log_level="WARNING",
+            environment="test",
+            database_url=urls.database_url,
+            mongo_url=urls.mongo_url,
+            milvus_url=urls.milvus_url,
+            redis_url=urls.redis_url,
+            data_dir=root / "data",
+            log_level="WARNING",
             s3={"endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": urls.s3_secret_key},
         )
         upgrade(settings.database_url)
@@ -155,11 +197,17 @@ def main() -> None:
         processes.append(api)
         processes.extend(spawn(["worker"], settings, root / "logs" / f"worker-{i}.log") for i in range(args.workers))
         wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
-        figures = asyncio.run(run(f"http://127.0.0.1:{port}", args.media, args.concurrency))
+        figures = uvloop.run(run(f"http://127.0.0.1:{port}", args.media, args.concurrency))
         print(f"media-probe pipeline, API + {args.workers} workers, {args.media} media")
         print(f"  throughput: {figures['tasks_per_s']:.1f} tasks/s")
-        print(f"  analyzeMedia -> stored result (idle, {figures['latency_samples']:.0f} samples): "
-              f"median {figures['latency_median_ms']:.1f} ms, p95 {figures['latency_p95_ms']:.1f} ms")
+        print(
+            f"  analyzeMedia -> stored result (idle, {figures['latency_samples']:.0f} samples): "
+            f"median {figures['latency_median_ms']:.1f} ms, p95 {figures['latency_p95_ms']:.1f} ms"
+        )
+    except Exception:
+        for log in sorted((root / "logs").glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+        raise
     finally:
         for process in processes:
             stop(process)

@@ -24,8 +24,7 @@ class GraphQLClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = self.http.post("/graphql", json={"query": query, "variables": variables or {}},
-                                headers=self.headers())
+        answer = self.http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=self.headers())
         assert answer.status_code in (200, 400), answer.text
         body: dict[str, Any] = answer.json()
         return body
@@ -36,8 +35,9 @@ class GraphQLClient:
         data: dict[str, Any] = body["data"]
         return data
 
-    def upload(self, case_id: str, content: bytes, filename: str = "file.bin",
-               content_type: str = "application/octet-stream") -> dict[str, Any]:
+    def upload(
+        self, case_id: str, content: bytes, filename: str = "file.bin", content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
         operations = {"query": UPLOAD, "variables": {"caseId": case_id, "file": None}}
         answer = self.http.post(
             "/graphql",

@@ -30,8 +30,9 @@ def free_port() -> int:
         return port
 
 
-async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None,
-              token: str | None = None) -> dict[str, Any]:
+async def gql(
+    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, token: str | None = None
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     answer = await client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
     body: dict[str, Any] = answer.json()
@@ -59,12 +60,16 @@ async def upload(client: httpx.AsyncClient, token: str, case_id: str, name: str,
 
 async def follow(ws_url: str, token: str, job_id: str) -> list[dict[str, Any]]:
     events = []
-    async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                                  origin="http://127.0.0.1:8000") as ws:  # type: ignore[arg-type]
+    async with websockets.connect(
+        ws_url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        origin="http://127.0.0.1:8000",
+    ) as ws:  # type: ignore[arg-type]
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
-        await ws.send(json.dumps({"id": "1", "type": "subscribe",
-                                  "payload": {"query": SUBSCRIBE, "variables": {"id": job_id}}}))
+        await ws.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"id": job_id}}})
+        )
         while True:
             message = json.loads(await asyncio.wait_for(ws.recv(), 30))
             if message["type"] == "complete":
@@ -76,25 +81,40 @@ async def follow(ws_url: str, token: str, job_id: str) -> list[dict[str, Any]]:
 
 async def scenario(base_url: str) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        token = (await gql(client, 'mutation { register(email: "e2e@example.org", password: "end to end password")'
-                                   " { accessToken } }"))["register"]["accessToken"]
-        case_id = (await gql(client, 'mutation { createCase(title: "End to end") { id } }', token=token))[
-            "createCase"]["id"]
+        token = (
+            await gql(
+                client,
+                'mutation { register(email: "e2e@example.org", password: "end to end password") { accessToken } }',
+            )
+        )["register"]["accessToken"]
+        case_id = (await gql(client, 'mutation { createCase(title: "End to end") { id } }', token=token))["createCase"][
+            "id"
+        ]
         image = await upload(client, token, case_id, "photo.jpg", make_jpeg(width=120, height=80, exif=True))
         video = await upload(client, token, case_id, "clip.mp4", make_mp4(seconds=1.0, width=160, height=120))
         assert (image["kind"], video["kind"]) == ("IMAGE", "VIDEO")
 
         ws_url = base_url.replace("http://", "ws://") + "/graphql"
         for media in (image, video):
-            job = (await gql(client, "mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: [\"media-probe\"])"
-                                     " { id } }", {"m": media["id"]}, token))["analyzeMedia"]
+            job = (
+                await gql(
+                    client,
+                    'mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: ["media-probe"]) { id } }',
+                    {"m": media["id"]},
+                    token,
+                )
+            )["analyzeMedia"]
             events = await follow(ws_url, token, job["id"])
             assert events[-1]["jobState"] == "SUCCEEDED", events
             assert any(e["taskState"] == "SUCCEEDED" and e["analyzer"] == "media-probe" for e in events), events
 
-        read = await gql(client, "query($i: ID!, $v: ID!) { i: media(id: $i) { results { analyzer payload } }"
-                                  " v: media(id: $v) { results { analyzer payload } } }",
-                         {"i": image["id"], "v": video["id"]}, token)
+        read = await gql(
+            client,
+            "query($i: ID!, $v: ID!) { i: media(id: $i) { results { analyzer payload } }"
+            " v: media(id: $v) { results { analyzer payload } } }",
+            {"i": image["id"], "v": video["id"]},
+            token,
+        )
         [image_result] = read["i"]["results"]
         [video_result] = read["v"]["results"]
         assert image_result["payload"]["width"] == 120

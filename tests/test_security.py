@@ -24,10 +24,10 @@ def test_token_round_trip() -> None:
     [
         pytest.param(lambda c: {**c, "aud": "someone-else"}, id="wrong-audience"),
         pytest.param(lambda c: {**c, "iss": "someone-else"}, id="wrong-issuer"),
-        pytest.param(lambda c: {**c, "exp": int((datetime.now(UTC) - timedelta(minutes=1)).timestamp())},
-                     id="expired"),
-        pytest.param(lambda c: {**c, "nbf": int((datetime.now(UTC) + timedelta(minutes=5)).timestamp())},
-                     id="not-yet-valid"),
+        pytest.param(lambda c: {**c, "exp": int((datetime.now(UTC) - timedelta(minutes=1)).timestamp())}, id="expired"),
+        pytest.param(
+            lambda c: {**c, "nbf": int((datetime.now(UTC) + timedelta(minutes=5)).timestamp())}, id="not-yet-valid"
+        ),
         pytest.param(lambda c: {**c, "typ": "refresh"}, id="wrong-type"),
         pytest.param(lambda c: {k: v for k, v in c.items() if k != "jti"}, id="no-jti"),
     ],

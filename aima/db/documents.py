@@ -30,8 +30,11 @@ class AnalysisResultDocument(Document):
         name = "analysis_results"
         indexes = [
             pymongo.IndexModel(
-                [("media_id", pymongo.ASCENDING), ("analyzer", pymongo.ASCENDING),
-                 ("analyzer_version", pymongo.ASCENDING)],
+                [
+                    ("media_id", pymongo.ASCENDING),
+                    ("analyzer", pymongo.ASCENDING),
+                    ("analyzer_version", pymongo.ASCENDING),
+                ],
                 unique=True,
                 name="uq_media_analyzer_version",
             ),

@@ -136,9 +136,7 @@ class Task(Base):
     media_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), nullable=False)
     analyzer: Mapped[str] = mapped_column(String(100), nullable=False)
     analyzer_version: Mapped[str] = mapped_column(String(50), nullable=False)
-    state: Mapped[TaskState] = mapped_column(
-        _enum(TaskState, "task_state"), nullable=False, default=TaskState.QUEUED
-    )
+    state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), nullable=False, default=TaskState.QUEUED)
     progress: Mapped[float] = mapped_column(default=0.0, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64))

@@ -28,8 +28,12 @@ def format_error(error: GraphQLError) -> GraphQLError:
             code = str(error.extensions["code"])
         message = error.message
     else:
-        logger.error("unexpected error in %s: %r", ".".join(map(str, error.path or [])) or "operation",
-                     original, exc_info=original)
+        logger.error(
+            "unexpected error in %s: %r",
+            ".".join(map(str, error.path or [])) or "operation",
+            original,
+            exc_info=original,
+        )
         code, message = INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE
     return GraphQLError(
         message,

@@ -9,7 +9,7 @@ from strawberry.types import Info
 from aima.db.models import User
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
-from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode
+from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
 from aima.security import issue_access_token
 from aima.services import cases, jobs, media, users
 from aima.services.access import Actor
@@ -45,7 +45,10 @@ class Mutation:
         ctx = info.context
         actor = ctx.require_actor()
         row = await media.upload_media(
-            resources=ctx.resources, actor=actor, case_id=parse_id(case_id, "case"), upload=file  # type: ignore[arg-type]
+            resources=ctx.resources,
+            actor=actor,
+            case_id=parse_id(case_id, "case"),
+            upload=file,  # type: ignore[arg-type]
         )
         return MediaNode.of(row)
 
@@ -67,5 +70,8 @@ def _signed_in(ctx: Context, user: User) -> AuthPayload:
     token = issue_access_token(ctx.resources.settings.auth, user.id)
     ctx.actor = Actor.of(user)
     return AuthPayload(
-        access_token=token.token, token_type="Bearer",  # noqa: S106 - the token scheme expires_at=token.expires_at, user=UserNode.of(user)
+        access_token=token.token,
+        token_type="Bearer",  # noqa: S106 - the token scheme, not a secret
+        expires_at=token.expires_at,
+        user=UserNode.of(user),
     )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import strawberry
 from graphql.error import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.types import ExecutionContext
 
 from aima.graphql.errors import DomainErrors, format_errors_in_place
@@ -28,6 +34,9 @@ def create_schema() -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
+            # Clients send the same few documents again and again: parse and validate each once.
+            ParserCache(maxsize=256),
+            ValidationCache(maxsize=256),
             QueryDepthLimiter(max_depth=12),
             MaxAliasesLimiter(max_alias_count=30),
             MaxTokensLimiter(max_token_count=5000),

@@ -306,9 +306,7 @@ def _pillow_exif(im: Image.Image) -> dict[str, str]:
         return {}
 
 
-_EXIF_POINTERS = frozenset(
-    {ExifTags.Base.ExifOffset, ExifTags.Base.GPSInfo, ExifTags.Base.ExifInteroperabilityOffset}
-)
+_EXIF_POINTERS = frozenset({ExifTags.Base.ExifOffset, ExifTags.Base.GPSInfo, ExifTags.Base.ExifInteroperabilityOffset})
 _EXIF_SKIPPED = frozenset({ExifTags.Base.MakerNote, ExifTags.Base.PrintImageMatching})
 
 
@@ -456,9 +454,7 @@ def _stream_info(stream: Stream) -> StreamInfo:
     return info
 
 
-def _decode_first_frames(
-    container: InputContainer, streams: list[Stream], infos: dict[int, StreamInfo]
-) -> None:
+def _decode_first_frames(container: InputContainer, streams: list[Stream], infos: dict[int, StreamInfo]) -> None:
     """Decode one frame of each stream, marking `decoded` in `infos`; errors are logged, not raised."""
     for s in streams:
         infos[s.index].decoded = False

@@ -129,9 +129,7 @@ _HEIC_STILL = frozenset({b"heic", b"heix", b"heim", b"heis"})
 _HEIC_SEQUENCE = frozenset({b"hevc", b"hevx", b"hevm", b"hevs"})
 _AVIF = frozenset({b"avif", b"avis"})
 _M4A = frozenset({b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
-_MP4_BRANDS = (
-    b"isomiso2iso3iso4iso5iso6iso7iso8iso9mp41mp42avc1dashM4V M4VHM4VPMSNVNDASXAVCf4v f4p mmp4caqvnvr1FACE"
-)
+_MP4_BRANDS = b"isomiso2iso3iso4iso5iso6iso7iso8iso9mp41mp42avc1dashM4V M4VHM4VPMSNVNDASXAVCf4v f4p mmp4caqvnvr1FACE"
 _MP4 = frozenset(_MP4_BRANDS[i : i + 4] for i in range(0, len(_MP4_BRANDS), 4))
 _OTHER_ISO = {
     b"crx ": "Canon CR3 raw images",

@@ -10,13 +10,12 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, case, exists, literal, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.analysis import MediaKind
-from aima.db.models import TERMINAL_TASK_STATES, Case, Job, JobState, Task, TaskState
-from aima.errors import AimaError, AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
-from aima.events import JobEvent, publish
+from aima.db.models import Case, Job, JobState, Task, TaskState
+from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
 from aima.resources import Resources
 from aima.services.access import Actor, can_read_case
 from aima.services.cases import get_writable_case
@@ -64,9 +63,7 @@ async def analyze_media(
             )
             for analyzer in chosen
         ]
-        session.add(job)
-        await session.flush()
-        session.add_all(tasks)
+        session.add_all([job, *tasks])  # one flush: the unit of work inserts the job before its tasks
         await session.commit()
 
     try:
@@ -86,8 +83,12 @@ async def _fail_unqueued(resources: Resources, job_id: uuid.UUID) -> None:
         await session.execute(
             update(Task)
             .where(Task.job_id == job_id, Task.state == TaskState.QUEUED)
-            .values(state=TaskState.FAILED, error_code=BackendUnavailable.code,
-                    error_message="The task queue was unavailable.", finished_at=now)
+            .values(
+                state=TaskState.FAILED,
+                error_code=BackendUnavailable.code,
+                error_message="The task queue was unavailable.",
+                finished_at=now,
+            )
         )
         await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.FAILED, finished_at=now))
         await session.commit()
@@ -109,107 +110,3 @@ async def tasks_of_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Task
 async def jobs_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Job]:
     query = select(Job).where(Job.case_id == case_id).order_by(Job.created_at.desc(), Job.id)
     return list((await session.execute(query)).scalars())
-
-
-# --- state changes made by workers ------------------------------------------------------------------------------
-
-
-async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -> Task | None:
-    """Mark a task running; None when it is unknown or already finished (a duplicate delivery)."""
-    now = datetime.now(UTC)
-    async with resources.sessions() as session:
-        task = (
-            await session.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.state.not_in(TERMINAL_TASK_STATES))
-                .values(state=TaskState.RUNNING, attempts=Task.attempts + 1, worker=worker,
-                        started_at=now, heartbeat_at=now, progress=0.0)
-                .returning(Task)
-            )
-        ).scalar_one_or_none()
-        if task is None:
-            return None
-        await session.execute(
-            update(Job).where(Job.id == task.job_id, Job.state == JobState.QUEUED).values(state=JobState.RUNNING)
-        )
-        await session.commit()
-    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
-        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
-        task_state=TaskState.RUNNING, progress=0.0, message=f"{task.analyzer} started",
-    ))
-    return task
-
-
-async def requeue_task(*, resources: Resources, task: Task, reason: AimaError) -> None:
-    """Put a task that hit a transient error back in line; its next delivery runs it again."""
-    async with resources.sessions() as session:
-        await session.execute(
-            update(Task).where(Task.id == task.id, Task.state == TaskState.RUNNING)
-            .values(state=TaskState.QUEUED, error_code=reason.code, error_message=reason.message)
-        )
-        await session.commit()
-    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
-        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
-        task_state=TaskState.QUEUED, message=f"{task.analyzer} will retry: {reason.message}", error_code=reason.code,
-    ))
-
-
-async def report_progress(*, resources: Resources, task: Task, progress: float, message: str) -> None:
-    progress = min(max(progress, 0.0), 1.0)
-    async with resources.sessions() as session:
-        await session.execute(
-            update(Task).where(Task.id == task.id, Task.state == TaskState.RUNNING)
-            .values(progress=progress, heartbeat_at=datetime.now(UTC))
-        )
-        await session.commit()
-    await publish(resources.redis, resources.settings.redis_prefix, JobEvent(
-        job_id=str(task.job_id), job_state=JobState.RUNNING, task_id=str(task.id), analyzer=task.analyzer,
-        task_state=TaskState.RUNNING, progress=progress, message=message,
-    ))
-
-
-async def finish_task(
-    *, resources: Resources, task: Task, state: TaskState, error_code: str | None = None,
-    error_message: str | None = None,
-) -> None:
-    """Record a task's end, end its job when it was the last one, and tell the subscribers."""
-    now = datetime.now(UTC)
-    async with resources.sessions() as session:
-        await session.execute(
-            update(Task).where(Task.id == task.id)
-            .values(state=state, finished_at=now, heartbeat_at=now, error_code=error_code,
-                    error_message=error_message, progress=1.0 if state is TaskState.SUCCEEDED else Task.progress)
-        )
-        await session.commit()
-        job_state = await _close_job_if_done(session, task.job_id, now)
-    prefix = resources.settings.redis_prefix
-    message = f"{task.analyzer} {state}" + (f": {error_message}" if error_message else "")
-    await publish(resources.redis, prefix, JobEvent(
-        job_id=str(task.job_id), job_state=job_state or JobState.RUNNING, task_id=str(task.id),
-        analyzer=task.analyzer, task_state=state, progress=1.0 if state is TaskState.SUCCEEDED else 0.0,
-        message=message, error_code=error_code,
-    ))
-    if job_state is not None:
-        await publish(resources.redis, prefix, JobEvent(
-            job_id=str(task.job_id), job_state=job_state, progress=1.0, message=f"job {job_state}",
-        ))
-
-
-async def _close_job_if_done(session: AsyncSession, job_id: uuid.UUID, now: datetime) -> JobState | None:
-    """Set the job's final state once no task is left open; exactly one caller wins and gets the state back."""
-    open_tasks = exists().where(Task.job_id == job_id, Task.state.not_in(TERMINAL_TASK_STATES))
-    failed_tasks = exists().where(Task.job_id == job_id, Task.state == TaskState.FAILED)
-    state_type = Job.__table__.c.state.type
-    final_state = case(
-        (failed_tasks, literal(JobState.FAILED, state_type)), else_=literal(JobState.SUCCEEDED, state_type)
-    )
-    closed = (
-        await session.execute(
-            update(Job)
-            .where(and_(Job.id == job_id, Job.state.in_([JobState.QUEUED, JobState.RUNNING]), ~open_tasks))
-            .values(state=final_state, finished_at=now)
-            .returning(Job.state)
-        )
-    ).scalar_one_or_none()
-    await session.commit()
-    return closed

@@ -17,8 +17,14 @@ from aima.db.documents import AnalysisResultDocument
 
 
 async def upsert_result(
-    collection: AsyncCollection[dict[str, Any]], *, media_id: uuid.UUID, case_id: uuid.UUID, analyzer: str,
-    analyzer_version: str, task_id: uuid.UUID, payload: dict[str, Any],
+    collection: AsyncCollection[dict[str, Any]],
+    *,
+    media_id: uuid.UUID,
+    case_id: uuid.UUID,
+    analyzer: str,
+    analyzer_version: str,
+    task_id: uuid.UUID,
+    payload: dict[str, Any],
 ) -> None:
     """Store a result; a re-run of the same analyzer version replaces it instead of adding a second one."""
     now = datetime.now(UTC)

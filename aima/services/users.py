@@ -29,9 +29,7 @@ def normalize_email(email: str) -> str:
 
 def check_password_policy(password: str) -> None:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-        raise InvalidInput(
-            f"Passwords must have between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH} characters."
-        )
+        raise InvalidInput(f"Passwords must have between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH} characters.")
 
 
 async def create_user(

@@ -64,9 +64,7 @@ def _save(image: Image.Image, fmt: str, **params: Any) -> bytes:
     return out.getvalue()
 
 
-def make_jpeg(
-    width: int = 64, height: int = 48, *, exif: bool = True, gps: bool = True, quality: int = 85
-) -> bytes:
+def make_jpeg(width: int = 64, height: int = 48, *, exif: bool = True, gps: bool = True, quality: int = 85) -> bytes:
     params: dict[str, Any] = {"quality": quality}
     if exif:
         params["exif"] = make_exif(gps=gps)
@@ -181,9 +179,7 @@ def _encode(
     attachments: tuple[tuple[str, str, bytes], ...] = (),
 ) -> bytes:
     out = io.BytesIO()
-    with av.open(
-        out, mode="w", format=container_format, container_options=container_options or {}
-    ) as container:
+    with av.open(out, mode="w", format=container_format, container_options=container_options or {}) as container:
         # Every stream must exist before the first packet is written.
         for name, mimetype, data in attachments:
             container.add_attachment(name, mimetype, data)
@@ -236,9 +232,7 @@ def make_m4a(seconds: float = 1.0, sample_rate: int = 44_100, channels: int = 2)
     return _encode("ipod", seconds, video=None, audio=_Audio("aac", sample_rate, _layout(channels)))
 
 
-def make_mkv(
-    seconds: float = 1.0, width: int = 160, height: int = 120, fps: int = 10, *, audio: bool = True
-) -> bytes:
+def make_mkv(seconds: float = 1.0, width: int = 160, height: int = 120, fps: int = 10, *, audio: bool = True) -> bytes:
     """Matroska with H.264 video and AAC audio."""
     return _encode(
         "matroska",
@@ -254,9 +248,7 @@ def make_mka(seconds: float = 1.0, *, cover_art: bool = True) -> bytes:
     return _encode("matroska", seconds, video=None, audio=_Audio("flac", 44_100, "stereo"), attachments=cover)
 
 
-def make_webm(
-    seconds: float = 1.0, width: int = 160, height: int = 120, fps: int = 10, *, video: bool = True
-) -> bytes:
+def make_webm(seconds: float = 1.0, width: int = 160, height: int = 120, fps: int = 10, *, video: bool = True) -> bytes:
     """WebM with VP8 video and Opus audio (audio only when `video` is false)."""
     return _encode(
         "webm",
@@ -286,9 +278,7 @@ def make_ogg(seconds: float = 1.0, channels: int = 2) -> bytes:
     return _encode("ogg", seconds, video=None, audio=_Audio("libopus", 48_000, _layout(channels)))
 
 
-def make_mp3(
-    seconds: float = 1.0, sample_rate: int = 44_100, channels: int = 2, *, id3: bool = True
-) -> bytes:
+def make_mp3(seconds: float = 1.0, sample_rate: int = 44_100, channels: int = 2, *, id3: bool = True) -> bytes:
     """MP3 (LAME); without `id3` the file starts straight with an MPEG audio frame."""
     options = {} if id3 else {"id3v2_version": "0", "write_xing": "0"}
     return _encode(
@@ -378,13 +368,9 @@ def make_heic(width: int = 64, height: int = 48, *, exif: bool = True) -> bytes:
             0,
             bytes([0x44, 0x00])
             + struct.pack(">H", len(items))
-            + b"".join(
-                struct.pack(">HHHII", item, 0, 1, offset, length) for item, _t, offset, length in items
-            ),
+            + b"".join(struct.pack(">HHHII", item, 0, 1, offset, length) for item, _t, offset, length in items),
         )
-        infes = b"".join(
-            _full_box(b"infe", 2, 0, struct.pack(">HH4sB", i, 0, t, 0)) for i, t, _o, _l in items
-        )
+        infes = b"".join(_full_box(b"infe", 2, 0, struct.pack(">HH4sB", i, 0, t, 0)) for i, t, _o, _l in items)
         iinf = _full_box(b"iinf", 0, 0, struct.pack(">H", len(items)) + infes)
         iref = _full_box(b"iref", 0, 0, _box(b"cdsc", struct.pack(">HHH", 2, 1, 1))) if exif else b""
         ispe = _full_box(b"ispe", 0, 0, struct.pack(">II", width, height))

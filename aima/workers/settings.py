@@ -45,7 +45,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "poll_delay": settings.worker.poll_delay_s,
         "max_jobs": settings.worker.max_jobs,
         "job_timeout": settings.worker.job_timeout_s,
-        "keep_result": 60,
+        # PostgreSQL keeps each task's outcome; arq's result records would only be extra writes.
+        "keep_result": 0,
         "health_check_interval": 30,
         "handle_signals": True,
     }

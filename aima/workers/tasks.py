@@ -13,14 +13,15 @@ from typing import Any
 from arq import Retry
 from pydantic import BaseModel
 
-from aima.analysis import AnalysisInput, MediaKind
-from aima.db.models import Media, Task, TaskState
+from aima.analysis import AnalysisInput
+from aima.db.models import TaskState
 from aima.errors import AimaError
 from aima.logs import log_context
 from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
-from aima.services import jobs
+from aima.services import task_runs
 from aima.services.results import upsert_result
+from aima.services.task_runs import MediaFacts, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -33,27 +34,35 @@ async def run_analysis_task(ctx: dict[str, Any], task_id: str) -> str:
     """arq entry point. Safe to run twice: a finished task is skipped, a result is upserted, not added."""
     resources: Resources = ctx["resources"]
     with log_context(task_id=task_id):
-        task = await jobs.start_task(resources=resources, task_id=uuid.UUID(task_id), worker=ctx["worker_name"])
-        if task is None:
+        run = await task_runs.start_task(resources=resources, task_id=uuid.UUID(task_id), worker=ctx["worker_name"])
+        if run is None:
             logger.info("task %s is unknown or already finished; skipped", task_id)
             return "skipped"
-        with log_context(job_id=str(task.job_id)):
-            return await _run(resources, task, job_try=int(ctx.get("job_try", 1)))
+        with log_context(job_id=str(run.job_id)):
+            return await _run(resources, run, job_try=int(ctx.get("job_try", 1)))
 
 
-async def _run(resources: Resources, task: Task, *, job_try: int) -> str:
+async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
     started = time.perf_counter()
     TASKS_RUNNING.labels(analyzer=task.analyzer).inc()
     try:
-        media, payload = await _analyze(resources, task)
+        media = task.media
+        if media is None:
+            raise AimaError(f"Media {task.media_id} no longer exists.", code="MEDIA_GONE")
+        payload = await _analyze(resources, task, media)
         await upsert_result(
-            resources.results, media_id=task.media_id, case_id=media.case_id, analyzer=task.analyzer,
-            analyzer_version=task.analyzer_version, task_id=task.id, payload=payload,
+            resources.results,
+            media_id=task.media_id,
+            case_id=media.case_id,
+            analyzer=task.analyzer,
+            analyzer_version=task.analyzer_version,
+            task_id=task.id,
+            payload=payload,
         )
     except AimaError as exc:
         if exc.transient and job_try < resources.settings.worker.max_tries:
             logger.warning("task %s hit a transient error (%s); retrying", task.id, exc.message)
-            await jobs.requeue_task(resources=resources, task=task, reason=exc)
+            await task_runs.requeue_task(resources=resources, run=task, reason=exc)
             raise Retry(defer=min(2**job_try, 30)) from exc
         await _finish(resources, task, TaskState.FAILED, started, exc.code, exc.message)
         return "failed"
@@ -64,8 +73,14 @@ async def _run(resources: Resources, task: Task, *, job_try: int) -> str:
         raise
     except Exception:
         logger.exception("analyzer %s crashed on task %s", task.analyzer, task.id)
-        await _finish(resources, task, TaskState.FAILED, started, INTERNAL_ERROR_CODE,
-                      f"The analyzer failed unexpectedly; the worker log has the details for task {task.id}.")
+        await _finish(
+            resources,
+            task,
+            TaskState.FAILED,
+            started,
+            INTERNAL_ERROR_CODE,
+            f"The analyzer failed unexpectedly; the worker log has the details for task {task.id}.",
+        )
         return "failed"
     finally:
         TASKS_RUNNING.labels(analyzer=task.analyzer).dec()
@@ -74,30 +89,36 @@ async def _run(resources: Resources, task: Task, *, job_try: int) -> str:
 
 
 async def _finish(
-    resources: Resources, task: Task, state: TaskState, started: float,
-    error_code: str | None = None, error_message: str | None = None,
+    resources: Resources,
+    task: TaskRun,
+    state: TaskState,
+    started: float,
+    error_code: str | None = None,
+    error_message: str | None = None,
 ) -> None:
-    await jobs.finish_task(resources=resources, task=task, state=state, error_code=error_code,
-                           error_message=error_message)
+    await task_runs.finish_task(
+        resources=resources, run=task, state=state, error_code=error_code, error_message=error_message
+    )
     TASKS.labels(analyzer=task.analyzer, state=state.value).inc()
     TASK_DURATION.labels(analyzer=task.analyzer).observe(time.perf_counter() - started)
     logger.info("task %s (%s) %s in %.3f s", task.id, task.analyzer, state, time.perf_counter() - started)
 
 
-async def _analyze(resources: Resources, task: Task) -> tuple[Media, dict[str, Any]]:
+async def _analyze(resources: Resources, task: TaskRun, media: MediaFacts) -> dict[str, Any]:
     analyzer = resources.analyzers.get(task.analyzer)
-    async with resources.sessions() as session:
-        media = await session.get(Media, task.media_id)
-    if media is None:
-        raise AimaError(f"Media {task.media_id} no longer exists.", code="MEDIA_GONE")
     reporter = _ProgressReporter(resources, task)
     with tempfile.TemporaryDirectory(prefix="aima-task-") as tmp:
         path = Path(tmp) / "original"
         await resources.store.download_to(media.storage_key, path)
         item = AnalysisInput(
-            media_id=str(media.id), case_id=str(media.case_id), kind=MediaKind(media.kind),
-            content_type=media.content_type, size_bytes=media.size_bytes, sha256=media.sha256,
-            original_path=path, report_progress=reporter,
+            media_id=str(task.media_id),
+            case_id=str(media.case_id),
+            kind=media.kind,
+            content_type=media.content_type,
+            size_bytes=media.size_bytes,
+            sha256=media.sha256,
+            original_path=path,
+            report_progress=reporter,
         )
         try:
             result = await analyzer.analyze(item)
@@ -106,13 +127,13 @@ async def _analyze(resources: Resources, task: Task) -> tuple[Media, dict[str, A
     if not isinstance(result, BaseModel):
         raise TypeError(f"analyzer {analyzer.name} returned {type(result).__name__}, not a pydantic model")
     payload: dict[str, Any] = result.model_dump(mode="json")
-    return media, payload
+    return payload
 
 
 class _ProgressReporter:
     """The `report_progress` callback handed to analyzers: callable from any thread, throttled, never lost."""
 
-    def __init__(self, resources: Resources, task: Task) -> None:
+    def __init__(self, resources: Resources, task: TaskRun) -> None:
         self._resources = resources
         self._task = task
         self._loop = asyncio.get_running_loop()
@@ -128,7 +149,7 @@ class _ProgressReporter:
 
     def _schedule(self, fraction: float, message: str) -> None:
         future = asyncio.ensure_future(
-            jobs.report_progress(resources=self._resources, task=self._task, progress=fraction, message=message)
+            task_runs.report_progress(resources=self._resources, run=self._task, progress=fraction, message=message)
         )
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)

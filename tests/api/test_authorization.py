@@ -123,8 +123,9 @@ def test_reads_by_role(people: People, owned: dict[str, str], kind: str, role: s
         assert body["data"] is None
 
 
-@pytest.mark.parametrize(("role", "code"), [("owner", None), ("admin", None), ("other", "NOT_FOUND"),
-                                            ("guest", "NOT_FOUND")])
+@pytest.mark.parametrize(
+    ("role", "code"), [("owner", None), ("admin", None), ("other", "NOT_FOUND"), ("guest", "NOT_FOUND")]
+)
 def test_writes_by_role(people: People, owned: dict[str, str], role: str, code: str | None) -> None:
     client: GraphQLClient = getattr(people, role)
     upload = client.upload(owned["case"], make_jpeg(width=33), filename="b.jpg")

@@ -49,9 +49,7 @@ def error_code(body: dict[str, object]) -> str:
         pytest.param(make_jpeg()[:200], "CORRUPT_MEDIA", id="truncated-jpeg"),
     ],
 )
-def test_bad_uploads_leave_nothing_behind(
-    people: People, settings: Settings, content: bytes, code: str
-) -> None:
+def test_bad_uploads_leave_nothing_behind(people: People, settings: Settings, content: bytes, code: str) -> None:
     case_id = new_case(people.owner, "Bad uploads")
     body = people.owner.upload(case_id, content, filename="evidence.jpg", content_type="image/jpeg")
     assert error_code(body) == code
@@ -65,10 +63,17 @@ def test_an_oversized_upload_is_refused_and_cleaned_up(servers: object, analyzer
     from tests.conftest import Servers, settings_for
 
     assert isinstance(servers, Servers)
-    small = settings_for(servers, max_upload_bytes=5 * 1024 * 1024 + 10, s3={
-        "endpoint_url": servers.s3_url, "access_key": servers.s3_access_key,
-        "secret_key": servers.s3_secret_key, "bucket": "aima-oversize", "part_size": 5 * 1024 * 1024,
-    })
+    small = settings_for(
+        servers,
+        max_upload_bytes=5 * 1024 * 1024 + 10,
+        s3={
+            "endpoint_url": servers.s3_url,
+            "access_key": servers.s3_access_key,
+            "secret_key": servers.s3_secret_key,
+            "bucket": "aima-oversize",
+            "part_size": 5 * 1024 * 1024,
+        },
+    )
     with TestClient(create_app(small, analyzers=analyzers)) as http:  # type: ignore[arg-type]
         from aima.cli import create_account
         from aima.db.models import Role
@@ -115,8 +120,11 @@ def test_ids_of_others_and_missing_ids_look_the_same(people: People) -> None:
         pytest.param("{ cases { id ", "GRAPHQL_PARSE_FAILED", id="syntax"),
         pytest.param("{ cases { nope } }", "GRAPHQL_VALIDATION_FAILED", id="unknown-field"),
         pytest.param("query { cases { id } } query { cases { id } }", "GRAPHQL_VALIDATION_FAILED", id="ambiguous"),
-        pytest.param("{ " + " ".join(f"a{i}: cases {{ id }}" for i in range(40)) + " }",
-                     "GRAPHQL_VALIDATION_FAILED", id="too-many-aliases"),
+        pytest.param(
+            "{ " + " ".join(f"a{i}: cases {{ id }}" for i in range(40)) + " }",
+            "GRAPHQL_VALIDATION_FAILED",
+            id="too-many-aliases",
+        ),
     ],
 )
 def test_malformed_queries_get_a_code(people: People, http: TestClient, query: str, code: str) -> None:

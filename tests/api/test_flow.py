@@ -42,7 +42,7 @@ def test_register_login_and_me(http: TestClient) -> None:
     me = client.data("{ me { email role } }")["me"]
     assert me == {"email": email.lower(), "role": "USER"}
     again = GraphQLClient(http).execute(
-        "mutation($e: String!) { register(email: $e, password: \"a long enough password\") { accessToken } }",
+        'mutation($e: String!) { register(email: $e, password: "a long enough password") { accessToken } }',
         {"e": email},
     )
     assert again["errors"][0]["extensions"]["code"] == "CONFLICT"
@@ -104,8 +104,9 @@ def test_upload_analyze_subscribe_and_read(
     job2 = owner.data(ANALYZE, {"m": media["id"], "a": None})["analyzeMedia"]
     list(owner.subscribe(JOB_EVENTS, {"jobId": job2["id"]}))
     assert len(owner.data(MEDIA, {"id": media["id"]})["media"]["results"]) == 1
-    finished = owner.data("query($id: ID!) { job(id: $id) { state tasks { state attempts error { code } } } }",
-                          {"id": job2["id"]})["job"]
+    finished = owner.data(
+        "query($id: ID!) { job(id: $id) { state tasks { state attempts error { code } } } }", {"id": job2["id"]}
+    )["job"]
     assert finished["state"] == "SUCCEEDED"
     assert finished["tasks"][0]["attempts"] == 1
 
@@ -129,8 +130,9 @@ def test_case_lists_its_media_and_jobs(http: TestClient, people: People) -> None
     owner = people.owner
     case_id = new_case(owner, "Listing")
     owner.upload(case_id, make_jpeg(), filename="a.jpg")
-    case = owner.data("query($id: ID!) { case(id: $id) { title media { filename } jobs { id } } }",
-                      {"id": case_id})["case"]
+    case = owner.data("query($id: ID!) { case(id: $id) { title media { filename } jobs { id } } }", {"id": case_id})[
+        "case"
+    ]
     assert case["title"] == "Listing"
     assert [m["filename"] for m in case["media"]] == ["a.jpg"]
     assert case_id in [c["id"] for c in owner.data("{ cases { id } }")["cases"]]
@@ -139,8 +141,12 @@ def test_case_lists_its_media_and_jobs(http: TestClient, people: People) -> None
 
 def test_analyzers_are_listed(people: People) -> None:
     analyzers = people.guest.data("{ analyzers { name version mediaKinds runsOn } }")["analyzers"]
-    assert {"name": "media-probe", "version": "1.0.0", "mediaKinds": ["AUDIO", "IMAGE", "VIDEO"],
-            "runsOn": "cpu"} in analyzers
+    assert {
+        "name": "media-probe",
+        "version": "1.0.0",
+        "mediaKinds": ["AUDIO", "IMAGE", "VIDEO"],
+        "runsOn": "cpu",
+    } in analyzers
 
 
 async def _read_object(settings: object, key: str) -> bytes:

@@ -134,9 +134,7 @@ def test_mp4_with_video_and_audio(tmp_path: Path) -> None:
     ],
     ids=["mov", "mkv", "webm", "avi"],
 )
-def test_other_video_containers(
-    tmp_path: Path, make: Callable[[], bytes], fmt: str, content_type: str
-) -> None:
+def test_other_video_containers(tmp_path: Path, make: Callable[[], bytes], fmt: str, content_type: str) -> None:
     probe = probe_file(_write(tmp_path, make()))
     assert (probe.kind, probe.format, probe.content_type) == (MediaKind.VIDEO, fmt, content_type)
     assert (probe.width, probe.height) == (160, 120)
@@ -252,9 +250,7 @@ def _seed(name: str) -> bytes:
     cut=st.floats(min_value=0.0, max_value=1.0),
     flips=st.lists(st.tuples(st.floats(min_value=0.0, max_value=0.999), st.integers(0, 255)), max_size=30),
 )
-def test_damaged_files_give_a_probe_or_a_media_error(
-    name: str, cut: float, flips: list[tuple[float, int]]
-) -> None:
+def test_damaged_files_give_a_probe_or_a_media_error(name: str, cut: float, flips: list[tuple[float, int]]) -> None:
     """Truncated and bit-flipped real files: decoders fail only with CorruptMedia or UnsupportedMedia."""
     data = bytearray(_seed(name))
     for where, value in flips:
@@ -320,9 +316,7 @@ _FORCED_AV_TYPES = [
     SniffedType(MediaKind.IMAGE, "image/heic", "heic"),
 ]
 
-HLS_PASSWD = (
-    "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile:///etc/passwd\n#EXTINF:10.0,\n/etc/passwd\n"
-)
+HLS_PASSWD = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile:///etc/passwd\n#EXTINF:10.0,\n/etc/passwd\n"
 FFCONCAT_PASSWD = "ffconcat version 1.0\nfile /etc/passwd\nfile 'file:/etc/passwd'\n"
 
 

@@ -49,9 +49,7 @@ GENERATED: list[tuple[str, Callable[[], bytes], SniffedType]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("make", "expected"), [(m, e) for _, m, e in GENERATED], ids=[n for n, _, _ in GENERATED]
-)
+@pytest.mark.parametrize(("make", "expected"), [(m, e) for _, m, e in GENERATED], ids=[n for n, _, _ in GENERATED])
 def test_generated_files_are_recognised(make: Callable[[], bytes], expected: SniffedType) -> None:
     data = make()
     found = sniff(data[:SNIFF_BYTES])
