@@ -138,12 +138,15 @@ def dev(
     data_dir: Annotated[Path | None, typer.Option(help="Where the embedded servers keep data (AIMA_DATA_DIR).")] = None,
     port: Annotated[int | None, typer.Option(help="API port (AIMA_API_PORT).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    free_ports: Annotated[
+        bool, typer.Option(help="Run the embedded servers on free ports instead of the fixed defaults.")
+    ] = False,
 ) -> None:
     """Start everything on this machine: embedded servers, the API and workers. Ctrl-C stops it all."""
     from aima.devserver import run_dev
 
     settings = _settings(json_logs=False)
-    raise typer.Exit(run_dev(settings, data_dir=data_dir, port=port, workers=workers))
+    raise typer.Exit(run_dev(settings, data_dir=data_dir, port=port, workers=workers, free_ports=free_ports))
 
 
 def main() -> None:

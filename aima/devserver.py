@@ -42,7 +42,9 @@ def stack_environment(urls: StackUrls) -> dict[str, str]:
     }
 
 
-def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, workers: int) -> int:
+def run_dev(
+    settings: Settings, *, data_dir: Path | None, port: int | None, workers: int, free_ports: bool = False
+) -> int:
     root = (data_dir or settings.data_dir).resolve()
     port = port or settings.api_port
     started = time.monotonic()
@@ -55,7 +57,7 @@ def run_dev(settings: Settings, *, data_dir: Path | None, port: int | None, work
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    stack = DevStack(root / "servers", StackPorts())
+    stack = DevStack(root / "servers", StackPorts.free() if free_ports else StackPorts())
     children: list[subprocess.Popen[bytes]] = []
     try:
         logger.info("starting embedded servers under %s", root)

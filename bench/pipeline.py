@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -36,19 +35,12 @@ from aima.embedded import DevStack, StackPorts
 from aima.embedded.base import make_runtime_root
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
-from aima.testing.processes import spawn, stop, wait_ready
+from aima.testing.processes import free_port, spawn, stop, wait_ready
 
 EMAIL, PASSWORD = "bench@example.org", "benchmark password"
 ANALYZE = 'mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: ["media-probe"]) { id } }'
 JOBS = "query($c: ID!) { case(id: $c) { jobs { id state } } }"
 JOB = "query($j: ID!) { job(id: $j) { state tasks { finishedAt startedAt } } }"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

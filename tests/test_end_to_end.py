@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,13 @@ import pytest
 import websockets
 
 from aima.testing.media import make_jpeg, make_mp4
-from aima.testing.processes import spawn, stop, wait_ready
+from aima.testing.processes import free_port, spawn, stop, wait_ready
 from tests.conftest import Servers, settings_for
 from tests.gql import run_sync
 
 pytestmark = pytest.mark.e2e
 
 SUBSCRIBE = "subscription($id: ID!) { jobEvents(jobId: $id) { jobState taskState analyzer progress message } }"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def gql(

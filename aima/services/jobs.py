@@ -42,6 +42,8 @@ async def analyze_media(
         kind = MediaKind(media.kind)
         if analyzers is None:
             chosen = [a for a in registry.all() if a.accepts(kind)]
+            if not chosen:
+                raise AnalyzerNotApplicable(f"No installed analyzer accepts {kind} media.")
         else:
             if not analyzers:
                 raise InvalidInput(f"Name at least one analyzer. Available analyzers: {', '.join(registry.names())}.")
@@ -63,7 +65,9 @@ async def analyze_media(
             )
             for analyzer in chosen
         ]
-        session.add_all([job, *tasks])  # one flush: the unit of work inserts the job before its tasks
+        session.add(job)
+        await session.flush()  # without relationship()s the unit of work does not order rows by foreign keys
+        session.add_all(tasks)
         await session.commit()
 
     try:

@@ -257,7 +257,13 @@ def test_s3_checks_signatures_binds_loopback_and_runs_twice(root: Path) -> None:
     server = EmbeddedS3(root / "s3", ports.s3, port_base=ports.s3_base, access_key="ak", secret_key="sk-secret")
     with server:
         assert server.pid is not None
-        assert listening(server.pid) == {("127.0.0.1", port) for port in server.ports()}
+        expected = {("127.0.0.1", port) for port in server.ports()}
+        # weed's admin and filer come up after its S3 endpoint answers: wait for every port, never a foreign one.
+        deadline = time.monotonic() + 20
+        while (found := listening(server.pid)) != expected and time.monotonic() < deadline:
+            assert found <= expected, found - expected
+            time.sleep(0.2)
+        assert found == expected
         s3_write(server)
         with pytest.raises(ClientError) as denied:
             s3_client(server, secret="wrong-secret").list_buckets()
