@@ -66,14 +66,26 @@ class GraphQLClient:
                     return
 
 
-def register(http: TestClient, email: str, password: str = "a long enough password") -> GraphQLClient:
+PASSWORD = "a long enough password"
+
+
+def _signed_in(http: TestClient, operation: str, email: str, password: str) -> GraphQLClient:
+    """A client holding the token that `register` or `login` returned."""
     client = GraphQLClient(http)
     data = client.data(
-        "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { accessToken user { id role } } }",
+        f"mutation($e: String!, $p: String!) {{ {operation}(email: $e, password: $p) {{ accessToken }} }}",
         {"e": email, "p": password},
     )
-    client.token = data["register"]["accessToken"]
+    client.token = data[operation]["accessToken"]
     return client
+
+
+def register(http: TestClient, email: str, password: str = PASSWORD) -> GraphQLClient:
+    return _signed_in(http, "register", email, password)
+
+
+def login(http: TestClient, email: str, password: str = PASSWORD) -> GraphQLClient:
+    return _signed_in(http, "login", email, password)
 
 
 def run_sync(coroutine: Any) -> Any:

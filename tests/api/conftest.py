@@ -16,9 +16,7 @@ from aima.db.models import Role
 from aima.plugins import AnalyzerRegistry
 from aima.settings import Settings
 from aima.workers.settings import worker_settings
-from tests.gql import GraphQLClient, run_sync
-
-PASSWORD = "a long enough password"
+from tests.gql import PASSWORD, GraphQLClient, login, run_sync
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +60,6 @@ class People:
     other: GraphQLClient
     guest: GraphQLClient
     anonymous: GraphQLClient
-
-
-def login(http: TestClient, email: str) -> GraphQLClient:
-    client = GraphQLClient(http)
-    data = client.data(
-        "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
-        {"e": email, "p": PASSWORD},
-    )
-    client.token = data["login"]["accessToken"]
-    return client
 
 
 @pytest.fixture(scope="session")

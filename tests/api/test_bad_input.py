@@ -59,8 +59,8 @@ def test_bad_uploads_leave_nothing_behind(people: People, settings: Settings, co
 
 def test_an_oversized_upload_is_refused_and_cleaned_up(servers: object, analyzers: object) -> None:
     from aima.app import create_app
-    from tests.api.conftest import login
     from tests.conftest import Servers, settings_for
+    from tests.gql import login
 
     assert isinstance(servers, Servers)
     small = settings_for(
