@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -87,5 +87,3 @@ class BlockingAnalyzer(Analyzer):
 
 #: The `register` callback handed to `register_analyzers`.
 RegisterAnalyzer = Callable[[Analyzer], None]
-#: Signature of an awaitable analyzer step, for type hints in plugins.
-AnalyzeFn = Callable[[AnalysisInput], Awaitable[BaseModel]]

@@ -24,6 +24,7 @@ from aima.metrics import HTTP_LATENCY, HTTP_REQUESTS, QUEUE_DEPTH
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources, open_resources
 from aima.settings import Settings
+from aima.upload_guard import UploadGuard
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,10 @@ async def readyz(request: Request) -> Response:
     down = {name: reason for name, reason in checks.items() if reason is not None}
     body: dict[str, Any] = {
         "status": "ready" if not down else "unavailable",
-        "checks": {name: ("ok" if reason is None else f"down: {reason}") for name, reason in checks.items()},
+        "checks": {name: ("ok" if reason is None else "down") for name, reason in checks.items()},
     }
-    if down:
-        logger.warning("not ready: %s", ", ".join(sorted(down)))
+    for name, reason in sorted(down.items()):  # the reasons may name hosts and credentials: logs only
+        logger.warning("not ready: %s is down (%s)", name, reason)
     return JSONResponse(body, status_code=503 if down else 200)
 
 
@@ -126,5 +127,6 @@ def create_app(settings: Settings, *, analyzers: AnalyzerRegistry | None = None)
         ],
         lifespan=lifespan,
     )
+    app.add_middleware(UploadGuard, settings=settings)
     app.add_middleware(RequestContextMiddleware)
     return app

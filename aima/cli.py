@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -145,6 +146,7 @@ def dev(
     """Start everything on this machine: embedded servers, the API and workers. Ctrl-C stops it all."""
     from aima.devserver import run_dev
 
+    os.environ.setdefault("AIMA_ENVIRONMENT", "development")
     settings = _settings(json_logs=False)
     raise typer.Exit(run_dev(settings, data_dir=data_dir, port=port, workers=workers, free_ports=free_ports))
 

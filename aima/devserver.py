@@ -64,6 +64,7 @@ def run_dev(
         stack.start()
         env = {
             "AIMA_LOG_JSON": "false",
+            "AIMA_ENVIRONMENT": str(settings.environment),
             **os.environ,
             **stack_environment(stack.urls),
             "AIMA_API_PORT": str(port),

@@ -6,6 +6,7 @@ client to update its view without another query.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -53,12 +54,17 @@ class JobEventStream:
     """A subscription to one job's channel; subscribe before reading the job's state so nothing is missed."""
 
     def __init__(self, redis: Redis, prefix: str, job_id: str) -> None:
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = redis.pubsub()
         self._channel = job_channel(prefix, job_id)
 
     async def __aenter__(self) -> JobEventStream:
+        """Subscribe, and return once Redis confirmed it: from then on no event of the job can be missed."""
         await self._pubsub.subscribe(self._channel)
-        return self
+        async with asyncio.timeout(5):
+            while True:
+                message = await self._pubsub.get_message(timeout=1)
+                if message is not None and message.get("type") == "subscribe":
+                    return self
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -66,11 +72,21 @@ class JobEventStream:
         finally:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def __aiter__(self) -> AsyncIterator[JobEvent]:
-        async for message in self._pubsub.listen():
-            if message.get("type") != "message":
+    async def next(self, wait_s: float) -> JobEvent | None:
+        """The next event, or None when none arrived within `wait_s` seconds."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            message = await self._pubsub.get_message(timeout=left)
+            if message is None or message.get("type") != "message":
                 continue
             try:
-                yield JobEvent.from_json(message["data"])
+                return JobEvent.from_json(message["data"])
             except (TypeError, ValueError):
                 logger.warning("dropped a malformed event on %s", self._channel)
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[JobEvent]:
+        while True:
+            event = await self.next(wait_s=60)
+            if event is not None:
+                yield event

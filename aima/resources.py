@@ -56,10 +56,6 @@ class Resources:
         """The collection of `AnalysisResultDocument`s."""
         return self.mongo[self.settings.mongo_database][AnalysisResultDocument.Settings.name]
 
-    def key(self, *parts: object) -> str:
-        """A Redis key or channel name under this deployment's prefix."""
-        return ":".join([self.settings.redis_prefix, *(str(p) for p in parts)])
-
     async def check_backends(self) -> dict[str, str | None]:
         """Ask every backend for a sign of life; map each name to None when it answered, else the reason."""
         checks: dict[str, Callable[[], Awaitable[object]]] = {

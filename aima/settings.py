@@ -11,7 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "aima-development-secret-change-me-0123456789"  # noqa: S105 - refused outside development
+DEV_JWT_SECRET = "aima-development-secret-change-me-0123456789"  # noqa: S105 - refused in production
+DEV_S3_SECRET = "aima-dev-secret"  # noqa: S105 - refused in production
 
 
 class Environment(enum.StrEnum):
@@ -23,7 +24,7 @@ class Environment(enum.StrEnum):
 class S3Settings(BaseModel):
     endpoint_url: str = "http://127.0.0.1:8433"
     access_key: str = "aima"
-    secret_key: SecretStr = SecretStr("aima-dev-secret")
+    secret_key: SecretStr = SecretStr(DEV_S3_SECRET)
     region: str = "us-east-1"
     bucket: str = "aima-media"
     #: Size of each multipart part when streaming an upload to S3 (S3's minimum is 5 MiB).
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
         env_prefix="AIMA_", env_nested_delimiter="__", extra="ignore", validate_default=True
     )
 
-    environment: Environment = Environment.DEVELOPMENT
+    #: Production unless told otherwise, so a forgotten setting cannot run a server on the public default secrets;
+    #: `aima dev` and the test-suite say development and test.
+    environment: Environment = Environment.PRODUCTION
     data_dir: Path = Path(".aima")
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:55432/aima"
     mongo_url: str = "mongodb://127.0.0.1:27118"
@@ -85,7 +88,12 @@ class Settings(BaseSettings):
     def _refuse_default_secrets(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
             if self.auth.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
-                raise ValueError("AIMA_AUTH__JWT_SECRET must be set in production")
+                raise ValueError(
+                    "AIMA_AUTH__JWT_SECRET must be set in production "
+                    "(or AIMA_ENVIRONMENT=development on a developer's machine)"
+                )
             if len(self.auth.jwt_secret.get_secret_value()) < 32:
                 raise ValueError("AIMA_AUTH__JWT_SECRET must be at least 32 characters")
+            if self.s3.secret_key.get_secret_value() == DEV_S3_SECRET:
+                raise ValueError("AIMA_S3__SECRET_KEY must be set in production")
         return self

@@ -6,8 +6,10 @@ refused upload leaves no object and no dangling multipart upload behind.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aima.errors import BackendUnavailable, EmptyUpload, UploadTooLarge
+from aima.errors import AimaError, BackendUnavailable, EmptyUpload, UploadTooLarge
 
 logger = logging.getLogger(__name__)
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,14 @@ class StoredObject:
     sha256: str
 
 
-def original_key(case_id: object, media_id: object) -> str:
+def original_key(case_id: uuid.UUID, media_id: uuid.UUID) -> str:
     """Where an original lives; derived from ids only, never from anything the client sent."""
     return f"cases/{case_id}/media/{media_id}/original"
 
 
 class ObjectStore:
     def __init__(self, client: Any, bucket: str, *, part_size: int) -> None:
+        """`client` is an open aioboto3 S3 client (its type is generated at run time, hence `Any`)."""
         self._s3 = client
         self.bucket = bucket
         self.part_size = part_size
@@ -107,18 +112,26 @@ class ObjectStore:
             logger.exception("could not abort multipart upload %s of %s", upload_id, key)
 
     async def download_to(self, key: str, path: Path) -> None:
-        """Copy an object to a local file, streaming."""
+        """Copy an object to a local file, streaming; file writes happen off the event loop."""
         try:
             answer = await self._s3.get_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise BackendUnavailable(f"object store could not read {key}: {exc}") from exc
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                logger.error("object %s is missing from bucket %s", key, self.bucket)
+                raise AimaError("The stored original is missing.", code="ORIGINAL_MISSING") from exc
+            logger.warning("object store could not read %s: %s", key, exc)
+            raise BackendUnavailable("The object store is unavailable.") from exc
+        except BotoCoreError as exc:
+            logger.warning("object store could not read %s: %s", key, exc)
+            raise BackendUnavailable("The object store is unavailable.") from exc
         body = answer["Body"]
+        out = await asyncio.to_thread(path.open, "wb")
         try:
-            with path.open("wb") as out:
-                async for chunk in body.iter_chunks(1024 * 1024):
-                    out.write(chunk)
+            async for chunk in body.iter_chunks(1024 * 1024):
+                await asyncio.to_thread(out.write, chunk)
         finally:
             body.close()
+            await asyncio.to_thread(out.close)
 
     async def read(self, key: str) -> bytes:
         answer = await self._s3.get_object(Bucket=self.bucket, Key=key)
@@ -136,7 +149,7 @@ class ObjectStore:
         try:
             await self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return False
             raise
         return True

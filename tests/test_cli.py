@@ -51,6 +51,7 @@ def test_schema_prints_the_sdl(tmp_path: Path) -> None:
 
 def test_users_create_makes_an_admin(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIMA_DATABASE_URL", servers.database_url)
+    monkeypatch.setenv("AIMA_ENVIRONMENT", "test")
     result = runner.invoke(app, ["users", "create", "--email", "root@example.org", "--admin"])
     assert result.exit_code == 0, result.output
     assert "created admin root@example.org with password" in result.output

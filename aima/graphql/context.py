@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from aima.db.documents import AnalysisResultDocument
-from aima.errors import AimaError
+from aima.errors import AimaError, NotAuthenticated
 from aima.resources import Resources
 from aima.services.access import Actor
 from aima.services.results import results_for_media
@@ -31,6 +32,8 @@ class Context:
     response: Response | WebSocket | None
     resources: Resources
     actor: Actor | None = None
+    #: When the actor's token expires; a websocket connection outlives its token otherwise.
+    actor_expires_at: datetime | None = None
     #: Why the credentials sent were refused, raised when a resolver needs the actor.
     auth_error: AimaError | None = None
     request_id: str | None = None
@@ -38,12 +41,16 @@ class Context:
     results_loader: DataLoader[str, list[AnalysisResultDocument]] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reset_loaders()
+
+    def reset_loaders(self) -> None:
+        """Fresh DataLoaders: a websocket connection keeps one context for all its operations."""
         self.results_loader = results_loader(self.resources)
 
     def require_actor(self) -> Actor:
         """The authenticated user; every resolver except register and login starts here."""
         if self.actor is None:
-            from aima.errors import NotAuthenticated
-
             raise self.auth_error or NotAuthenticated()
+        if self.actor_expires_at is not None and datetime.now(UTC) >= self.actor_expires_at:
+            raise NotAuthenticated("The access token has expired.")
         return self.actor

@@ -52,15 +52,19 @@ def format_errors_in_place(errors: list[GraphQLError]) -> None:
         GRAPHQL_ERRORS.labels(code=str((error.extensions or {}).get("code"))).inc()
 
 
-class DomainErrors(SchemaExtension):
-    """Formats what `Schema.process_errors` did not see and counts operations by type and outcome."""
+class OperationMetrics(SchemaExtension):
+    """Counts operations by type and outcome, and gives each operation fresh DataLoaders.
+
+    Errors themselves are formatted in `AimaSchema.process_errors`, which sees those of every transport.
+    """
 
     def on_operation(self) -> Iterator[None]:
+        context = self.execution_context.context
+        reset = getattr(context, "reset_loaders", None)
+        if callable(reset):
+            reset()
         yield
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [format_error(error) for error in errors]
+        errors = getattr(self.execution_context.result, "errors", None)
         try:
             operation_type = self.execution_context.operation_type.value
         except RuntimeError:  # the document did not parse

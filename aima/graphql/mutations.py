@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import strawberry
+from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
 from aima.db.models import User
+from aima.errors import InvalidInput
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
 from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
 from aima.security import issue_access_token
 from aima.services import cases, jobs, media, users
-from aima.services.access import Actor
 
 
 @strawberry.type
@@ -44,6 +45,8 @@ class Mutation:
     async def upload_media(self, info: Info[Context, None], case_id: strawberry.ID, file: Upload) -> MediaNode:
         ctx = info.context
         actor = ctx.require_actor()
+        if not isinstance(file, UploadFile):
+            raise InvalidInput("`file` must be a file part of a multipart request (GraphQL multipart request spec).")
         row = await media.upload_media(
             resources=ctx.resources,
             actor=actor,
@@ -68,7 +71,6 @@ class Mutation:
 
 def _signed_in(ctx: Context, user: User) -> AuthPayload:
     token = issue_access_token(ctx.resources.settings.auth, user.id)
-    ctx.actor = Actor.of(user)
     return AuthPayload(
         access_token=token.token,
         token_type="Bearer",  # noqa: S106 - the token scheme, not a secret

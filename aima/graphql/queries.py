@@ -9,7 +9,7 @@ from strawberry.types import Info
 
 from aima.errors import InvalidInput
 from aima.graphql.context import Context
-from aima.graphql.types import AnalyzerNode, CaseNode, JobNode, MediaKindEnum, MediaNode, UserNode
+from aima.graphql.types import AnalyzerNode, CaseNode, JobNode, MediaNode, UserNode
 from aima.services import cases, jobs, media
 from aima.services.users import active_user
 
@@ -67,7 +67,7 @@ class Query:
                 name=a.name,
                 version=a.version,
                 description=a.description,
-                media_kinds=[MediaKindEnum(k.value) for k in sorted(a.media_kinds)],
+                media_kinds=sorted(a.media_kinds),
                 runs_on=a.runs_on,
             )
             for a in info.context.resources.analyzers.all()

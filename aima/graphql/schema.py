@@ -13,7 +13,7 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext
 
-from aima.graphql.errors import DomainErrors, format_errors_in_place
+from aima.graphql.errors import OperationMetrics, format_errors_in_place
 from aima.graphql.mutations import Mutation
 from aima.graphql.queries import Query
 from aima.graphql.subscriptions import Subscription
@@ -40,7 +40,7 @@ def create_schema() -> strawberry.Schema:
             QueryDepthLimiter(max_depth=12),
             MaxAliasesLimiter(max_alias_count=30),
             MaxTokensLimiter(max_token_count=5000),
-            DomainErrors,
+            OperationMetrics,
         ],
     )
 

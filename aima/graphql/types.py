@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 from typing import Annotated, cast
@@ -11,6 +10,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from aima.analysis import MediaKind
 from aima.db import models
 from aima.db.documents import AnalysisResultDocument
 from aima.events import JobEvent as JobEventData
@@ -24,11 +24,7 @@ JobState = strawberry.enum(models.JobState, name="JobState")
 TaskState = strawberry.enum(models.TaskState, name="TaskState")
 
 
-@strawberry.enum(name="MediaKind")
-class MediaKindEnum(enum.Enum):
-    IMAGE = "image"
-    VIDEO = "video"
-    AUDIO = "audio"
+MediaKindEnum = strawberry.enum(MediaKind, name="MediaKind")
 
 
 @strawberry.type(name="User")
@@ -75,7 +71,7 @@ class MediaNode:
     id: strawberry.ID
     case_id: strawberry.ID
     filename: str = strawberry.field(description="The uploaded file's name, for display only.")
-    kind: MediaKindEnum
+    kind: MediaKindEnum  # type: ignore[valid-type]
     content_type: str
     format: str
     size_bytes: float = strawberry.field(description="Size in bytes (a Float: GraphQL's Int is 32-bit).")
@@ -89,7 +85,7 @@ class MediaNode:
             id=strawberry.ID(str(row.id)),
             case_id=strawberry.ID(str(row.case_id)),
             filename=row.filename,
-            kind=MediaKindEnum(row.kind),
+            kind=MediaKind(row.kind),
             content_type=row.content_type,
             format=row.format,
             size_bytes=float(row.size_bytes),
@@ -122,7 +118,6 @@ class TaskNode:
     progress: float
     attempts: int
     error: TaskError | None
-    worker: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -142,7 +137,6 @@ class TaskNode:
             progress=row.progress,
             attempts=row.attempts,
             error=error,
-            worker=row.worker,
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
@@ -219,7 +213,7 @@ class AnalyzerNode:
     name: str
     version: str
     description: str
-    media_kinds: list[MediaKindEnum]
+    media_kinds: list[MediaKindEnum]  # type: ignore[valid-type]
     runs_on: str
 
 

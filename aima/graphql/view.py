@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,7 +42,7 @@ class AimaGraphQL(GraphQL[Context, None]):
             header = request.headers.get("authorization")
             if header:
                 try:
-                    ctx.actor = await self.authenticate(header)
+                    ctx.actor, ctx.actor_expires_at = await self.authenticate(header)
                 except AimaError as exc:
                     ctx.auth_error = exc
         return ctx
@@ -53,16 +54,17 @@ class AimaGraphQL(GraphQL[Context, None]):
         if not isinstance(header, str) or not header:
             raise ConnectionRejectionError({"code": NotAuthenticated.code, "message": "Send a token."})
         try:
-            context.actor = await self.authenticate(header)
+            context.actor, context.actor_expires_at = await self.authenticate(header)
         except AimaError as exc:
             raise ConnectionRejectionError({"code": exc.code, "message": exc.message}) from exc
         context.request_id = context.request_id or uuid.uuid4().hex
 
-    async def authenticate(self, header: str) -> Actor:
+    async def authenticate(self, header: str) -> tuple[Actor, datetime]:
+        """The active user a bearer token names, and when the token expires."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise NotAuthenticated("Use 'Authorization: Bearer <token>'.")
         claims = decode_access_token(self.resources.settings.auth, token.strip())
         async with self.resources.sessions() as session:
             user = await active_user(session=session, user_id=claims.user_id)
-        return Actor.of(user)
+        return Actor.of(user), claims.expires_at

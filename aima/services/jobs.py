@@ -1,4 +1,4 @@
-"""Jobs and tasks: creating them, reading them, and the state changes a worker makes.
+"""Jobs and tasks: creating them and reading them. A worker's state changes are in `task_runs`.
 
 PostgreSQL holds the state of record; arq only carries task ids to workers, and Redis pub/sub tells subscribers.
 """
@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.analysis import MediaKind
-from aima.db.models import Case, Job, JobState, Task, TaskState
+from aima.db.models import Case, Job, Task
 from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
 from aima.resources import Resources
+from aima.services import task_runs
 from aima.services.access import Actor, can_read_case
 from aima.services.cases import get_writable_case
 from aima.services.media import get_media
@@ -70,32 +70,19 @@ async def analyze_media(
         session.add_all(tasks)
         await session.commit()
 
+    queued: list[uuid.UUID] = []
     try:
         for task in tasks:
             await resources.arq.enqueue_job(TASK_FUNCTION, str(task.id), _job_id=arq_job_id(task.id))
+            queued.append(task.id)
     except Exception as exc:
         logger.exception("could not enqueue the tasks of job %s", job.id)
-        await _fail_unqueued(resources, job.id)
-        raise BackendUnavailable("The task queue is unavailable; the job was not started. Try again.") from exc
+        unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
+        unqueued = [task.id for task in tasks if task.id not in queued]
+        await task_runs.fail_unqueued(resources=resources, job_id=job.id, task_ids=unqueued, reason=unavailable)
+        raise BackendUnavailable("The task queue is unavailable; the job was not (fully) started. Try again.") from exc
     logger.info("job %s queued with %d tasks for media %s", job.id, len(tasks), media.id)
     return job
-
-
-async def _fail_unqueued(resources: Resources, job_id: uuid.UUID) -> None:
-    now = datetime.now(UTC)
-    async with resources.sessions() as session:
-        await session.execute(
-            update(Task)
-            .where(Task.job_id == job_id, Task.state == TaskState.QUEUED)
-            .values(
-                state=TaskState.FAILED,
-                error_code=BackendUnavailable.code,
-                error_message="The task queue was unavailable.",
-                finished_at=now,
-            )
-        )
-        await session.execute(update(Job).where(Job.id == job_id).values(state=JobState.FAILED, finished_at=now))
-        await session.commit()
 
 
 async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> Job:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.db.models import Case, Media
-from aima.errors import EmptyUpload, NotFound
+from aima.errors import EmptyUpload, NotFound, UploadTooLarge
 from aima.media.probe import MediaProbe, probe_file
 from aima.media.sniff import SNIFF_BYTES, SniffedType, sniff
 from aima.metrics import UPLOADED_BYTES
@@ -59,6 +59,9 @@ async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID
     async with resources.sessions() as session:
         case = await get_writable_case(session=session, actor=actor, case_id=case_id)
 
+    size = getattr(upload, "size", None)
+    if isinstance(size, int) and size > resources.settings.max_upload_bytes:
+        raise UploadTooLarge(resources.settings.max_upload_bytes)  # refused before decoding anything
     await upload.seek(0)
     head = await upload.read(SNIFF_BYTES)
     if not head:
@@ -94,12 +97,24 @@ async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID
             session.add(media)
             await session.commit()
     except BaseException:
-        logger.warning("media row for %s not written; removing its object", media_id)
-        await asyncio.shield(resources.store.delete(key))
+        await asyncio.shield(_remove_if_unregistered(resources, media_id, key))
         raise
     UPLOADED_BYTES.inc(stored.size_bytes)
     logger.info("stored media %s (%s, %d bytes) in case %s", media_id, probe.content_type, stored.size_bytes, case.id)
     return media
+
+
+async def _remove_if_unregistered(resources: Resources, media_id: uuid.UUID, key: str) -> None:
+    """After a failed insert, delete the object unless the row landed after all (a commit whose answer was lost)."""
+    try:
+        async with resources.sessions() as session:
+            if await session.get(Media, media_id) is not None:
+                logger.warning("media %s was registered although its commit reported an error; kept", media_id)
+                return
+        await resources.store.delete(key)
+        logger.warning("media row for %s not written; its object was removed", media_id)
+    except Exception:
+        logger.exception("could not clean up object %s of unregistered media %s", key, media_id)
 
 
 def _probe_upload(file: IO[bytes], sniffed: SniffedType) -> MediaProbe:

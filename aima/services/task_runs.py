@@ -1,17 +1,32 @@
 """The state changes a worker makes to a task and its job, with the events that tell subscribers.
 
-These run once or twice per task on the hot path, so they are single SQL statements built once (data-modifying
-CTEs), not ORM round trips.
+These run once or twice per task on the hot path, so each is one SQL statement built once (data-modifying CTEs),
+not a series of ORM round trips.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Boolean, Select, Table, Update, and_, bindparam, case, exists, literal, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aima.analysis import MediaKind
 from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
@@ -25,19 +40,6 @@ _media = cast(Table, Media.__table__)
 
 
 @dataclass(frozen=True)
-class TaskRun:
-    """A task a worker has claimed, with the facts of its media it needs."""
-
-    id: uuid.UUID
-    job_id: uuid.UUID
-    analyzer: str
-    analyzer_version: str
-    media_id: uuid.UUID
-    #: None when the media was deleted after the task was queued.
-    media: MediaFacts | None
-
-
-@dataclass(frozen=True)
 class MediaFacts:
     case_id: uuid.UUID
     kind: MediaKind
@@ -47,11 +49,26 @@ class MediaFacts:
     storage_key: str
 
 
+@dataclass(frozen=True)
+class TaskRun:
+    """A task a worker has claimed (its `attempt`-th run), with the facts of its media it needs."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    analyzer: str
+    analyzer_version: str
+    media_id: uuid.UUID
+    attempt: int
+    media: MediaFacts
+
+
 # Bind parameters are prefixed with p_: an UPDATE given a parameter named like one of its columns sets it.
 
 
-def _start_statement() -> Select[Any]:
-    started = (
+def _claim_statement() -> Select[Any]:
+    """Mark a task running (a redelivered running task too: its worker is gone) and its job; return the task
+    with its media. Media deletion cascades to tasks, so the inner join finds the media whenever it finds the task."""
+    claimed = (
         update(_tasks)
         .where(_tasks.c.id == bindparam("p_task_id"), _tasks.c.state.not_in(TERMINAL_TASK_STATES))
         .values(
@@ -61,19 +78,28 @@ def _start_statement() -> Select[Any]:
             started_at=bindparam("p_now"),
             heartbeat_at=bindparam("p_now"),
             progress=0.0,
+            error_code=None,
+            error_message=None,
         )
-        .returning(_tasks.c.id, _tasks.c.job_id, _tasks.c.media_id, _tasks.c.analyzer, _tasks.c.analyzer_version)
-        .cte("started")
+        .returning(
+            _tasks.c.id,
+            _tasks.c.job_id,
+            _tasks.c.media_id,
+            _tasks.c.analyzer,
+            _tasks.c.analyzer_version,
+            _tasks.c.attempts,
+        )
+        .cte("claimed")
     )
     job_running = (
         update(_jobs)
-        .where(_jobs.c.id.in_(select(started.c.job_id)), _jobs.c.state == JobState.QUEUED)
+        .where(_jobs.c.id.in_(select(claimed.c.job_id)), _jobs.c.state == JobState.QUEUED)
         .values(state=JobState.RUNNING)
         .cte("job_running")
     )
     return (
         select(
-            started,
+            claimed,
             _media.c.case_id,
             _media.c.kind,
             _media.c.content_type,
@@ -81,20 +107,25 @@ def _start_statement() -> Select[Any]:
             _media.c.sha256,
             _media.c.storage_key,
         )
-        .join_from(started, _media, _media.c.id == started.c.media_id, isouter=True)
+        .join_from(claimed, _media, _media.c.id == claimed.c.media_id)
         .add_cte(job_running)
     )
 
 
-def _finish_statement() -> Update:
-    """Record a task's end and, when no other task of its job is open, close the job, in one statement.
+def _finish_statement() -> Select[Any]:
+    """Record the end of this run of a task and, when no other task of its job is open, close the job.
 
-    PostgreSQL runs a data-modifying CTE whether or not the outer statement matches a row, and the outer
-    statement does not see the CTE's update: "other tasks" exclude this one, and its new state counts separately.
+    The task only changes while it is still this run's (running, same attempt): a stale duplicate cannot
+    overwrite a newer outcome. PostgreSQL runs a data-modifying CTE whether or not anything reads it, and the
+    statement does not see its own CTE's update: "other tasks" exclude this one, and its new state counts apart.
     """
     finished = (
         update(_tasks)
-        .where(_tasks.c.id == bindparam("p_task_id"))
+        .where(
+            _tasks.c.id == bindparam("p_task_id"),
+            _tasks.c.state == TaskState.RUNNING,
+            _tasks.c.attempts == bindparam("p_attempt"),
+        )
         .values(
             state=bindparam("p_state", type_=_tasks.c.state.type),
             finished_at=bindparam("p_now"),
@@ -106,9 +137,18 @@ def _finish_statement() -> Update:
         .returning(_tasks.c.id)
         .cte("finished")
     )
-    others = and_(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.id != bindparam("p_task_id"))
+    closed = _close_job_statement(exists(select(finished.c.id))).cte("closed")
+    return select(
+        select(func.count()).select_from(finished).scalar_subquery().label("finished"),
+        select(closed.c.state).scalar_subquery().label("job_state"),
+    )
+
+
+def _close_job_statement(also: Any = literal(True)) -> Any:
+    """Close the job `p_job_id` when no task other than `p_task_ids` is open; failed when any failed."""
+    others = and_(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.id.not_in(bindparam("p_task_ids", expanding=True)))
     others_open = exists().where(others, _tasks.c.state.not_in(TERMINAL_TASK_STATES))
-    failed = or_(exists().where(others, _tasks.c.state == TaskState.FAILED), bindparam("p_this_failed", type_=Boolean))
+    failed = or_(exists().where(others, _tasks.c.state == TaskState.FAILED), bindparam("p_these_failed", type_=Boolean))
     state_type = _jobs.c.state.type
     return (
         update(_jobs)
@@ -116,7 +156,7 @@ def _finish_statement() -> Update:
             _jobs.c.id == bindparam("p_job_id"),
             _jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
             ~others_open,
-            exists(select(finished.c.id)),
+            also,
         )
         .values(
             state=case((failed, literal(JobState.FAILED, state_type)), else_=literal(JobState.SUCCEEDED, state_type)),
@@ -126,64 +166,55 @@ def _finish_statement() -> Update:
     )
 
 
-_START = _start_statement()
+_CLAIM = _claim_statement()
 _FINISH = _finish_statement()
 _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_for_update()
 
 
 async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -> TaskRun | None:
-    """Claim a task: mark it running (and its job), load its media; None when it is unknown or already finished
-    (a duplicate delivery)."""
+    """Claim a task for this worker; None when it is unknown or already finished (a late duplicate delivery)."""
     async with resources.engine.begin() as conn:
-        row = (
-            await conn.execute(_START, {"p_task_id": task_id, "p_worker": worker, "p_now": datetime.now(UTC)})
-        ).first()
+        params = {"p_task_id": task_id, "p_worker": worker, "p_now": datetime.now(UTC)}
+        row = (await conn.execute(_CLAIM, params)).first()
     if row is None:
         return None
-    media = None
-    if row.storage_key is not None:
-        media = MediaFacts(
-            case_id=row.case_id,
-            kind=MediaKind(row.kind),
-            content_type=row.content_type,
-            size_bytes=row.size_bytes,
-            sha256=row.sha256,
-            storage_key=row.storage_key,
-        )
+    media = MediaFacts(
+        case_id=row.case_id,
+        kind=MediaKind(row.kind),
+        content_type=row.content_type,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        storage_key=row.storage_key,
+    )
     run = TaskRun(
         id=row.id,
         job_id=row.job_id,
         analyzer=row.analyzer,
         analyzer_version=row.analyzer_version,
         media_id=row.media_id,
+        attempt=row.attempts,
         media=media,
     )
-    await _publish(resources, run, JobState.RUNNING, TaskState.RUNNING, 0.0, f"{run.analyzer} started")
+    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, 0.0, f"{run.analyzer} started")
     return run
 
 
 async def requeue_task(*, resources: Resources, run: TaskRun, reason: AimaError) -> None:
-    """Put a task that hit a transient error back in line; its next delivery runs it again."""
+    """Put this run's task back in line (a transient error, or the worker stopping); its next delivery reruns it."""
     async with resources.engine.begin() as conn:
         await conn.execute(
             update(_tasks)
-            .where(_tasks.c.id == run.id, _tasks.c.state == TaskState.RUNNING)
+            .where(_tasks.c.id == run.id, _tasks.c.state == TaskState.RUNNING, _tasks.c.attempts == run.attempt)
             .values(state=TaskState.QUEUED, error_code=reason.code, error_message=reason.message)
         )
-    await _publish(
-        resources,
-        run,
-        JobState.RUNNING,
-        TaskState.QUEUED,
-        0.0,
-        f"{run.analyzer} will retry: {reason.message}",
-        reason.code,
-    )
+    message = f"{run.analyzer} will run again: {reason.message}"
+    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.QUEUED, 0.0, message, reason.code)
 
 
 async def report_progress(*, resources: Resources, run: TaskRun, progress: float, message: str) -> None:
     """Tell subscribers how far a running task is. Only an event: the task's row records its start and end."""
-    await _publish(resources, run, JobState.RUNNING, TaskState.RUNNING, min(max(progress, 0.0), 1.0), message)
+    progress = min(max(progress, 0.0), 1.0)
+    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, progress, message)
 
 
 async def finish_task(
@@ -193,58 +224,77 @@ async def finish_task(
     state: TaskState,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> JobState | None:
-    """Record a task's end, close its job when it was the last open task, tell the subscribers; return the job's
-    final state when this call closed it."""
+) -> bool:
+    """Record how this run ended, close the job when it was its last open task, and tell the subscribers.
+
+    Returns False when the task was no longer this run's (another delivery took it over): nothing is changed.
+    """
     now = datetime.now(UTC)
     async with resources.engine.begin() as conn:
-        # Finishers of one job take turns on its row, so the last one sees every other task's end.
-        await conn.execute(_LOCK_JOB, {"p_job_id": run.job_id})
-        closed = (
+        await _lock_job(conn, run.job_id)
+        row = (
             await conn.execute(
                 _FINISH,
                 {
                     "p_task_id": run.id,
+                    "p_task_ids": [run.id],
+                    "p_attempt": run.attempt,
                     "p_job_id": run.job_id,
                     "p_state": state,
                     "p_now": now,
                     "p_error_code": error_code,
                     "p_error_message": error_message,
                     "p_progress": 1.0 if state is TaskState.SUCCEEDED else 0.0,
-                    "p_this_failed": state is TaskState.FAILED,
+                    "p_these_failed": state is TaskState.FAILED,
                 },
             )
-        ).scalar_one_or_none()
-    job_state = JobState(closed) if closed is not None else None
+        ).one()
+    if not row.finished:
+        return False
+    job_state = JobState(row.job_state) if row.job_state is not None else None
     message = f"{run.analyzer} {state}" + (f": {error_message}" if error_message else "")
-    await _publish(
-        resources,
-        run,
-        job_state or JobState.RUNNING,
-        state,
-        1.0 if state is TaskState.SUCCEEDED else 0.0,
-        message,
-        error_code,
-    )
+    progress = 1.0 if state is TaskState.SUCCEEDED else 0.0
+    await _publish(resources, run.job_id, job_state or JobState.RUNNING, run, state, progress, message, error_code)
     if job_state is not None:
-        await publish(
-            resources.redis,
-            resources.settings.redis_prefix,
-            JobEvent(
-                job_id=str(run.job_id),
-                job_state=job_state,
-                progress=1.0,
-                message=f"job {job_state}",
-            ),
+        await _publish(resources, run.job_id, job_state, None, None, 1.0, f"job {job_state}")
+    return True
+
+
+async def fail_unqueued(
+    *, resources: Resources, job_id: uuid.UUID, task_ids: Sequence[uuid.UUID], reason: AimaError
+) -> None:
+    """Fail tasks that never reached the queue, and close their job if nothing else of it is open."""
+    if not task_ids:
+        return
+    now = datetime.now(UTC)
+    async with resources.engine.begin() as conn:
+        await _lock_job(conn, job_id)
+        await conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id.in_(task_ids), _tasks.c.state == TaskState.QUEUED)
+            .values(state=TaskState.FAILED, error_code=reason.code, error_message=reason.message, finished_at=now)
         )
-    return job_state
+        closed = (
+            await conn.execute(
+                _close_job_statement(),
+                {"p_job_id": job_id, "p_task_ids": list(task_ids), "p_these_failed": True, "p_now": now},
+            )
+        ).scalar_one_or_none()
+    if closed is not None:
+        await _publish(resources, job_id, JobState(closed), None, None, 1.0, f"job {closed}: {reason.message}")
+
+
+async def _lock_job(conn: AsyncConnection, job_id: uuid.UUID) -> None:
+    """Finishers of one job take turns on its row, so the last one sees every other task's end."""
+    await conn.execute(_LOCK_JOB, {"p_job_id": job_id})
 
 
 async def _publish(
     resources: Resources,
-    run: TaskRun,
+    job_id: uuid.UUID,
     job_state: JobState,
-    task_state: TaskState,
+    run: TaskRun | None,
+    task_state: TaskState | None,
     progress: float,
     message: str,
     error_code: str | None = None,
@@ -253,10 +303,10 @@ async def _publish(
         resources.redis,
         resources.settings.redis_prefix,
         JobEvent(
-            job_id=str(run.job_id),
+            job_id=str(job_id),
             job_state=job_state,
-            task_id=str(run.id),
-            analyzer=run.analyzer,
+            task_id=str(run.id) if run else None,
+            analyzer=run.analyzer if run else None,
             task_state=task_state,
             progress=progress,
             message=message,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 from aima.settings import Settings
@@ -85,12 +83,3 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
-
-
-@contextlib.contextmanager
-def running(processes: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            stop(process)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import time
 import uuid
@@ -21,7 +22,7 @@ from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
 from aima.services import task_runs
 from aima.services.results import upsert_result
-from aima.services.task_runs import MediaFacts, TaskRun
+from aima.services.task_runs import TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +46,16 @@ async def run_analysis_task(ctx: dict[str, Any], task_id: str) -> str:
 async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
     started = time.perf_counter()
     TASKS_RUNNING.labels(analyzer=task.analyzer).inc()
+    # Our own deadline, inside arq's: a timeout then fails the task, while a cancellation (the worker shutting
+    # down) puts it back in line for the next worker.
+    deadline = max(1.0, resources.settings.worker.job_timeout_s - 5.0)
     try:
-        media = task.media
-        if media is None:
-            raise AimaError(f"Media {task.media_id} no longer exists.", code="MEDIA_GONE")
-        payload = await _analyze(resources, task, media)
+        async with asyncio.timeout(deadline):
+            payload = await _analyze(resources, task)
         await upsert_result(
             resources.results,
             media_id=task.media_id,
-            case_id=media.case_id,
+            case_id=task.media.case_id,
             analyzer=task.analyzer,
             analyzer_version=task.analyzer_version,
             task_id=task.id,
@@ -66,10 +68,14 @@ async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
             raise Retry(defer=min(2**job_try, 30)) from exc
         await _finish(resources, task, TaskState.FAILED, started, exc.code, exc.message)
         return "failed"
-    except asyncio.CancelledError:
-        await asyncio.shield(
-            _finish(resources, task, TaskState.FAILED, started, "TASK_INTERRUPTED", "The task was interrupted.")
+    except TimeoutError:
+        await _finish(
+            resources, task, TaskState.FAILED, started, "TASK_TIMEOUT", f"The task ran longer than {deadline:g} s."
         )
+        return "failed"
+    except asyncio.CancelledError:
+        interrupted = AimaError("The worker stopped while the task ran.", code="TASK_INTERRUPTED")
+        await asyncio.shield(task_runs.requeue_task(resources=resources, run=task, reason=interrupted))
         raise
     except Exception:
         logger.exception("analyzer %s crashed on task %s", task.analyzer, task.id)
@@ -104,11 +110,19 @@ async def _finish(
     logger.info("task %s (%s) %s in %.3f s", task.id, task.analyzer, state, time.perf_counter() - started)
 
 
-async def _analyze(resources: Resources, task: TaskRun, media: MediaFacts) -> dict[str, Any]:
+async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
     analyzer = resources.analyzers.get(task.analyzer)
+    if analyzer.version != task.analyzer_version:
+        # A worker with another version of the plugin must not file its output under the version asked for.
+        raise AimaError(
+            f"This worker has {analyzer.name} {analyzer.version}, the task asks for {task.analyzer_version}.",
+            code="ANALYZER_VERSION_MISMATCH",
+        )
+    media = task.media
     reporter = _ProgressReporter(resources, task)
-    with tempfile.TemporaryDirectory(prefix="aima-task-") as tmp:
-        path = Path(tmp) / "original"
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aima-task-"))
+    try:
+        path = tmp / "original"
         await resources.store.download_to(media.storage_key, path)
         item = AnalysisInput(
             media_id=str(task.media_id),
@@ -124,6 +138,8 @@ async def _analyze(resources: Resources, task: TaskRun, media: MediaFacts) -> di
             result = await analyzer.analyze(item)
         finally:
             await reporter.drain()
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, ignore_errors=True)
     if not isinstance(result, BaseModel):
         raise TypeError(f"analyzer {analyzer.name} returned {type(result).__name__}, not a pydantic model")
     payload: dict[str, Any] = result.model_dump(mode="json")

@@ -82,9 +82,21 @@ def test_an_oversized_upload_is_refused_and_cleaned_up(servers: object, analyzer
         run_sync(create_account(small, email, "a long enough password", Role.USER))
         client = login(http, email)
         case_id = new_case(client, "Big")
-        big = make_jpeg() + b"\0" * (6 * 1024 * 1024)  # a valid JPEG followed by padding past the limit
-        body = client.upload(case_id, big, filename="big.jpg", content_type="image/jpeg")
+        # Over the limit but inside the envelope allowance: refused by the resolver, before any decoding.
+        over = make_jpeg() + b"\0" * (5 * 1024 * 1024 + 100)
+        body = client.upload(case_id, over, filename="big.jpg", content_type="image/jpeg")
         assert error_code(body) == "FILE_TOO_LARGE"
+        # Far over: refused from Content-Length before the body is read.
+        far = make_jpeg() + b"\0" * (7 * 1024 * 1024)
+        answer = http.post(
+            "/graphql",
+            files={"0": ("big.jpg", far, "image/jpeg")},
+            data={"operations": "{}", "map": "{}"},
+            headers=client.headers(),
+        )
+        assert answer.status_code == 413
+        assert answer.json()["errors"][0]["extensions"]["code"] == "FILE_TOO_LARGE"
+        assert http.get("/healthz").status_code == 200
         assert_nothing_stored(small, case_id)
 
 
@@ -137,6 +149,38 @@ def test_a_non_json_body_is_refused(http: TestClient) -> None:
     answer = http.post("/graphql", content=b"{not json", headers={"content-type": "application/json"})
     assert answer.status_code == 400
     assert http.get("/healthz").status_code == 200
+
+
+def test_anonymous_uploads_are_refused_before_the_body_is_read(http: TestClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer forged.token.value"}):
+        answer = http.post(
+            "/graphql",
+            files={"0": ("a.jpg", make_jpeg(), "image/jpeg")},
+            data={"operations": "{}", "map": "{}"},
+            headers=headers,
+        )
+        assert answer.status_code == 401
+        assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_string_where_a_file_belongs_is_refused(people: People) -> None:
+    case_id = new_case(people.owner, "Strings")
+    body = people.owner.execute(
+        "mutation($c: ID!, $f: Upload!) { uploadMedia(caseId: $c, file: $f) { id } }", {"c": case_id, "f": "x"}
+    )
+    assert error_code(body) == "BAD_USER_INPUT"
+
+
+def test_a_failed_registration_removes_the_stored_object(
+    people: People, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aima.services import media
+
+    case_id = new_case(people.owner, "Insert fails")
+    monkeypatch.setattr(media, "display_name", lambda name: "x" * 600)  # longer than the column: the insert fails
+    body = people.owner.upload(case_id, make_jpeg(), filename="a.jpg")
+    assert error_code(body) == "INTERNAL_SERVER_ERROR"
+    assert_nothing_stored(settings, case_id)
 
 
 def test_bad_tokens_are_refused(http: TestClient) -> None:
