@@ -125,13 +125,18 @@ class ObjectStore:
             logger.warning("object store could not read %s: %s", key, exc)
             raise BackendUnavailable("The object store is unavailable.") from exc
         body = answer["Body"]
-        out = await asyncio.to_thread(path.open, "wb")
         try:
-            async for chunk in body.iter_chunks(1024 * 1024):
-                await asyncio.to_thread(out.write, chunk)
+            if answer.get("ContentLength", self.part_size + 1) <= self.part_size:
+                await asyncio.to_thread(path.write_bytes, await body.read())  # small: one hop to a thread
+                return
+            out = await asyncio.to_thread(path.open, "wb")
+            try:
+                async for chunk in body.iter_chunks(1024 * 1024):
+                    await asyncio.to_thread(out.write, chunk)
+            finally:
+                await asyncio.to_thread(out.close)
         finally:
             body.close()
-            await asyncio.to_thread(out.close)
 
     async def read(self, key: str) -> bytes:
         answer = await self._s3.get_object(Bucket=self.bucket, Key=key)

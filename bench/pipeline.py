@@ -69,20 +69,22 @@ async def upload(client: httpx.AsyncClient, case_id: str, content: bytes) -> str
     return media_id
 
 
-async def wait_all_done(client: httpx.AsyncClient, case_id: str, count: int) -> None:
-    while True:
-        jobs = (await gql(client, JOBS, {"c": case_id}))["case"]["jobs"]
-        if len(jobs) >= count and all(j["state"] in {"SUCCEEDED", "FAILED"} for j in jobs):
-            failed = [j for j in jobs if j["state"] == "FAILED"]
-            if failed:
-                raise RuntimeError(f"{len(failed)} jobs failed")
-            return
-        await asyncio.sleep(0.5)
+async def wait_all_done(client: httpx.AsyncClient, case_id: str, count: int, timeout_s: float = 300) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            jobs = (await gql(client, JOBS, {"c": case_id}))["case"]["jobs"]
+            if len(jobs) >= count and all(j["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"} for j in jobs):
+                unsuccessful = [j for j in jobs if j["state"] != "SUCCEEDED"]
+                if unsuccessful:
+                    raise RuntimeError(f"{len(unsuccessful)} jobs did not succeed")
+                return
+            await asyncio.sleep(0.5)
 
 
 async def until_done(ws_url: str, authorization: str, job_id: str) -> None:
     async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": authorization}}))
+        # (the subscription completes when the job ends; the caller's timeout bounds the wait)
         await ws.recv()
         await ws.send(
             json.dumps(
@@ -132,7 +134,7 @@ async def run(base_url: str, media_count: int, concurrency: int) -> dict[str, fl
                     job_id = (await gql(client, ANALYZE, {"m": media_id}))["analyzeMedia"]["id"]
                     sent[job_id] = started
                     if parallel == 1:  # latency mode: wait for this one (its subscription) before the next
-                        await until_done(ws_url, client.headers["Authorization"], job_id)
+                        await asyncio.wait_for(until_done(ws_url, client.headers["Authorization"], job_id), 60)
 
             begin = time.time()
             await asyncio.gather(*(analyse(m) for m in media_ids))

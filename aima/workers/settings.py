@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 from typing import Any
 
@@ -15,7 +16,7 @@ from aima.resources import open_resources, redis_settings
 from aima.services.jobs import TASK_FUNCTION
 from aima.settings import Settings
 from aima.workers.serialization import deserialize, serialize
-from aima.workers.tasks import run_analysis_task
+from aima.workers.tasks import run_analysis_task, scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await exit_stack.aclose()
+        shutil.rmtree(scratch_dir(), ignore_errors=True)
 
     return {
         "functions": [func(run_analysis_task, name=TASK_FUNCTION, max_tries=settings.worker.max_tries)],

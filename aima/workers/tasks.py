@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import shutil
+import os
 import tempfile
 import time
 import uuid
@@ -120,9 +121,8 @@ async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
         )
     media = task.media
     reporter = _ProgressReporter(resources, task)
-    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aima-task-"))
+    path = scratch_dir() / f"{task.id}-{task.attempt}"
     try:
-        path = tmp / "original"
         await resources.store.download_to(media.storage_key, path)
         item = AnalysisInput(
             media_id=str(task.media_id),
@@ -139,11 +139,19 @@ async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
         finally:
             await reporter.drain()
     finally:
-        await asyncio.to_thread(shutil.rmtree, tmp, ignore_errors=True)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
     if not isinstance(result, BaseModel):
         raise TypeError(f"analyzer {analyzer.name} returned {type(result).__name__}, not a pydantic model")
     payload: dict[str, Any] = result.model_dump(mode="json")
     return payload
+
+
+@functools.cache
+def scratch_dir() -> Path:
+    """Where this worker process keeps the local copies of originals while analyzers read them."""
+    path = Path(tempfile.gettempdir()) / f"aima-worker-{os.getpid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 class _ProgressReporter:

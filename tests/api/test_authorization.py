@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -71,7 +72,8 @@ def test_anonymous_callers_are_refused(http: TestClient, root: str, name: str) -
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED", body
 
 
-def test_public_operations_are_exactly_register_and_login() -> None:
+def test_the_public_operations_exist() -> None:
+    """Every other operation refuses anonymous callers (test_anonymous_callers_are_refused)."""
     assert set(operations()) >= PUBLIC
 
 
@@ -149,3 +151,36 @@ def test_subscriptions_by_role(people: People, owned: dict[str, str], role: str,
 def test_guest_sees_no_cases_of_others(people: People, owned: dict[str, str]) -> None:
     assert people.guest.data("{ cases { id } }")["cases"] == []
     assert owned["case"] in [c["id"] for c in people.admin.data("{ cases { id } }")["cases"]]
+
+
+FOREIGN_ARGUMENTS = {"caseId": "case", "mediaId": "media", "jobId": "job"}
+
+
+@pytest.mark.parametrize(("root", "name"), sorted(FOREIGN_RULES))
+def test_each_operation_against_another_users_objects(
+    people: People, owned: dict[str, str], root: str, name: str
+) -> None:
+    """Another user calls every operation with the owner's ids; the rule above says what must happen."""
+    rule = FOREIGN_RULES[(root, name)]
+    other = people.other
+    query, variables = build(root, name)
+    for arg in variables:
+        kind = FOREIGN_ARGUMENTS.get(arg) or (name if arg == "id" else None)
+        if kind is not None:
+            variables[arg] = owned[kind]
+    if "Upload" in query:
+        body = other.upload(owned["case"], make_jpeg())
+    elif root == "Subscription":
+        body = next(iter(other.subscribe(query, variables)))
+    else:
+        body = other.execute(query, variables)
+    if rule == "NOT_FOUND":
+        assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
+        return
+    assert not body.get("errors"), body
+    if rule == "own":
+        seen = other.data("{ me { id } cases { id ownerId } }")
+        assert owned["case"] not in json.dumps(seen)
+        assert all(case["ownerId"] == seen["me"]["id"] for case in seen["cases"])
+    else:
+        assert rule == "all"

@@ -21,7 +21,7 @@ subscription($jobId: ID!) {
 """
 MEDIA = """
 query($id: ID!) {
-  media(id: $id) { id kind sha256 results { analyzer analyzerVersion payload createdAt } }
+  media(id: $id) { id kind sha256 results { analyzer analyzerVersion payload createdAt updatedAt } }
 }
 """
 ANALYZE = """
@@ -103,7 +103,9 @@ def test_upload_analyze_subscribe_and_read(
     # Re-running replaces the result instead of adding a second one.
     job2 = owner.data(ANALYZE, {"m": media["id"], "a": None})["analyzeMedia"]
     list(owner.subscribe(JOB_EVENTS, {"jobId": job2["id"]}))
-    assert len(owner.data(MEDIA, {"id": media["id"]})["media"]["results"]) == 1
+    [rerun] = owner.data(MEDIA, {"id": media["id"]})["media"]["results"]
+    assert rerun["createdAt"] == results[0]["createdAt"]
+    assert rerun["updatedAt"] > results[0]["updatedAt"]
     finished = owner.data(
         "query($id: ID!) { job(id: $id) { state tasks { state attempts error { code } } } }", {"id": job2["id"]}
     )["job"]

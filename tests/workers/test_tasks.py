@@ -70,7 +70,8 @@ async def scripted(resources: Resources) -> AsyncIterator[Resources]:
     yield dataclasses.replace(resources, analyzers=AnalyzerRegistry(pm))
 
 
-async def new_task(resources: Resources, analyzer: str) -> Task:
+async def new_task(resources: Resources, analyzer: str, *more: str) -> Task:
+    """A media item with a job of one task per analyzer named; returns the first task."""
     user = User(id=uuid.uuid4(), email=f"w-{uuid.uuid4().hex[:8]}@example.org", password_hash="x", role=Role.USER)
     case = Case(id=uuid.uuid4(), title="worker", owner_id=user.id)
     media_id = uuid.uuid4()
@@ -95,13 +96,22 @@ async def new_task(resources: Resources, analyzer: str) -> Task:
         probe={},
     )
     job = Job(id=uuid.uuid4(), case_id=case.id, media_id=media_id, created_by=user.id)
-    task = Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer=analyzer, analyzer_version="0.1")
+    tasks = [
+        Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer=name, analyzer_version="0.1")
+        for name in (analyzer, *more)
+    ]
     async with resources.sessions() as session:
-        for row in (user, case, media, job, task):  # parents first: there are no relationship()s to order them
+        for row in (user, case, media, job):  # parents first: there are no relationship()s to order them
             session.add(row)
             await session.flush()
+        session.add_all(tasks)
         await session.commit()
-    return task
+    return tasks[0]
+
+
+async def tasks_of(resources: Resources, job_id: uuid.UUID) -> list[Task]:
+    async with resources.sessions() as session:
+        return list((await session.execute(select(Task).where(Task.job_id == job_id))).scalars())
 
 
 async def reload(resources: Resources, task: Task) -> tuple[Task, Job]:
@@ -173,7 +183,7 @@ async def test_a_transient_error_is_retried(scripted: Resources) -> None:
     assert (stored.state, stored.attempts, job.state) == (TaskState.SUCCEEDED, 2, JobState.SUCCEEDED)
 
 
-async def test_deleted_media_fails_the_task(scripted: Resources) -> None:
+async def test_a_task_whose_media_was_deleted_is_skipped(scripted: Resources) -> None:
     task = await new_task(scripted, "ok")
     async with scripted.sessions() as session:
         job = await session.get(Job, task.job_id)
@@ -190,3 +200,80 @@ async def test_deleted_media_fails_the_task(scripted: Resources) -> None:
 def test_errors_reach_the_task_record_with_stable_codes() -> None:
     assert CorruptMedia("x").code == "CORRUPT_MEDIA"
     assert BackendUnavailable("x").transient and not AimaError("x").transient
+
+
+async def test_concurrent_finishers_close_the_job_once_and_a_failure_fails_it(scripted: Resources) -> None:
+    first = await new_task(scripted, "ok", "corrupt", "crash")
+    tasks = await tasks_of(scripted, first.job_id)
+    async with JobEventStream(scripted.redis, scripted.settings.redis_prefix, str(first.job_id)) as stream:
+        outcomes = await asyncio.gather(*(run_analysis_task(ctx(scripted), str(t.id)) for t in tasks))
+        assert sorted(outcomes) == ["failed", "failed", "succeeded"]
+        job_events = []
+        while (event := await stream.next(wait_s=1)) is not None:
+            if event.task_id is None:
+                job_events.append(event)
+    assert [e.job_state for e in job_events] == ["failed"]  # exactly one job-ended event
+    _, job = await reload(scripted, first)
+    assert job.state is JobState.FAILED and job.finished_at is not None
+
+
+async def test_a_stale_run_cannot_overwrite_a_newer_outcome(scripted: Resources) -> None:
+    from aima.services import task_runs
+
+    task = await new_task(scripted, "ok")
+    stale = await task_runs.start_task(resources=scripted, task_id=task.id, worker="stale-worker")
+    assert stale is not None
+    # The stale worker vanished; the task was delivered again and succeeded.
+    assert await run_analysis_task(ctx(scripted), str(task.id)) == "succeeded"
+    assert not await task_runs.finish_task(
+        resources=scripted, run=stale, state=TaskState.FAILED, error_code="LATE", error_message="late"
+    )
+    stored, job = await reload(scripted, task)
+    assert (stored.state, stored.attempts, stored.error_code, job.state) == (
+        TaskState.SUCCEEDED,
+        2,
+        None,
+        JobState.SUCCEEDED,
+    )
+
+
+async def test_a_worker_with_another_analyzer_version_refuses(scripted: Resources) -> None:
+    task = await new_task(scripted, "ok")
+    async with scripted.sessions() as session:
+        row = await session.get(Task, task.id)
+        assert row is not None
+        row.analyzer_version = "9.9"
+        await session.commit()
+    assert await run_analysis_task(ctx(scripted), str(task.id)) == "failed"
+    stored, _ = await reload(scripted, task)
+    assert stored.error_code == "ANALYZER_VERSION_MISMATCH"
+    assert await scripted.results.count_documents({"media_id": str(task.media_id)}) == 0
+
+
+async def test_a_cancelled_run_goes_back_in_line(scripted: Resources) -> None:
+    gate = asyncio.Event()
+
+    class Slow(Scripted):
+        async def analyze(self, item: AnalysisInput) -> BaseModel:
+            gate.set()
+            await asyncio.sleep(30)
+            return Count(calls=0)
+
+    pm = create_plugin_manager(load_external=False)
+
+    class SlowPlugin:
+        @aima.hookimpl
+        def register_analyzers(self, register: Any) -> None:
+            register(Slow("ok", "ok"))
+
+    pm.register(SlowPlugin(), name="slow")
+    slow = dataclasses.replace(scripted, analyzers=AnalyzerRegistry(pm))
+    task = await new_task(slow, "ok")
+    running = asyncio.create_task(run_analysis_task(ctx(slow), str(task.id)))
+    await asyncio.wait_for(gate.wait(), 5)
+    running.cancel()  # what arq does to running jobs when the worker shuts down
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    stored, job = await reload(slow, task)
+    assert (stored.state, stored.error_code, job.state) == (TaskState.QUEUED, "TASK_INTERRUPTED", JobState.RUNNING)
+    assert await run_analysis_task(ctx(scripted), str(task.id)) == "succeeded"
