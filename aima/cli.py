@@ -57,13 +57,13 @@ def worker(
 ) -> None:
     """Run an arq worker that executes analysis tasks."""
     import uvloop
-    from arq.worker import Worker
 
     from aima.workers.settings import worker_settings
+    from aima.workers.worker import WakeableWorker
 
     settings = _settings()
     asyncio.set_event_loop(uvloop.new_event_loop())
-    Worker(**worker_settings(settings), burst=burst).run()
+    WakeableWorker(**worker_settings(settings), burst=burst).run()
 
 
 @app.command()

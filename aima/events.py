@@ -90,3 +90,12 @@ class JobEventStream:
             event = await self.next(wait_s=60)
             if event is not None:
                 yield event
+
+
+def wake_channel(prefix: str, queue: str) -> str:
+    """Where idle workers of `queue` listen for "a task was queued", instead of polling Redis every few ms."""
+    return f"{prefix}:wake:{queue}"
+
+
+async def wake_workers(redis: Redis, prefix: str, queue: str) -> None:
+    await redis.publish(wake_channel(prefix, queue), b"1")

@@ -97,7 +97,9 @@ async def open_resources(
 ) -> AsyncIterator[Resources]:
     """Open every client; with `prepare`, also create the bucket, Mongo indexes and Milvus collections."""
     async with contextlib.AsyncExitStack() as stack:
-        engine = create_async_engine(settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per checkout, on every request and task; a connection that died is
+        # replaced when it fails, and none lives longer than pool_recycle.
+        engine = create_async_engine(settings.database_url, pool_size=10, max_overflow=10, pool_recycle=1800)
         stack.push_async_callback(engine.dispose)
 
         mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(

@@ -46,6 +46,8 @@ class WorkerSettings(BaseModel):
     queue_name: str = "aima:queue:cpu"
     #: How often an idle worker polls Redis for new tasks; arq's default of 0.5 s adds that much latency.
     poll_delay_s: float = Field(default=0.005, gt=0)
+    #: Longest an idle worker waits before polling anyway (wake-ups on Redis pub/sub usually come first).
+    idle_poll_s: float = Field(default=0.5, gt=0)
     max_jobs: int = Field(default=4, ge=1)
     job_timeout_s: int = Field(default=3600, ge=1)
     #: Deliveries of one task before a transient error (a store or model server that is down) fails it.

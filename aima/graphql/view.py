@@ -18,7 +18,7 @@ from aima.logs import request_id_var
 from aima.resources import Resources
 from aima.security import decode_access_token
 from aima.services.access import Actor
-from aima.services.users import active_user
+from aima.services.users import active_actor
 
 
 class AimaGraphQL(GraphQL[Context, None]):
@@ -65,6 +65,5 @@ class AimaGraphQL(GraphQL[Context, None]):
         if scheme.lower() != "bearer" or not token:
             raise NotAuthenticated("Use 'Authorization: Bearer <token>'.")
         claims = decode_access_token(self.resources.settings.auth, token.strip())
-        async with self.resources.sessions() as session:
-            user = await active_user(session=session, user_id=claims.user_id)
-        return Actor.of(user), claims.expires_at
+        actor = await active_actor(engine=self.resources.engine, user_id=claims.user_id)
+        return actor, claims.expires_at

@@ -34,6 +34,12 @@ def can_write_case(actor: Actor, case: Case) -> bool:
     return actor.role is not Role.GUEST and (actor.is_admin or case.owner_id == actor.user_id)
 
 
+def ensure_writable(actor: Actor, case: Case) -> None:
+    """For a case the actor may read: refuse if it may not change it."""
+    if not can_write_case(actor, case):
+        raise Forbidden("You may read this case but not change it.")
+
+
 def require_writer(actor: Actor) -> None:
     """Guests only ever read."""
     if actor.role is Role.GUEST:

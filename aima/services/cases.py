@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.db.models import Case
-from aima.errors import Forbidden, InvalidInput, NotFound
-from aima.services.access import Actor, can_read_case, can_write_case, require_writer
+from aima.errors import InvalidInput, NotFound
+from aima.services.access import Actor, can_read_case, ensure_writable, require_writer
 
 
 async def create_case(*, session: AsyncSession, actor: Actor, title: str) -> Case:
@@ -41,6 +41,5 @@ async def get_case(*, session: AsyncSession, actor: Actor, case_id: uuid.UUID) -
 async def get_writable_case(*, session: AsyncSession, actor: Actor, case_id: uuid.UUID) -> Case:
     """The case, if the actor may change it. Visibility is checked first, so ids cannot be probed."""
     case = await get_case(session=session, actor=actor, case_id=case_id)
-    if not can_write_case(actor, case):
-        raise Forbidden("You may read this case but not change it.")
+    ensure_writable(actor, case)
     return case

@@ -7,13 +7,14 @@ import re
 import uuid
 
 from argon2 import PasswordHasher
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from aima.db.models import Role, User
 from aima.errors import Conflict, InvalidCredentials, InvalidInput, NotAuthenticated
 from aima.security import verify_password
+from aima.services.access import Actor
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -77,6 +78,19 @@ async def active_user(*, session: AsyncSession, user_id: uuid.UUID) -> User:
     if user is None or not user.is_active:
         raise NotAuthenticated("Invalid or expired access token.")
     return user
+
+
+_ACTOR_QUERY = select(User.id, User.email, User.role).where(User.id == bindparam("user_id"), User.is_active.is_(True))
+
+
+async def active_actor(*, engine: AsyncEngine, user_id: uuid.UUID) -> Actor:
+    """The acting user of a request, read on every request (a deactivated account stops at once), lean."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN and ROLLBACK around it
+        row = (await conn.execute(_ACTOR_QUERY, {"user_id": user_id})).first()
+    if row is None:
+        raise NotAuthenticated("Invalid or expired access token.")
+    return Actor(user_id=row.id, email=row.email, role=Role(row.role))
 
 
 async def count_admins(*, session: AsyncSession) -> int:

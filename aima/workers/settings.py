@@ -12,6 +12,7 @@ from typing import Any
 from arq.worker import func
 from prometheus_client import start_http_server
 
+from aima.events import wake_channel
 from aima.resources import open_resources, redis_settings
 from aima.services.jobs import TASK_FUNCTION
 from aima.settings import Settings
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `arq.worker.Worker`; `aima worker` runs them."""
+    """Keyword arguments for `WakeableWorker` (arq's `Worker` plus its wake-up channel); `aima worker` runs them."""
     exit_stack = contextlib.AsyncExitStack()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -45,6 +46,8 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "poll_delay": settings.worker.poll_delay_s,
+        "wake_channel": wake_channel(settings.redis_prefix, settings.worker.queue_name),
+        "idle_poll_s": settings.worker.idle_poll_s,
         "max_jobs": settings.worker.max_jobs,
         "job_timeout": settings.worker.job_timeout_s,
         # PostgreSQL keeps each task's outcome; arq's result records would only be extra writes.

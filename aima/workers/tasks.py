@@ -161,12 +161,12 @@ class _ProgressReporter:
         self._resources = resources
         self._task = task
         self._loop = asyncio.get_running_loop()
-        self._last = 0.0
+        self._last = time.monotonic()  # the "started" event counts: a task done within the interval reports nothing
         self._pending: set[asyncio.Future[None]] = set()
 
     def __call__(self, fraction: float, message: str) -> None:
         now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL_S and fraction < 1.0:
+        if now - self._last < PROGRESS_INTERVAL_S:
             return
         self._last = now
         self._loop.call_soon_threadsafe(self._schedule, fraction, message)

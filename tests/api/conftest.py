@@ -16,6 +16,7 @@ from aima.db.models import Role
 from aima.plugins import AnalyzerRegistry
 from aima.settings import Settings
 from aima.workers.settings import worker_settings
+from aima.workers.worker import WakeableWorker
 from tests.gql import PASSWORD, GraphQLClient, login, run_sync
 
 
@@ -34,7 +35,7 @@ def worker(settings: Settings) -> Iterator[Worker]:
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        arq_worker = Worker(**{**worker_settings(settings), "handle_signals": False})
+        arq_worker = WakeableWorker(**{**worker_settings(settings), "handle_signals": False})
         holder.append(arq_worker)
         started.set()
         try:

@@ -22,6 +22,7 @@ from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources
 from aima.storage import original_key
 from aima.testing.media import make_jpeg
+from aima.workers import tasks as tasks_module
 from aima.workers.tasks import run_analysis_task
 
 
@@ -124,7 +125,10 @@ def ctx(resources: Resources, job_try: int = 1) -> dict[str, Any]:
     return {"resources": resources, "worker_name": "test-worker", "job_try": job_try}
 
 
-async def test_success_stores_one_result_and_closes_the_job(scripted: Resources) -> None:
+async def test_success_stores_one_result_and_closes_the_job(
+    scripted: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks_module, "PROGRESS_INTERVAL_S", 0.0)  # let the analyzer's progress report through
     task = await new_task(scripted, "ok")
     async with JobEventStream(scripted.redis, scripted.settings.redis_prefix, str(task.job_id)) as stream:
         assert await run_analysis_task(ctx(scripted), str(task.id)) == "succeeded"
@@ -277,3 +281,13 @@ async def test_a_cancelled_run_goes_back_in_line(scripted: Resources) -> None:
     stored, job = await reload(slow, task)
     assert (stored.state, stored.error_code, job.state) == (TaskState.QUEUED, "TASK_INTERRUPTED", JobState.RUNNING)
     assert await run_analysis_task(ctx(scripted), str(task.id)) == "succeeded"
+
+
+async def test_a_quick_task_sends_no_progress_events(scripted: Resources) -> None:
+    task = await new_task(scripted, "ok")
+    async with JobEventStream(scripted.redis, scripted.settings.redis_prefix, str(task.job_id)) as stream:
+        await run_analysis_task(ctx(scripted), str(task.id))
+        messages = []
+        while (event := await stream.next(wait_s=0.5)) is not None:
+            messages.append(event.message)
+    assert messages == ["ok started", "ok succeeded", "job succeeded"]
