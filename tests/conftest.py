@@ -8,8 +8,10 @@ and the S3 server start here from their pip packages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from aima.embedded.base import make_runtime_root
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources, open_resources
 from aima.settings import Settings
+from aima.workers.settings import worker_settings
+from aima.workers.worker import WakeableWorker
 
 POSTGRES_URL = os.environ.get("AIMA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -155,3 +159,33 @@ def _clean_redis_prefix() -> Iterator[None]:
             client.delete(key)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def worker_thread(settings: Settings) -> Iterator[WakeableWorker]:
+    """A real worker (what `aima worker` runs) in a thread with its own event loop, stopped on exit."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: list[WakeableWorker] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        worker = WakeableWorker(**{**worker_settings(settings), "handle_signals": False})
+        holder.append(worker)
+        started.set()
+        try:
+            loop.run_until_complete(worker.async_run())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(worker.close())
+
+    thread = threading.Thread(target=run, name="arq-worker", daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield holder[0]
+    finally:
+        if holder[0].main_task is not None:
+            loop.call_soon_threadsafe(holder[0].main_task.cancel)
+        thread.join(15)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import tempfile
@@ -146,7 +145,6 @@ async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
     return payload
 
 
-@functools.cache
 def scratch_dir() -> Path:
     """Where this worker process keeps the local copies of originals while analyzers read them."""
     path = Path(tempfile.gettempdir()) / f"aima-worker-{os.getpid()}"

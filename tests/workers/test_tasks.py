@@ -71,7 +71,7 @@ async def scripted(resources: Resources) -> AsyncIterator[Resources]:
     yield dataclasses.replace(resources, analyzers=AnalyzerRegistry(pm))
 
 
-async def new_task(resources: Resources, analyzer: str, *more: str) -> Task:
+async def new_task(resources: Resources, analyzer: str, *more: str, version: str = "0.1") -> Task:
     """A media item with a job of one task per analyzer named; returns the first task."""
     user = User(id=uuid.uuid4(), email=f"w-{uuid.uuid4().hex[:8]}@example.org", password_hash="x", role=Role.USER)
     case = Case(id=uuid.uuid4(), title="worker", owner_id=user.id)
@@ -98,7 +98,7 @@ async def new_task(resources: Resources, analyzer: str, *more: str) -> Task:
     )
     job = Job(id=uuid.uuid4(), case_id=case.id, media_id=media_id, created_by=user.id)
     tasks = [
-        Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer=name, analyzer_version="0.1")
+        Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer=name, analyzer_version=version)
         for name in (analyzer, *more)
     ]
     async with resources.sessions() as session:
