@@ -114,7 +114,9 @@ async def open_resources(
 
         if prepare:
             await asyncio.to_thread(_prepare_milvus, settings.milvus_url)
-        milvus = AsyncMilvusClient(settings.milvus_url)
+        # Dedicated: pymilvus otherwise shares one connection per URI through a process-wide manager, across
+        # event loops and threads, which breaks when two sets of resources live in one process.
+        milvus = AsyncMilvusClient(settings.milvus_url, dedicated=True)
         stack.push_async_callback(milvus.close)
 
         session = aioboto3.Session()
@@ -164,7 +166,7 @@ async def open_resources(
 
 
 def _prepare_milvus(url: str) -> None:
-    client = MilvusClient(url)
+    client = MilvusClient(url, dedicated=True)
     try:
         ensure_collections(client)
     finally:

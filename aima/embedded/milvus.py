@@ -38,7 +38,7 @@ class EmbeddedMilvus(EmbeddedServer):
     def check_ready(self) -> None:
         from pymilvus import MilvusClient
 
-        client = MilvusClient(uri=self.url, timeout=2.0)
+        client = MilvusClient(uri=self.url, timeout=2.0, dedicated=True)
         try:
             client.list_collections()
         finally:

@@ -141,6 +141,20 @@ class EmbeddedS3(EmbeddedServer):
             )
         # Needs a valid signature: proves S3, the filer behind it and the identities are up.
         self._probe.list_buckets()
+        # S3 answers before the volume server has registered with the master; reads of stored objects fail with
+        # InternalError until it has. A write and a read back prove the whole path (and leave nothing behind).
+        bucket, key = "aima-readiness-probe", "probe"
+        try:
+            self._probe.create_bucket(Bucket=bucket)
+        except self._probe.exceptions.BucketAlreadyOwnedByYou:
+            pass  # left by an attempt that failed half-way
+        try:
+            self._probe.put_object(Bucket=bucket, Key=key, Body=b"ready")
+            self._probe.get_object(Bucket=bucket, Key=key)["Body"].read()
+            self._probe.delete_object(Bucket=bucket, Key=key)
+        finally:
+            with contextlib.suppress(Exception):
+                self._probe.delete_bucket(Bucket=bucket)
 
     def after_stop(self) -> None:
         """weed leaves Unix sockets named after its ports in /tmp."""

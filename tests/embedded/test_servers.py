@@ -133,7 +133,7 @@ def mongo_read(url: str) -> list[str]:
 
 
 def milvus_write(url: str) -> None:
-    client = MilvusClient(uri=url)
+    client = MilvusClient(uri=url, dedicated=True)
     try:
         client.create_collection("notes", dimension=4)
         client.insert("notes", [{"id": 7, "vector": [0.1, 0.2, 0.3, 0.4]}])
@@ -142,7 +142,7 @@ def milvus_write(url: str) -> None:
 
 
 def milvus_read(url: str) -> list[int]:
-    client = MilvusClient(uri=url)
+    client = MilvusClient(uri=url, dedicated=True)
     try:
         client.load_collection("notes")  # a restarted server brings collections back released
         return [row["id"] for row in client.get("notes", ids=[7])]
