@@ -144,10 +144,8 @@ class EmbeddedS3(EmbeddedServer):
         # S3 answers before the volume server has registered with the master; reads of stored objects fail with
         # InternalError until it has. A write and a read back prove the whole path (and leave nothing behind).
         bucket, key = "aima-readiness-probe", "probe"
-        try:
+        with contextlib.suppress(self._probe.exceptions.BucketAlreadyOwnedByYou):  # left by a failed attempt
             self._probe.create_bucket(Bucket=bucket)
-        except self._probe.exceptions.BucketAlreadyOwnedByYou:
-            pass  # left by an attempt that failed half-way
         try:
             self._probe.put_object(Bucket=bucket, Key=key, Body=b"ready")
             self._probe.get_object(Bucket=bucket, Key=key)["Body"].read()
