@@ -17,6 +17,8 @@ from aima.settings import Settings
 app = typer.Typer(help="AIMA: AI media analysis.", no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 logger = logging.getLogger("aima.cli")
 
@@ -132,6 +134,30 @@ async def create_account(settings: Settings, email: str, password: str, role: Ro
             )
     finally:
         await engine.dispose()
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit trail's hash chain; name the first broken entry (exit status 1)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from aima.services.audit import verify_chain
+
+    settings = _settings(json_logs=False)
+
+    async def run() -> None:
+        engine = create_async_engine(settings.database_url)
+        try:
+            report = await verify_chain(engine)
+        finally:
+            await engine.dispose()
+        if report.first_broken_id is None:
+            typer.echo(f"audit trail intact: {report.entries} entries")
+            return
+        typer.echo(f"audit trail broken at entry {report.first_broken_id}: {report.reason}", err=True)
+        raise typer.Exit(1)
+
+    asyncio.run(run())
 
 
 @app.command()

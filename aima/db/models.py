@@ -153,3 +153,31 @@ class Task(Base):
         Index("ix_tasks_job", "job_id"),
         Index("ix_tasks_state", "state"),
     )
+
+
+class AuditEntry(Base):
+    """One line of the append-only, hash-chained audit trail.
+
+    `hash` covers `prev_hash` and the entry's own fields (see `aima.services.audit`); a database trigger refuses
+    updates and deletes, and `aima audit verify` recomputes the chain.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    actor_id: Mapped[uuid.UUID | None] = mapped_column()
+    actor_email: Mapped[str | None] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+
+    __table_args__ = (
+        Index("ix_audit_actor_at", "actor_id", "at"),
+        Index("ix_audit_action_at", "action", "at"),
+        Index("ix_audit_target", "target_type", "target_id"),
+    )

@@ -14,7 +14,9 @@ from strawberry.dataloader import DataLoader
 from aima.db.documents import AnalysisResultDocument
 from aima.errors import AimaError, NotAuthenticated
 from aima.resources import Resources
+from aima.services import audit
 from aima.services.access import Actor
+from aima.services.audit import AuditAction, AuditRecord
 from aima.services.results import results_for_media
 
 
@@ -37,6 +39,8 @@ class Context:
     #: Why the credentials sent were refused, raised when a resolver needs the actor.
     auth_error: AimaError | None = None
     request_id: str | None = None
+    #: The client's address as the server saw it (a proxy's, behind one).
+    client_address: str | None = None
     connection_params: dict[str, Any] | None = None
     results_loader: DataLoader[str, list[AnalysisResultDocument]] = field(init=False)
 
@@ -46,6 +50,31 @@ class Context:
     def reset_loaders(self) -> None:
         """Fresh DataLoaders: a websocket connection keeps one context for all its operations."""
         self.results_loader = results_loader(self.resources)
+
+    async def audit(
+        self,
+        action: AuditAction,
+        *,
+        target_type: str | None = None,
+        target_id: object = None,
+        details: dict[str, Any] | None = None,
+        actor: Actor | None = None,
+        actor_email: str | None = None,
+    ) -> None:
+        """Record an action of this request's actor (or of `actor`, for sign-ins) in the audit trail."""
+        who = actor or self.actor
+        await audit.record(
+            self.resources.engine,
+            AuditRecord(
+                action=action,
+                actor_id=who.user_id if who else None,
+                actor_email=(who.email if who else actor_email),
+                target_type=target_type,
+                target_id=str(target_id) if target_id is not None else None,
+                client_address=self.client_address,
+                details=details,
+            ),
+        )
 
     def require_actor(self) -> Actor:
         """The authenticated user; every resolver except register and login starts here."""

@@ -8,12 +8,14 @@ from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
 from aima.db.models import User
-from aima.errors import InvalidInput
+from aima.errors import InvalidCredentials, InvalidInput
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
 from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
 from aima.security import issue_access_token
 from aima.services import cases, jobs, media, users
+from aima.services.access import Actor
+from aima.services.audit import AuditAction
 
 
 @strawberry.type
@@ -25,13 +27,19 @@ class Mutation:
             user = await users.create_user(
                 session=session, hasher=ctx.resources.password_hasher, email=email, password=password
             )
+        await ctx.audit(AuditAction.REGISTER, target_type="user", target_id=user.id, actor=Actor.of(user))
         return _signed_in(ctx, user)
 
     @strawberry.mutation(description="Exchange email and password for an access token.")
     async def login(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
         ctx = info.context
-        async with ctx.resources.sessions() as session:
-            user = await ctx.resources.authenticator.authenticate(session=session, email=email, password=password)
+        try:
+            async with ctx.resources.sessions() as session:
+                user = await ctx.resources.authenticator.authenticate(session=session, email=email, password=password)
+        except InvalidCredentials:
+            await ctx.audit(AuditAction.LOGIN_FAILED, actor_email=email.strip().lower()[:320])
+            raise
+        await ctx.audit(AuditAction.LOGIN, target_type="user", target_id=user.id, actor=Actor.of(user))
         return _signed_in(ctx, user)
 
     @strawberry.mutation
@@ -39,7 +47,9 @@ class Mutation:
         ctx = info.context
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
-            return CaseNode.of(await cases.create_case(session=session, actor=actor, title=title))
+            case = await cases.create_case(session=session, actor=actor, title=title)
+        await ctx.audit(AuditAction.CASE_CREATE, target_type="case", target_id=case.id)
+        return CaseNode.of(case)
 
     @strawberry.mutation(description="Upload one image, video or audio file into a case (multipart request).")
     async def upload_media(self, info: Info[Context, None], case_id: strawberry.ID, file: Upload) -> MediaNode:
@@ -52,6 +62,18 @@ class Mutation:
             actor=actor,
             case_id=parse_id(case_id, "case"),
             upload=file,  # type: ignore[arg-type]
+        )
+        await ctx.audit(
+            AuditAction.MEDIA_UPLOAD,
+            target_type="media",
+            target_id=row.id,
+            details={
+                "case_id": str(row.case_id),
+                "sha256": row.sha256,
+                "size_bytes": row.size_bytes,
+                "content_type": row.content_type,
+                "filename": row.filename,
+            },
         )
         return MediaNode.of(row)
 

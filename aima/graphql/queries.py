@@ -9,8 +9,8 @@ from strawberry.types import Info
 
 from aima.errors import InvalidInput
 from aima.graphql.context import Context
-from aima.graphql.types import AnalyzerNode, CaseNode, JobNode, MediaNode, UserNode
-from aima.services import cases, jobs, media
+from aima.graphql.types import AnalyzerNode, AuditEntryNode, CaseNode, JobNode, MediaNode, UserNode
+from aima.services import audit, cases, jobs, media
 from aima.services.users import active_user
 
 
@@ -58,6 +58,29 @@ class Query:
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
             return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
+
+    @strawberry.field(description="The audit trail, newest first (administrators only).")
+    async def audit_log(
+        self,
+        info: Info[Context, None],
+        action: str | None = None,
+        actor_id: strawberry.ID | None = None,
+        target_id: str | None = None,
+        before_id: strawberry.ID | None = None,
+        first: int = 50,
+    ) -> list[AuditEntryNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        rows = await audit.entries(
+            ctx.resources.engine,
+            actor=actor,
+            action=action,
+            actor_id=parse_id(actor_id, "user") if actor_id else None,
+            target_id=target_id,
+            before_id=int(before_id) if before_id and str(before_id).isdigit() else None,
+            limit=first,
+        )
+        return [AuditEntryNode.of(row) for row in rows]
 
     @strawberry.field(description="The analyzers the installed plugins provide.")
     def analyzers(self, info: Info[Context, None]) -> list[AnalyzerNode]:

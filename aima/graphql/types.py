@@ -17,6 +17,7 @@ from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
 from aima.services import jobs as job_service
 from aima.services import media as media_service
+from aima.services.audit import AuditAction
 from aima.services.cases import get_case
 
 Role = strawberry.enum(models.Role, name="Role")
@@ -98,6 +99,9 @@ class MediaNode:
     async def results(self, info: Info[Context, None]) -> list[AnalysisResultNode]:
         info.context.require_actor()
         docs = await info.context.results_loader.load(str(self.id))
+        await info.context.audit(
+            AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"results": len(docs)}
+        )
         return [AnalysisResultNode.of(doc) for doc in docs]
 
 
@@ -248,4 +252,33 @@ class JobEventNode:
             error_code=event.error_code,
             at=datetime.fromisoformat(event.at),
             tasks=tasks,
+        )
+
+
+@strawberry.type(name="AuditEntry")
+class AuditEntryNode:
+    id: strawberry.ID
+    at: datetime
+    actor_id: strawberry.ID | None
+    actor_email: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    client_address: str | None
+    details: JSON
+    hash: str
+
+    @classmethod
+    def of(cls, row: models.AuditEntry) -> AuditEntryNode:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            at=row.at,
+            actor_id=strawberry.ID(str(row.actor_id)) if row.actor_id else None,
+            actor_email=row.actor_email,
+            action=row.action,
+            target_type=row.target_type,
+            target_id=row.target_id,
+            client_address=row.client_address,
+            details=cast(JSON, row.details),
+            hash=row.hash,
         )

@@ -37,7 +37,13 @@ class AimaGraphQL(GraphQL[Context, None]):
         self.resources = resources
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
-        ctx = Context(request=request, response=response, resources=self.resources, request_id=request_id_var.get())
+        ctx = Context(
+            request=request,
+            response=response,
+            resources=self.resources,
+            request_id=request_id_var.get(),
+            client_address=request.client.host if request.client else None,
+        )
         if isinstance(request, Request):
             header = request.headers.get("authorization")
             if header:
