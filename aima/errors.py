@@ -97,6 +97,14 @@ class CorruptMedia(AimaError):
     code = "CORRUPT_MEDIA"
 
 
+class RateLimited(AimaError):
+    code = "RATE_LIMITED"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"Too many failed sign-ins. Try again in {retry_after_s} s.")
+        self.retry_after_s = retry_after_s
+
+
 class BackendUnavailable(AimaError):
     code = "BACKEND_UNAVAILABLE"
     transient = True

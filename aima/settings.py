@@ -40,6 +40,15 @@ class AuthSettings(BaseModel):
     argon2_memory_kib: int = Field(default=19 * 1024, ge=19 * 1024)
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_parallelism: int = Field(default=1, ge=1)
+    #: Failed sign-ins allowed per account and per client address (within `throttle_window_s`) before each
+    #: further attempt waits, twice as long every time, up to the caps: short for an account, so nobody can lock
+    #: a victim out for long; longer for an address.
+    throttle_free_failures_account: int = Field(default=5, ge=1)
+    throttle_free_failures_address: int = Field(default=20, ge=1)
+    throttle_window_s: int = Field(default=900, ge=1)
+    throttle_base_delay_s: float = Field(default=1.0, gt=0)
+    throttle_max_delay_account_s: float = Field(default=60.0, gt=0)
+    throttle_max_delay_address_s: float = Field(default=900.0, gt=0)
 
 
 class WorkerSettings(BaseModel):
@@ -80,6 +89,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     #: Browser origins allowed to open websockets and send credentials.
     allowed_origins: list[str] = ["http://127.0.0.1:8000", "http://localhost:8000"]
+    #: Addresses of reverse proxies whose X-Forwarded-For is believed (for audit entries and sign-in throttling).
+    trusted_proxies: list[str] = []
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     log_level: str = "INFO"
     log_json: bool = True

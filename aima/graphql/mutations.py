@@ -8,7 +8,7 @@ from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
 from aima.db.models import User
-from aima.errors import InvalidCredentials, InvalidInput
+from aima.errors import InvalidCredentials, InvalidInput, RateLimited
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
 from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
@@ -16,6 +16,7 @@ from aima.security import issue_access_token
 from aima.services import cases, jobs, media, users
 from aima.services.access import Actor
 from aima.services.audit import AuditAction
+from aima.services.throttle import LoginThrottle
 
 
 @strawberry.type
@@ -33,12 +34,20 @@ class Mutation:
     @strawberry.mutation(description="Exchange email and password for an access token.")
     async def login(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
         ctx = info.context
+        throttle = LoginThrottle(ctx.resources.redis, ctx.resources.settings.redis_prefix, ctx.resources.settings.auth)
+        try:
+            await throttle.check(email, ctx.client_address)
+        except RateLimited:
+            await ctx.audit(AuditAction.LOGIN_THROTTLED, actor_email=email.strip().lower()[:320])
+            raise
         try:
             async with ctx.resources.sessions() as session:
                 user = await ctx.resources.authenticator.authenticate(session=session, email=email, password=password)
         except InvalidCredentials:
+            await throttle.failed(email, ctx.client_address)
             await ctx.audit(AuditAction.LOGIN_FAILED, actor_email=email.strip().lower()[:320])
             raise
+        await throttle.succeeded(email)
         await ctx.audit(AuditAction.LOGIN, target_type="user", target_id=user.id, actor=Actor.of(user))
         return _signed_in(ctx, user)
 

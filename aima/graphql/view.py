@@ -21,6 +21,15 @@ from aima.services.access import Actor
 from aima.services.users import active_actor
 
 
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str | None:
+    """The client's address: the peer's, or, behind a trusted proxy, the last hop it did not add itself."""
+    if peer in trusted_proxies and forwarded_for:
+        for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+            if hop and hop not in trusted_proxies:
+                return hop[:64]
+    return peer
+
+
 class AimaGraphQL(GraphQL[Context, None]):
     def __init__(self, schema: object, resources: Resources) -> None:
         settings = resources.settings
@@ -42,7 +51,11 @@ class AimaGraphQL(GraphQL[Context, None]):
             response=response,
             resources=self.resources,
             request_id=request_id_var.get(),
-            client_address=request.client.host if request.client else None,
+            client_address=client_address(
+                request.client.host if request.client else None,
+                request.headers.get("x-forwarded-for"),
+                self.resources.settings.trusted_proxies,
+            ),
         )
         if isinstance(request, Request):
             header = request.headers.get("authorization")

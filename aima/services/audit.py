@@ -33,6 +33,7 @@ class AuditAction(enum.StrEnum):
     REGISTER = "auth.register"
     LOGIN = "auth.login"
     LOGIN_FAILED = "auth.login_failed"
+    LOGIN_THROTTLED = "auth.login_throttled"
     CASE_CREATE = "case.create"
     MEDIA_UPLOAD = "media.upload"
     RESULTS_READ = "media.results_read"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid
+from importlib import resources
 
 from argon2 import PasswordHasher
 from sqlalchemy import bindparam, func, select
@@ -31,6 +33,15 @@ def normalize_email(email: str) -> str:
 def check_password_policy(password: str) -> None:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise InvalidInput(f"Passwords must have between {MIN_PASSWORD_LENGTH} and {MAX_PASSWORD_LENGTH} characters.")
+    if password.lower() in common_passwords():
+        raise InvalidInput("This password is among the most common ones; choose another.")
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The 10,000 most common passwords (shipped in aima/data), read once."""
+    text = resources.files("aima.data").joinpath("common-passwords.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
 async def create_user(
