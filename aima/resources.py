@@ -29,6 +29,7 @@ from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
 from aima.db.vectors import ensure_collections
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
+from aima.services.sessions import SessionRevocations
 from aima.services.users import Authenticator
 from aima.settings import Settings
 from aima.storage import ObjectStore
@@ -50,6 +51,11 @@ class Resources:
     analyzers: AnalyzerRegistry
     password_hasher: PasswordHasher
     authenticator: Authenticator
+
+    @property
+    def revocations(self) -> SessionRevocations:
+        """Ended sessions, checked on every authenticated request."""
+        return SessionRevocations(self.redis, self.settings.redis_prefix, self.settings.auth.access_token_minutes * 60)
 
     @property
     def results(self) -> AsyncCollection[dict[str, Any]]:

@@ -45,6 +45,8 @@ class TokenClaims:
     user_id: uuid.UUID
     jti: str
     expires_at: datetime
+    #: When the token was issued, in milliseconds (JWT's `iat` has whole seconds only).
+    issued_at_ms: int
 
 
 def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datetime | None = None) -> AccessToken:
@@ -60,6 +62,7 @@ def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datet
         "exp": int(expires.timestamp()),
         "jti": jti,
         "typ": ACCESS_TOKEN_TYPE,
+        "iat_ms": int(now.timestamp() * 1000),
     }
     token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=ALGORITHM)
     return AccessToken(token=token, expires_at=expires, jti=jti)
@@ -82,6 +85,7 @@ def decode_access_token(settings: AuthSettings, token: str) -> TokenClaims:
             user_id=uuid.UUID(claims["sub"]),
             jti=str(claims["jti"]),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            issued_at_ms=int(claims.get("iat_ms") or claims["iat"] * 1000),
         )
     except (jwt.PyJWTError, ValueError) as exc:
         raise NotAuthenticated("Invalid or expired access token.") from exc

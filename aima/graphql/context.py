@@ -14,6 +14,7 @@ from strawberry.dataloader import DataLoader
 from aima.db.documents import AnalysisResultDocument
 from aima.errors import AimaError, NotAuthenticated
 from aima.resources import Resources
+from aima.security import TokenClaims
 from aima.services import audit
 from aima.services.access import Actor
 from aima.services.audit import AuditAction, AuditRecord
@@ -34,8 +35,8 @@ class Context:
     response: Response | WebSocket | None
     resources: Resources
     actor: Actor | None = None
-    #: When the actor's token expires; a websocket connection outlives its token otherwise.
-    actor_expires_at: datetime | None = None
+    #: The actor's access token: when it expires (a websocket connection outlives its token otherwise), its id.
+    token_claims: TokenClaims | None = None
     #: Why the credentials sent were refused, raised when a resolver needs the actor.
     auth_error: AimaError | None = None
     request_id: str | None = None
@@ -80,6 +81,13 @@ class Context:
         """The authenticated user; every resolver except register and login starts here."""
         if self.actor is None:
             raise self.auth_error or NotAuthenticated()
-        if self.actor_expires_at is not None and datetime.now(UTC) >= self.actor_expires_at:
+        if self.token_claims is not None and datetime.now(UTC) >= self.token_claims.expires_at:
             raise NotAuthenticated("The access token has expired.")
         return self.actor
+
+    async def require_live_session(self) -> Actor:
+        """`require_actor`, and the session must not have been ended since the connection authenticated."""
+        actor = self.require_actor()
+        if self.token_claims is not None:
+            await self.resources.revocations.check(self.token_claims)
+        return actor

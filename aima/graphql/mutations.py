@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import strawberry
 from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
@@ -50,6 +52,46 @@ class Mutation:
         await throttle.succeeded(email)
         await ctx.audit(AuditAction.LOGIN, target_type="user", target_id=user.id, actor=Actor.of(user))
         return _signed_in(ctx, user)
+
+    @strawberry.mutation(description="End this session: its access token is refused from now on.")
+    async def logout(self, info: Info[Context, None]) -> bool:
+        ctx = info.context
+        ctx.require_actor()
+        assert ctx.token_claims is not None
+        await ctx.resources.revocations.revoke_token(ctx.token_claims)
+        await ctx.audit(AuditAction.LOGOUT)
+        return True
+
+    @strawberry.mutation(description="End every session of the signed-in user, on every device.")
+    async def logout_everywhere(self, info: Info[Context, None]) -> bool:
+        ctx = info.context
+        actor = ctx.require_actor()
+        await ctx.resources.revocations.revoke_user(actor.user_id)
+        await ctx.audit(AuditAction.LOGOUT_EVERYWHERE)
+        return True
+
+    @strawberry.mutation(
+        description="Change the password; every other session ends, and this one continues with the new token."
+    )
+    async def change_password(self, info: Info[Context, None], current_password: str, new_password: str) -> AuthPayload:
+        ctx = info.context
+        actor = ctx.require_actor()
+        resources = ctx.resources
+        async with resources.sessions() as session:
+            await users.change_password(
+                session=session,
+                hasher=resources.password_hasher,
+                authenticator=resources.authenticator,
+                actor=actor,
+                current=current_password,
+                new=new_password,
+            )
+            user = await users.active_user(session=session, user_id=actor.user_id)
+        revoked_ms = await resources.revocations.revoke_user(actor.user_id)
+        await ctx.audit(AuditAction.PASSWORD_CHANGE)
+        # The new token must be newer than the mark that ended the old ones.
+        issued = max(datetime.now(UTC), datetime.fromtimestamp((revoked_ms + 1) / 1000, UTC))
+        return _signed_in(ctx, user, now=issued)
 
     @strawberry.mutation
     async def create_case(self, info: Info[Context, None], title: str) -> CaseNode:
@@ -100,8 +142,8 @@ class Mutation:
         return JobNode.of(job)
 
 
-def _signed_in(ctx: Context, user: User) -> AuthPayload:
-    token = issue_access_token(ctx.resources.settings.auth, user.id)
+def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:
+    token = issue_access_token(ctx.resources.settings.auth, user.id, now=now)
     return AuthPayload(
         access_token=token.token,
         token_type="Bearer",  # noqa: S106 - the token scheme, not a secret

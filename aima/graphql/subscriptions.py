@@ -39,7 +39,10 @@ class Subscription:
                 yield JobEventNode.of(_snapshot(job, tasks), tasks=[TaskNode.of(t) for t in tasks])
                 while not job.state.terminal:
                     event = await stream.next(wait_s=RECHECK_S)
-                    ctx.require_actor()  # ends the subscription once the token has expired
+                    if event is None or event.task_id is None:
+                        await ctx.require_live_session()  # ends the subscription once the session has ended
+                    else:
+                        ctx.require_actor()  # ends the subscription once the token has expired
                     if event is None:
                         # Quiet for a while: ask the state of record, in case the final event was lost.
                         job, tasks = await _job_with_tasks(ctx, actor, job_uuid)

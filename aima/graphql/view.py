@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +15,7 @@ from aima.errors import AimaError, NotAuthenticated
 from aima.graphql.context import Context
 from aima.logs import request_id_var
 from aima.resources import Resources
-from aima.security import decode_access_token
+from aima.security import TokenClaims, decode_access_token
 from aima.services.access import Actor
 from aima.services.users import active_actor
 
@@ -61,7 +60,7 @@ class AimaGraphQL(GraphQL[Context, None]):
             header = request.headers.get("authorization")
             if header:
                 try:
-                    ctx.actor, ctx.actor_expires_at = await self.authenticate(header)
+                    ctx.actor, ctx.token_claims = await self.authenticate(header)
                 except AimaError as exc:
                     ctx.auth_error = exc
         return ctx
@@ -73,16 +72,17 @@ class AimaGraphQL(GraphQL[Context, None]):
         if not isinstance(header, str) or not header:
             raise ConnectionRejectionError({"code": NotAuthenticated.code, "message": "Send a token."})
         try:
-            context.actor, context.actor_expires_at = await self.authenticate(header)
+            context.actor, context.token_claims = await self.authenticate(header)
         except AimaError as exc:
             raise ConnectionRejectionError({"code": exc.code, "message": exc.message}) from exc
         context.request_id = context.request_id or uuid.uuid4().hex
 
-    async def authenticate(self, header: str) -> tuple[Actor, datetime]:
-        """The active user a bearer token names, and when the token expires."""
+    async def authenticate(self, header: str) -> tuple[Actor, TokenClaims]:
+        """The active user a bearer token names, with the token's claims; refused when its session has ended."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise NotAuthenticated("Use 'Authorization: Bearer <token>'.")
         claims = decode_access_token(self.resources.settings.auth, token.strip())
+        await self.resources.revocations.check(claims)
         actor = await active_actor(engine=self.resources.engine, user_id=claims.user_id)
-        return actor, claims.expires_at
+        return actor, claims

@@ -34,6 +34,9 @@ class AuditAction(enum.StrEnum):
     LOGIN = "auth.login"
     LOGIN_FAILED = "auth.login_failed"
     LOGIN_THROTTLED = "auth.login_throttled"
+    LOGOUT = "auth.logout"
+    LOGOUT_EVERYWHERE = "auth.logout_everywhere"
+    PASSWORD_CHANGE = "auth.password_change"  # noqa: S105 - an action name
     CASE_CREATE = "case.create"
     MEDIA_UPLOAD = "media.upload"
     RESULTS_READ = "media.results_read"

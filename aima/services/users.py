@@ -104,5 +104,17 @@ async def active_actor(*, engine: AsyncEngine, user_id: uuid.UUID) -> Actor:
     return Actor(user_id=row.id, email=row.email, role=Role(row.role))
 
 
+async def change_password(
+    *, session: AsyncSession, hasher: PasswordHasher, authenticator: Authenticator, actor: Actor, current: str, new: str
+) -> None:
+    """Replace the actor's password after checking the current one; the caller ends the other sessions."""
+    user = await authenticator.authenticate(session=session, email=actor.email, password=current)
+    check_password_policy(new)
+    if new == current:
+        raise InvalidInput("The new password must differ from the current one.")
+    user.password_hash = await asyncio.to_thread(hasher.hash, new)
+    await session.commit()
+
+
 async def count_admins(*, session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).where(User.role == Role.ADMIN)) or 0)
