@@ -9,13 +9,14 @@ from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
+from aima.db.models import Role as DbRole
 from aima.db.models import User
-from aima.errors import InvalidCredentials, InvalidInput, RateLimited
+from aima.errors import InvalidCredentials, InvalidInput, NotFound, RateLimited
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
-from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, UserNode
+from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, Role, UserNode
 from aima.security import issue_access_token
-from aima.services import cases, jobs, media, users
+from aima.services import admin, cases, jobs, media, users
 from aima.services.access import Actor
 from aima.services.audit import AuditAction
 from aima.services.throttle import LoginThrottle
@@ -92,6 +93,51 @@ class Mutation:
         # The new token must be newer than the mark that ended the old ones.
         issued = max(datetime.now(UTC), datetime.fromtimestamp((revoked_ms + 1) / 1000, UTC))
         return _signed_in(ctx, user, now=issued)
+
+    @strawberry.mutation(description="Give an account another role (administrators only).")
+    async def set_user_role(self, info: Info[Context, None], user_id: strawberry.ID, role: Role) -> UserNode:  # type: ignore[valid-type]
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            user, previous = await admin.set_role(
+                session=session, actor=actor, user_id=parse_id(user_id, "user"), role=DbRole(role)
+            )
+        await ctx.audit(
+            AuditAction.USER_ROLE_CHANGE,
+            target_type="user",
+            target_id=user.id,
+            details={"from": str(previous), "to": str(user.role)},
+        )
+        return UserNode.of(user)
+
+    @strawberry.mutation(
+        description="Deactivate (or reactivate) an account; a deactivated account's sessions end at once."
+    )
+    async def set_user_active(self, info: Info[Context, None], user_id: strawberry.ID, active: bool) -> UserNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            user = await admin.set_active(
+                session=session, actor=actor, user_id=parse_id(user_id, "user"), active=active
+            )
+        if not active:
+            await ctx.resources.revocations.revoke_user(user.id)
+        action = AuditAction.USER_ACTIVATE if active else AuditAction.USER_DEACTIVATE
+        await ctx.audit(action, target_type="user", target_id=user.id)
+        return UserNode.of(user)
+
+    @strawberry.mutation(description="End every session of an account (administrators only).")
+    async def end_user_sessions(self, info: Info[Context, None], user_id: strawberry.ID) -> bool:
+        ctx = info.context
+        actor = ctx.require_actor()
+        admin.require_admin(actor)
+        target = parse_id(user_id, "user")
+        async with ctx.resources.sessions() as session:
+            if await session.get(User, target) is None:
+                raise NotFound("User", target)
+        await ctx.resources.revocations.revoke_user(target)
+        await ctx.audit(AuditAction.USER_SESSIONS_END, target_type="user", target_id=target)
+        return True
 
     @strawberry.mutation
     async def create_case(self, info: Info[Context, None], title: str) -> CaseNode:

@@ -10,7 +10,7 @@ from strawberry.types import Info
 from aima.errors import InvalidInput
 from aima.graphql.context import Context
 from aima.graphql.types import AnalyzerNode, AuditEntryNode, CaseNode, JobNode, MediaNode, UserNode
-from aima.services import audit, cases, jobs, media
+from aima.services import admin, audit, cases, jobs, media
 from aima.services.users import active_user
 
 
@@ -58,6 +58,14 @@ class Query:
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
             return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
+
+    @strawberry.field(description="Accounts whose email contains `search`, by email (administrators only).")
+    async def users(self, info: Info[Context, None], search: str | None = None, first: int = 50) -> list[UserNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            rows = await admin.search_users(session=session, actor=actor, search=search, limit=first)
+        return [UserNode.of(row) for row in rows]
 
     @strawberry.field(description="The audit trail, newest first (administrators only).")
     async def audit_log(

@@ -33,11 +33,18 @@ class UserNode:
     id: strawberry.ID
     email: str
     role: Role  # type: ignore[valid-type]
+    active: bool
     created_at: datetime
 
     @classmethod
     def of(cls, row: models.User) -> UserNode:
-        return cls(id=strawberry.ID(str(row.id)), email=row.email, role=row.role, created_at=row.created_at)
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            email=row.email,
+            role=row.role,
+            active=row.is_active,
+            created_at=row.created_at,
+        )
 
 
 @strawberry.type(name="AuthPayload")

@@ -37,6 +37,10 @@ class AuditAction(enum.StrEnum):
     LOGOUT = "auth.logout"
     LOGOUT_EVERYWHERE = "auth.logout_everywhere"
     PASSWORD_CHANGE = "auth.password_change"  # noqa: S105 - an action name
+    USER_ROLE_CHANGE = "user.role_change"
+    USER_DEACTIVATE = "user.deactivate"
+    USER_ACTIVATE = "user.activate"
+    USER_SESSIONS_END = "user.sessions_end"
     CASE_CREATE = "case.create"
     MEDIA_UPLOAD = "media.upload"
     RESULTS_READ = "media.results_read"

@@ -33,7 +33,15 @@ def sample_value(type_: Any) -> Any:
         return sample_value(type_.of_type)
     if isinstance(type_, GraphQLList):
         return [sample_value(type_.of_type)]
-    return {"ID": str(uuid.uuid4()), "String": "sample text value", "Int": 5, "Upload": None}[type_.name]
+    samples = {
+        "ID": str(uuid.uuid4()),
+        "String": "sample text value",
+        "Int": 5,
+        "Boolean": False,
+        "Upload": None,
+        "Role": "GUEST",
+    }
+    return samples[type_.name]
 
 
 def build(root: str, name: str) -> tuple[str, dict[str, Any]]:
@@ -84,6 +92,10 @@ FOREIGN_RULES = {
     ("Query", "cases"): "own",
     ("Query", "analyzers"): "all",
     ("Query", "auditLog"): "FORBIDDEN",
+    ("Query", "users"): "FORBIDDEN",
+    ("Mutation", "setUserRole"): "FORBIDDEN",
+    ("Mutation", "setUserActive"): "FORBIDDEN",
+    ("Mutation", "endUserSessions"): "FORBIDDEN",
     ("Query", "case"): "NOT_FOUND",
     ("Query", "media"): "NOT_FOUND",
     ("Query", "job"): "NOT_FOUND",
