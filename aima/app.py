@@ -107,7 +107,7 @@ async def metrics(request: Request) -> Response:
 
 def create_app(settings: Settings, *, analyzers: AnalyzerRegistry | None = None) -> Starlette:
     """Build the app; clients open in the lifespan, so creating the app connects to nothing."""
-    schema = create_schema()
+    schema = create_schema(settings.graphql, introspection=settings.introspection, suggestions=settings.suggestions)
     graphql_endpoint = GraphQLEndpoint()
 
     @contextlib.asynccontextmanager

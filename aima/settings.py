@@ -51,6 +51,15 @@ class AuthSettings(BaseModel):
     throttle_max_delay_address_s: float = Field(default=900.0, gt=0)
 
 
+class GraphQLSettings(BaseModel):
+    max_depth: int = Field(default=12, ge=2)
+    max_aliases: int = Field(default=30, ge=1)
+    max_tokens: int = Field(default=5000, ge=100)
+    #: Schema introspection and "Did you mean ...?" suggestions in errors; None: on in development only.
+    introspection: bool | None = None
+    suggestions: bool | None = None
+
+
 class WorkerSettings(BaseModel):
     queue_name: str = "aima:queue:cpu"
     #: How often an idle worker polls Redis for new tasks; arq's default of 0.5 s adds that much latency.
@@ -84,6 +93,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     auth: AuthSettings = AuthSettings()
     worker: WorkerSettings = WorkerSettings()
+    graphql: GraphQLSettings = GraphQLSettings()
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -96,6 +106,16 @@ class Settings(BaseSettings):
     log_json: bool = True
     #: Seconds each readiness check may take before its backend counts as down.
     readiness_timeout_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def introspection(self) -> bool:
+        flag = self.graphql.introspection
+        return self.environment is Environment.DEVELOPMENT if flag is None else flag
+
+    @property
+    def suggestions(self) -> bool:
+        flag = self.graphql.suggestions
+        return self.environment is Environment.DEVELOPMENT if flag is None else flag
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

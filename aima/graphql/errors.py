@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 
 from graphql.error import GraphQLError
@@ -45,9 +46,18 @@ def format_error(error: GraphQLError) -> GraphQLError:
     )
 
 
-def format_errors_in_place(errors: list[GraphQLError]) -> None:
-    """Format a result's errors in its own list, which every transport (HTTP, websocket) then sends."""
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def format_errors_in_place(errors: list[GraphQLError], *, suggestions: bool = True) -> None:
+    """Format a result's errors in its own list, which every transport (HTTP, websocket) then sends.
+
+    Without `suggestions`, "Did you mean ...?" hints, which reveal names of the schema, are cut from messages.
+    """
     errors[:] = [format_error(error) for error in errors]
+    if not suggestions:
+        for error in errors:
+            error.message = _SUGGESTION.sub("", error.message)
     for error in errors:
         GRAPHQL_ERRORS.labels(code=str((error.extensions or {}).get("code"))).inc()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
 from graphql.error import GraphQLError
 from strawberry.extensions import (
+    DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -17,31 +20,40 @@ from aima.graphql.errors import OperationMetrics, format_errors_in_place
 from aima.graphql.mutations import Mutation
 from aima.graphql.queries import Query
 from aima.graphql.subscriptions import Subscription
+from aima.settings import GraphQLSettings
 
 
 class AimaSchema(strawberry.Schema):
+    def __init__(self, *args: Any, suggestions: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.suggestions = suggestions
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Give domain errors their code and mask the rest (logged), for queries and subscriptions alike.
 
         Strawberry's default logs every error with its traceback, expected ones included.
         """
-        format_errors_in_place(errors)
+        format_errors_in_place(errors, suggestions=self.suggestions)
 
 
-def create_schema() -> strawberry.Schema:
+def create_schema(
+    settings: GraphQLSettings | None = None, *, introspection: bool = True, suggestions: bool = True
+) -> strawberry.Schema:
+    """The schema with its limits; introspection and suggestions are the deployment's choice (`Settings`)."""
+    limits = settings or GraphQLSettings()
+    extensions: list[Any] = [
+        # Clients send the same few documents again and again: parse and validate each once.
+        ParserCache(maxsize=256),
+        ValidationCache(maxsize=256),
+        QueryDepthLimiter(max_depth=limits.max_depth),
+        MaxAliasesLimiter(max_alias_count=limits.max_aliases),
+        MaxTokensLimiter(max_token_count=limits.max_tokens),
+        OperationMetrics,
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection())
     return AimaSchema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
-        extensions=[
-            # Clients send the same few documents again and again: parse and validate each once.
-            ParserCache(maxsize=256),
-            ValidationCache(maxsize=256),
-            QueryDepthLimiter(max_depth=12),
-            MaxAliasesLimiter(max_alias_count=30),
-            MaxTokensLimiter(max_token_count=5000),
-            OperationMetrics,
-        ],
+        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions, suggestions=suggestions
     )
 
 
