@@ -64,16 +64,28 @@ def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datet
         "typ": ACCESS_TOKEN_TYPE,
         "iat_ms": int(now.timestamp() * 1000),
     }
-    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=ALGORITHM)
+    token = jwt.encode(
+        claims, settings.jwt_secret.get_secret_value(), algorithm=ALGORITHM, headers={"kid": settings.jwt_key_id}
+    )
     return AccessToken(token=token, expires_at=expires, jti=jti)
+
+
+def _verification_key(settings: AuthSettings, kid: object) -> str:
+    """The secret for a token's key id: the current key or a previous one still accepted."""
+    if kid == settings.jwt_key_id:
+        return settings.jwt_secret.get_secret_value()
+    if isinstance(kid, str) and kid in settings.jwt_previous_keys:
+        return settings.jwt_previous_keys[kid].get_secret_value()
+    raise jwt.InvalidTokenError("unknown key id")
 
 
 def decode_access_token(settings: AuthSettings, token: str) -> TokenClaims:
     """Check signature, algorithm, issuer, audience, time window and type; raise `NotAuthenticated` otherwise."""
     try:
+        secret = _verification_key(settings, jwt.get_unverified_header(token).get("kid"))
         claims = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
+            secret,
             algorithms=[ALGORITHM],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,

@@ -33,6 +33,11 @@ class S3Settings(BaseModel):
 
 class AuthSettings(BaseModel):
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    #: Key id of `jwt_secret`, written in each token's header. To rotate: move the current key to
+    #: `jwt_previous_keys` under its id, set a new secret and id; drop the old key once its tokens have expired.
+    jwt_key_id: str = Field(default="k1", min_length=1, max_length=64)
+    #: Keys that still verify tokens (by key id) but sign none.
+    jwt_previous_keys: dict[str, SecretStr] = {}
     jwt_issuer: str = "aima"
     jwt_audience: str = "aima-api"
     access_token_minutes: int = Field(default=60, ge=1)
