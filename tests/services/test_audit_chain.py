@@ -70,13 +70,19 @@ async def test_entries_cannot_be_changed_or_removed(engine: AsyncEngine) -> None
                 await conn.execute(text(statement))
 
 
-async def test_tampering_names_the_first_broken_entry(engine: AsyncEngine) -> None:
-    await fill(engine, 4)
-    async with engine.begin() as conn:  # what someone with the database owner's rights could still do
+async def tamper(engine: AsyncEngine, statement: str, index: int) -> list[int]:
+    """Run `statement` on the `index`-th entry past the trigger, as the database owner still could; return the ids."""
+    async with engine.begin() as conn:
         ids = [row[0] for row in await conn.execute(text("SELECT id FROM audit_log ORDER BY id"))]
         await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete"))
-        await conn.execute(text("UPDATE audit_log SET details = '{\"n\": 99}' WHERE id = :id"), {"id": ids[2]})
+        await conn.execute(text(statement), {"id": ids[index]})
         await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update_delete"))
+    return ids
+
+
+async def test_tampering_names_the_first_broken_entry(engine: AsyncEngine) -> None:
+    await fill(engine, 4)
+    ids = await tamper(engine, "UPDATE audit_log SET details = '{\"n\": 99}' WHERE id = :id", 2)
     report = await audit.verify_chain(engine)
     assert report.first_broken_id == ids[2]
     assert "content" in (report.reason or "")
@@ -84,11 +90,7 @@ async def test_tampering_names_the_first_broken_entry(engine: AsyncEngine) -> No
 
 async def test_a_removed_entry_breaks_the_link_of_the_next(engine: AsyncEngine) -> None:
     await fill(engine, 4)
-    async with engine.begin() as conn:
-        ids = [row[0] for row in await conn.execute(text("SELECT id FROM audit_log ORDER BY id"))]
-        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete"))
-        await conn.execute(text("DELETE FROM audit_log WHERE id = :id"), {"id": ids[1]})
-        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update_delete"))
+    ids = await tamper(engine, "DELETE FROM audit_log WHERE id = :id", 1)
     report = await audit.verify_chain(engine)
     assert report.first_broken_id == ids[2]
     assert "link" in (report.reason or "")
