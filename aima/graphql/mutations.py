@@ -78,15 +78,23 @@ class Mutation:
         ctx = info.context
         actor = ctx.require_actor()
         resources = ctx.resources
+        # Guessing the current password here is throttled like signing in: a stolen token must not open a
+        # second door to the account's password.
+        throttle = LoginThrottle(resources.redis, resources.settings.redis_prefix, resources.settings.auth)
+        await throttle.check(actor.email, ctx.client_address)
         async with resources.sessions() as session:
-            await users.change_password(
-                session=session,
-                hasher=resources.password_hasher,
-                authenticator=resources.authenticator,
-                actor=actor,
-                current=current_password,
-                new=new_password,
-            )
+            try:
+                await users.change_password(
+                    session=session,
+                    hasher=resources.password_hasher,
+                    authenticator=resources.authenticator,
+                    actor=actor,
+                    current=current_password,
+                    new=new_password,
+                )
+            except InvalidCredentials:
+                await throttle.failed(actor.email, ctx.client_address)
+                raise
             user = await users.active_user(session=session, user_id=actor.user_id)
         revoked_ms = await resources.revocations.revoke_user(actor.user_id)
         await ctx.audit(AuditAction.PASSWORD_CHANGE)

@@ -75,3 +75,13 @@ def test_a_websocket_of_an_ended_session_is_refused(http: TestClient) -> None:
         except Exception as exc:  # the server closes with 4403
             refused = getattr(exc, "code", None) == 4403
     assert refused
+
+
+def test_guessing_the_current_password_is_throttled(http: TestClient) -> None:
+    client = register(http, f"guess-{uuid.uuid4().hex[:6]}@example.org")
+    change = """
+    mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) { accessToken } }
+    """
+    codes = [code(client.execute(change, {"c": f"guess number {n}", "n": "a brand new passphrase"})) for n in range(7)]
+    assert codes[:5] == ["INVALID_CREDENTIALS"] * 5
+    assert "RATE_LIMITED" in codes[5:]
