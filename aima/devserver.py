@@ -29,19 +29,6 @@ logger = logging.getLogger(__name__)
 FIRST_ADMIN_EMAIL = "admin@aima.local"
 
 
-def stack_environment(urls: StackUrls) -> dict[str, str]:
-    """The `AIMA_*` variables that point every process at the embedded servers."""
-    return {
-        "AIMA_DATABASE_URL": urls.database_url,
-        "AIMA_MONGO_URL": urls.mongo_url,
-        "AIMA_MILVUS_URL": urls.milvus_url,
-        "AIMA_REDIS_URL": urls.redis_url,
-        "AIMA_S3__ENDPOINT_URL": urls.s3_url,
-        "AIMA_S3__ACCESS_KEY": urls.s3_access_key,
-        "AIMA_S3__SECRET_KEY": urls.s3_secret_key,
-    }
-
-
 def run_dev(
     settings: Settings, *, data_dir: Path | None, port: int | None, workers: int, free_ports: bool = False
 ) -> int:
@@ -62,15 +49,8 @@ def run_dev(
     try:
         logger.info("starting embedded servers under %s", root)
         stack.start()
-        env = {
-            "AIMA_LOG_JSON": "false",
-            "AIMA_ENVIRONMENT": str(settings.environment),
-            **os.environ,
-            **stack_environment(stack.urls),
-            "AIMA_API_PORT": str(port),
-            "AIMA_DATA_DIR": str(root),
-        }
-        child_settings = with_stack(settings, stack.urls)
+        child_settings = with_stack(settings, stack.urls).model_copy(update={"api_port": port, "data_dir": root})
+        env = {"AIMA_LOG_JSON": "false", **os.environ, **child_settings.child_environment()}
         upgrade(child_settings.database_url)
         admin_note = asyncio.run(_ensure_first_admin(child_settings))
 

@@ -30,6 +30,7 @@ from aima.db.vectors import ensure_collections
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
 from aima.services.sessions import SessionRevocations
+from aima.services.throttle import LoginThrottle
 from aima.services.users import Authenticator
 from aima.settings import Settings
 from aima.storage import ObjectStore
@@ -56,6 +57,11 @@ class Resources:
     def revocations(self) -> SessionRevocations:
         """Ended sessions, checked on every authenticated request."""
         return SessionRevocations(self.redis, self.settings.redis_prefix, self.settings.auth.access_token_minutes * 60)
+
+    @property
+    def login_throttle(self) -> LoginThrottle:
+        """Failed password checks per account and address (sign-in, password change)."""
+        return LoginThrottle(self.redis, self.settings.redis_prefix, self.settings.auth)
 
     @property
     def results(self) -> AsyncCollection[dict[str, Any]]:

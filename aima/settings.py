@@ -112,6 +112,28 @@ class Settings(BaseSettings):
     #: Seconds each readiness check may take before its backend counts as down.
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
+    def child_environment(self) -> dict[str, str]:
+        """The `AIMA_*` variables that make a child process (an API or a worker) see these settings."""
+        return {
+            "AIMA_ENVIRONMENT": str(self.environment),
+            "AIMA_DATABASE_URL": self.database_url,
+            "AIMA_MONGO_URL": self.mongo_url,
+            "AIMA_MONGO_DATABASE": self.mongo_database,
+            "AIMA_MILVUS_URL": self.milvus_url,
+            "AIMA_REDIS_URL": self.redis_url,
+            "AIMA_REDIS_PREFIX": self.redis_prefix,
+            "AIMA_S3__ENDPOINT_URL": self.s3.endpoint_url,
+            "AIMA_S3__ACCESS_KEY": self.s3.access_key,
+            "AIMA_S3__SECRET_KEY": self.s3.secret_key.get_secret_value(),
+            "AIMA_S3__BUCKET": self.s3.bucket,
+            "AIMA_WORKER__QUEUE_NAME": self.worker.queue_name,
+            "AIMA_WORKER__POLL_DELAY_S": str(self.worker.poll_delay_s),
+            "AIMA_WORKER__MAX_JOBS": str(self.worker.max_jobs),
+            "AIMA_LOG_LEVEL": self.log_level,
+            "AIMA_API_PORT": str(self.api_port),
+            "AIMA_DATA_DIR": str(self.data_dir),
+        }
+
     @property
     def introspection(self) -> bool:
         flag = self.graphql.introspection

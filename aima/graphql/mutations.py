@@ -19,7 +19,6 @@ from aima.security import issue_access_token
 from aima.services import admin, cases, jobs, media, users
 from aima.services.access import Actor
 from aima.services.audit import AuditAction
-from aima.services.throttle import LoginThrottle
 
 
 @strawberry.type
@@ -37,18 +36,19 @@ class Mutation:
     @strawberry.mutation(description="Exchange email and password for an access token.")
     async def login(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
         ctx = info.context
-        throttle = LoginThrottle(ctx.resources.redis, ctx.resources.settings.redis_prefix, ctx.resources.settings.auth)
+        throttle = ctx.resources.login_throttle
+        attempted_email = email.strip().lower()[:320]  # for the audit trail; the account may not exist
         try:
             await throttle.check(email, ctx.client_address)
         except RateLimited:
-            await ctx.audit(AuditAction.LOGIN_THROTTLED, actor_email=email.strip().lower()[:320])
+            await ctx.audit(AuditAction.LOGIN_THROTTLED, actor_email=attempted_email)
             raise
         try:
             async with ctx.resources.sessions() as session:
                 user = await ctx.resources.authenticator.authenticate(session=session, email=email, password=password)
         except InvalidCredentials:
             await throttle.failed(email, ctx.client_address)
-            await ctx.audit(AuditAction.LOGIN_FAILED, actor_email=email.strip().lower()[:320])
+            await ctx.audit(AuditAction.LOGIN_FAILED, actor_email=attempted_email)
             raise
         await throttle.succeeded(email)
         await ctx.audit(AuditAction.LOGIN, target_type="user", target_id=user.id, actor=Actor.of(user))
@@ -80,7 +80,7 @@ class Mutation:
         resources = ctx.resources
         # Guessing the current password here is throttled like signing in: a stolen token must not open a
         # second door to the account's password.
-        throttle = LoginThrottle(resources.redis, resources.settings.redis_prefix, resources.settings.auth)
+        throttle = resources.login_throttle
         await throttle.check(actor.email, ctx.client_address)
         async with resources.sessions() as session:
             try:

@@ -22,31 +22,9 @@ def free_port() -> int:
         return port
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The `AIMA_*` variables that make a child process see the same settings."""
-    return {
-        "AIMA_ENVIRONMENT": str(settings.environment),
-        "AIMA_DATABASE_URL": settings.database_url,
-        "AIMA_MONGO_URL": settings.mongo_url,
-        "AIMA_MONGO_DATABASE": settings.mongo_database,
-        "AIMA_MILVUS_URL": settings.milvus_url,
-        "AIMA_REDIS_URL": settings.redis_url,
-        "AIMA_REDIS_PREFIX": settings.redis_prefix,
-        "AIMA_S3__ENDPOINT_URL": settings.s3.endpoint_url,
-        "AIMA_S3__ACCESS_KEY": settings.s3.access_key,
-        "AIMA_S3__SECRET_KEY": settings.s3.secret_key.get_secret_value(),
-        "AIMA_S3__BUCKET": settings.s3.bucket,
-        "AIMA_WORKER__QUEUE_NAME": settings.worker.queue_name,
-        "AIMA_WORKER__POLL_DELAY_S": str(settings.worker.poll_delay_s),
-        "AIMA_WORKER__MAX_JOBS": str(settings.worker.max_jobs),
-        "AIMA_LOG_LEVEL": settings.log_level,
-        "AIMA_DATA_DIR": str(settings.data_dir),
-    }
-
-
 def spawn(args: list[str], settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     """Start `aima <args>` with the settings' environment, its output going to `log`."""
-    env = {**os.environ, **settings_environment(settings), "AIMA_LOAD_PLUGINS": "", **extra_env}
+    env = {**os.environ, **settings.child_environment(), "AIMA_LOAD_PLUGINS": "", **extra_env}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
