@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -76,6 +77,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256), nullable=False)
     role: Mapped[Role] = mapped_column(_enum(Role, "user_role"), nullable=False, default=Role.USER)
     is_active: Mapped[bool] = mapped_column(default=True, nullable=False)
+    #: Registered while registration needs an administrator's approval, and not approved yet (inactive until then).
+    pending_approval: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false", nullable=False)
     created_at: Mapped[datetime] = _now_column()
 
 
@@ -88,6 +91,62 @@ class Case(Base):
     created_at: Mapped[datetime] = _now_column()
 
     __table_args__ = (Index("ix_cases_owner_created", "owner_id", "created_at"),)
+
+
+class CaseRole(enum.StrEnum):
+    """What a user a case is shared with may do: viewers read, editors also upload and start analyses."""
+
+    VIEWER = "viewer"
+    EDITOR = "editor"
+
+
+class CaseMember(Base):
+    """A case shared with a user. The owner is not a member: ownership is `Case.owner_id`."""
+
+    __tablename__ = "case_members"
+
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[CaseRole] = mapped_column(_enum(CaseRole, "case_role"), nullable=False)
+    granted_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (Index("ix_case_members_user", "user_id"),)
+
+
+class RefreshToken(Base):
+    """An opaque refresh token, stored as its SHA-256 only. Each use replaces it with a new one of the same family;
+    a second use of a replaced token means it was stolen, and the whole family is revoked."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    #: One family per sign-in; access tokens carry it as their `sid` claim.
+    family_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: When it was exchanged for its successor; a token with `used_at` set is never accepted again.
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_refresh_tokens_family", "family_id"), Index("ix_refresh_tokens_user", "user_id"))
+
+
+class RuntimeSetting(Base):
+    """An administrator's override of one runtime setting (dotted key), applied on top of file and environment."""
+
+    __tablename__ = "runtime_settings"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[object] = mapped_column(JSONB, nullable=False)
+    #: The configuration version this change made (from `runtime_settings_version`), to tell which processes
+    #: have applied it.
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = _now_column()
 
 
 class Media(Base):
