@@ -47,9 +47,13 @@ class TokenClaims:
     expires_at: datetime
     #: When the token was issued, in milliseconds (JWT's `iat` has whole seconds only).
     issued_at_ms: int
+    #: The sign-in (refresh-token family) the token belongs to; revoking the family ends the token at once.
+    session_id: str | None = None
 
 
-def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datetime | None = None) -> AccessToken:
+def issue_access_token(
+    settings: AuthSettings, user_id: uuid.UUID, *, session_id: uuid.UUID | None = None, now: datetime | None = None
+) -> AccessToken:
     now = now or datetime.now(UTC)
     expires = now + timedelta(minutes=settings.access_token_minutes)
     jti = uuid.uuid4().hex
@@ -64,6 +68,8 @@ def issue_access_token(settings: AuthSettings, user_id: uuid.UUID, *, now: datet
         "typ": ACCESS_TOKEN_TYPE,
         "iat_ms": int(now.timestamp() * 1000),
     }
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     token = jwt.encode(
         claims, settings.jwt_secret.get_secret_value(), algorithm=ALGORITHM, headers={"kid": settings.jwt_key_id}
     )
@@ -98,6 +104,7 @@ def decode_access_token(settings: AuthSettings, token: str) -> TokenClaims:
             jti=str(claims["jti"]),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
             issued_at_ms=int(claims.get("iat_ms") or claims["iat"] * 1000),
+            session_id=str(claims["sid"]) if claims.get("sid") else None,
         )
     except (jwt.PyJWTError, ValueError) as exc:
         raise NotAuthenticated("Invalid or expired access token.") from exc

@@ -19,6 +19,7 @@ class GraphQLClient:
     def __init__(self, http: TestClient, token: str | None = None) -> None:
         self.http = http
         self.token = token
+        self.refresh_token: str | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -69,23 +70,28 @@ class GraphQLClient:
 PASSWORD = "a long enough password"
 
 
-def _signed_in(http: TestClient, operation: str, email: str, password: str) -> GraphQLClient:
-    """A client holding the token that `register` or `login` returned."""
-    client = GraphQLClient(http)
-    data = client.data(
-        f"mutation($e: String!, $p: String!) {{ {operation}(email: $e, password: $p) {{ accessToken }} }}",
-        {"e": email, "p": password},
-    )
-    client.token = data[operation]["accessToken"]
-    return client
+REGISTER = """
+mutation($e: String!, $p: String!) {
+  register(email: $e, password: $p) { pendingApproval session { accessToken refreshToken } }
+}
+"""
+LOGIN = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken refreshToken } }"
 
 
 def register(http: TestClient, email: str, password: str = PASSWORD) -> GraphQLClient:
-    return _signed_in(http, "register", email, password)
+    """A client holding the access token of a new account (open registration)."""
+    client = GraphQLClient(http)
+    session = client.data(REGISTER, {"e": email, "p": password})["register"]["session"]
+    client.token, client.refresh_token = session["accessToken"], session["refreshToken"]
+    return client
 
 
 def login(http: TestClient, email: str, password: str = PASSWORD) -> GraphQLClient:
-    return _signed_in(http, "login", email, password)
+    """A client holding the tokens `login` returned."""
+    client = GraphQLClient(http)
+    data = client.data(LOGIN, {"e": email, "p": password})["login"]
+    client.token, client.refresh_token = data["accessToken"], data["refreshToken"]
+    return client
 
 
 def run_sync(coroutine: Any) -> Any:

@@ -78,9 +78,10 @@ async def scenario(base_url: str) -> None:
         token = (
             await gql(
                 client,
-                'mutation { register(email: "e2e@example.org", password: "end to end password") { accessToken } }',
+                'mutation { register(email: "e2e@example.org", password: "end to end password") '
+                "{ session { accessToken } } }",
             )
-        )["register"]["accessToken"]
+        )["register"]["session"]["accessToken"]
         case_id = (await gql(client, 'mutation { createCase(title: "End to end") { id } }', token=token))["createCase"][
             "id"
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,19 +13,26 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from aima.db.documents import AnalysisResultDocument
-from aima.errors import AimaError, NotAuthenticated
+from aima.errors import AimaError, NotAuthenticated, NotFound
 from aima.resources import Resources
 from aima.security import TokenClaims
 from aima.services import audit
 from aima.services.access import Actor
 from aima.services.audit import AuditAction, AuditRecord
+from aima.services.media import readable_media_ids
 from aima.services.results import results_for_media
 
 
-def results_loader(resources: Resources) -> DataLoader[str, list[AnalysisResultDocument]]:
-    async def load(media_ids: list[str]) -> list[list[AnalysisResultDocument]]:
-        found = await results_for_media(resources.results, media_ids)
-        return [found[media_id] for media_id in media_ids]
+def results_loader(
+    resources: Resources, actor: Callable[[], Actor]
+) -> DataLoader[str, list[AnalysisResultDocument] | NotFound]:
+    """Results of many media in two queries: which of them the actor may read, then their results."""
+
+    async def load(media_ids: list[str]) -> list[list[AnalysisResultDocument] | NotFound]:
+        async with resources.sessions() as session:
+            readable = await readable_media_ids(session=session, actor=actor(), media_ids=media_ids)
+        found = await results_for_media(resources.results, [m for m in media_ids if m in readable])
+        return [found[m] if m in readable else NotFound("Media", m) for m in media_ids]
 
     return DataLoader(load_fn=load)
 
@@ -43,14 +51,14 @@ class Context:
     #: The client's address as the server saw it (a proxy's, behind one).
     client_address: str | None = None
     connection_params: dict[str, Any] | None = None
-    results_loader: DataLoader[str, list[AnalysisResultDocument]] = field(init=False)
+    results_loader: DataLoader[str, list[AnalysisResultDocument] | NotFound] = field(init=False)
 
     def __post_init__(self) -> None:
         self.reset_loaders()
 
     def reset_loaders(self) -> None:
         """Fresh DataLoaders: a websocket connection keeps one context for all its operations."""
-        self.results_loader = results_loader(self.resources)
+        self.results_loader = results_loader(self.resources, self.require_actor)
 
     async def audit(
         self,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from aima.errors import AimaError
+from aima.errors import AimaError, Forbidden, NotFound
 from aima.metrics import GRAPHQL_ERRORS, GRAPHQL_OPERATIONS
+from aima.services.audit import AuditAction
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +63,45 @@ def format_errors_in_place(errors: list[GraphQLError], *, suggestions: bool = Tr
         GRAPHQL_ERRORS.labels(code=str((error.extensions or {}).get("code"))).inc()
 
 
+#: Refusals of a signed-in user that go to the audit trail: someone reaching for what is not theirs.
+AUDITED_REFUSALS = frozenset({Forbidden.code, NotFound.code})
+
+
+def _code(error: GraphQLError) -> str | None:
+    if isinstance(error.original_error, AimaError):
+        return error.original_error.code
+    code = (error.extensions or {}).get("code")
+    return str(code) if code else None
+
+
 class OperationMetrics(SchemaExtension):
-    """Counts operations by type and outcome, and gives each operation fresh DataLoaders.
+    """Counts operations by type and outcome, audits refusals, and gives each operation fresh DataLoaders.
 
     Errors themselves are formatted in `AimaSchema.process_errors`, which sees those of every transport.
     """
 
-    def on_operation(self) -> Iterator[None]:
+    async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         reset = getattr(context, "reset_loaders", None)
         if callable(reset):
             reset()
         yield
-        errors = getattr(self.execution_context.result, "errors", None)
+        errors = getattr(self.execution_context.result, "errors", None) or []
         try:
             operation_type = self.execution_context.operation_type.value
         except RuntimeError:  # the document did not parse
             operation_type = "unknown"
         GRAPHQL_OPERATIONS.labels(operation_type=operation_type, outcome="error" if errors else "ok").inc()
+        refusals = [
+            {"path": ".".join(map(str, e.path or [])), "code": code, "message": e.message}
+            for e in errors
+            if (code := _code(e)) in AUDITED_REFUSALS
+        ]
+        if refusals and getattr(context, "actor", None) is not None:
+            try:
+                await context.audit(
+                    AuditAction.ACCESS_DENIED,
+                    details={"operation": self.execution_context.operation_name, "refusals": refusals[:20]},
+                )
+            except Exception:
+                logger.exception("could not record refused access in the audit trail")

@@ -9,31 +9,58 @@ from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
+from aima.db.models import CaseRole as DbCaseRole
 from aima.db.models import Role as DbRole
 from aima.db.models import User
 from aima.errors import InvalidCredentials, InvalidInput, NotFound, RateLimited
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
-from aima.graphql.types import AuthPayload, CaseNode, JobNode, MediaNode, Role, UserNode
-from aima.security import issue_access_token
-from aima.services import admin, cases, jobs, media, users
+from aima.graphql.types import (
+    AuthPayload,
+    CaseMemberNode,
+    CaseNode,
+    CaseRole,
+    JobNode,
+    MediaNode,
+    RegistrationPayload,
+    Role,
+    UserNode,
+)
+from aima.services import admin, cases, jobs, media, signin, users
 from aima.services.access import Actor
 from aima.services.audit import AuditAction
+from aima.services.refresh_tokens import RefreshTokenReused
 
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(description="Create an account with the 'user' role and sign it in.")
-    async def register(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
+    @strawberry.mutation(
+        description="Create an account with the 'user' role. Signs it in when registration is open; with "
+        "approval, the account waits for an administrator. Refused when registration is closed."
+    )
+    async def register(self, info: Info[Context, None], email: str, password: str) -> RegistrationPayload:
         ctx = info.context
         async with ctx.resources.sessions() as session:
-            user = await users.create_user(
-                session=session, hasher=ctx.resources.password_hasher, email=email, password=password
+            user = await users.register(
+                session=session,
+                hasher=ctx.resources.password_hasher,
+                email=email,
+                password=password,
+                registration=ctx.resources.settings.auth.registration,
             )
+        if user is None or user.pending_approval:
+            await ctx.audit(
+                AuditAction.REGISTER_PENDING,
+                target_type="user",
+                target_id=user.id if user else None,
+                actor_email=email.strip().lower()[:320],
+                details={"new_account": user is not None},
+            )
+            return RegistrationPayload(pending_approval=True, session=None)
         await ctx.audit(AuditAction.REGISTER, target_type="user", target_id=user.id, actor=Actor.of(user))
-        return _signed_in(ctx, user)
+        return RegistrationPayload(pending_approval=False, session=await _signed_in(ctx, user))
 
-    @strawberry.mutation(description="Exchange email and password for an access token.")
+    @strawberry.mutation(description="Exchange email and password for an access token and a refresh token.")
     async def login(self, info: Info[Context, None], email: str, password: str) -> AuthPayload:
         ctx = info.context
         throttle = ctx.resources.login_throttle
@@ -52,14 +79,32 @@ class Mutation:
             raise
         await throttle.succeeded(email)
         await ctx.audit(AuditAction.LOGIN, target_type="user", target_id=user.id, actor=Actor.of(user))
-        return _signed_in(ctx, user)
+        return await _signed_in(ctx, user)
 
-    @strawberry.mutation(description="End this session: its access token is refused from now on.")
+    @strawberry.mutation(
+        description="Exchange a refresh token for a new access token and a new refresh token; the old one is spent. "
+        "Presenting a spent refresh token again ends that sign-in on every device that shares it."
+    )
+    async def refresh_session(self, info: Info[Context, None], refresh_token: str) -> AuthPayload:
+        ctx = info.context
+        try:
+            signed_in = await signin.refresh_session(ctx.resources, refresh_token, client_address=ctx.client_address)
+        except RefreshTokenReused as reused:
+            await ctx.audit(
+                AuditAction.TOKEN_REFRESH_REUSE,
+                target_type="user",
+                target_id=reused.user_id,
+                details={"session_id": str(reused.family_id)},
+            )
+            raise
+        return _payload(signed_in)
+
+    @strawberry.mutation(description="End this session: its access and refresh tokens are refused from now on.")
     async def logout(self, info: Info[Context, None]) -> bool:
         ctx = info.context
         ctx.require_actor()
         assert ctx.token_claims is not None
-        await ctx.resources.revocations.revoke_token(ctx.token_claims)
+        await signin.end_session(ctx.resources, ctx.token_claims)
         await ctx.audit(AuditAction.LOGOUT)
         return True
 
@@ -67,12 +112,12 @@ class Mutation:
     async def logout_everywhere(self, info: Info[Context, None]) -> bool:
         ctx = info.context
         actor = ctx.require_actor()
-        await ctx.resources.revocations.revoke_user(actor.user_id)
+        await signin.end_all_sessions(ctx.resources, actor.user_id)
         await ctx.audit(AuditAction.LOGOUT_EVERYWHERE)
         return True
 
     @strawberry.mutation(
-        description="Change the password; every other session ends, and this one continues with the new token."
+        description="Change the password; every other session ends, and this one continues with new tokens."
     )
     async def change_password(self, info: Info[Context, None], current_password: str, new_password: str) -> AuthPayload:
         ctx = info.context
@@ -96,11 +141,11 @@ class Mutation:
                 await throttle.failed(actor.email, ctx.client_address)
                 raise
             user = await users.active_user(session=session, user_id=actor.user_id)
-        revoked_ms = await resources.revocations.revoke_user(actor.user_id)
+        revoked_ms = await signin.end_all_sessions(resources, actor.user_id)
         await ctx.audit(AuditAction.PASSWORD_CHANGE)
         # The new token must be newer than the mark that ended the old ones.
         issued = max(datetime.now(UTC), datetime.fromtimestamp((revoked_ms + 1) / 1000, UTC))
-        return _signed_in(ctx, user, now=issued)
+        return await _signed_in(ctx, user, now=issued)
 
     @strawberry.mutation(description="Give an account another role (administrators only).")
     async def set_user_role(self, info: Info[Context, None], user_id: strawberry.ID, role: Role) -> UserNode:  # type: ignore[valid-type]
@@ -129,9 +174,18 @@ class Mutation:
                 session=session, actor=actor, user_id=parse_id(user_id, "user"), active=active
             )
         if not active:
-            await ctx.resources.revocations.revoke_user(user.id)
+            await signin.end_all_sessions(ctx.resources, user.id)
         action = AuditAction.USER_ACTIVATE if active else AuditAction.USER_DEACTIVATE
         await ctx.audit(action, target_type="user", target_id=user.id)
+        return UserNode.of(user)
+
+    @strawberry.mutation(description="Let in an account that registered while approval was required (administrators).")
+    async def approve_user(self, info: Info[Context, None], user_id: strawberry.ID) -> UserNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            user = await admin.approve(session=session, actor=actor, user_id=parse_id(user_id, "user"))
+        await ctx.audit(AuditAction.USER_APPROVE, target_type="user", target_id=user.id)
         return UserNode.of(user)
 
     @strawberry.mutation(description="End every session of an account (administrators only).")
@@ -143,7 +197,7 @@ class Mutation:
         async with ctx.resources.sessions() as session:
             if await session.get(User, target) is None:
                 raise NotFound("User", target)
-        await ctx.resources.revocations.revoke_user(target)
+        await signin.end_all_sessions(ctx.resources, target)
         await ctx.audit(AuditAction.USER_SESSIONS_END, target_type="user", target_id=target)
         return True
 
@@ -155,6 +209,49 @@ class Mutation:
             case = await cases.create_case(session=session, actor=actor, title=title)
         await ctx.audit(AuditAction.CASE_CREATE, target_type="case", target_id=case.id)
         return CaseNode.of(case)
+
+    @strawberry.mutation(
+        description="Share a case with the account of `email` as viewer or editor, or change its role "
+        "(the case's owner and administrators). Guests can only be viewers."
+    )
+    async def share_case(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        email: str,
+        role: CaseRole,  # type: ignore[valid-type]
+    ) -> CaseMemberNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            member, previous = await cases.share_case(
+                session=session, actor=actor, case_id=parse_id(case_id, "case"), email=email, role=DbCaseRole(role)
+            )
+        await ctx.audit(
+            AuditAction.CASE_SHARE,
+            target_type="case",
+            target_id=case_id,
+            details={"user_id": str(member.user_id), "email": member.email, "role": str(member.role), "from": previous},
+        )
+        return CaseMemberNode.of(member)
+
+    @strawberry.mutation(
+        description="Stop sharing a case with a user (owner and administrators; a member may remove itself). "
+        "False when the case was not shared with that user."
+    )
+    async def unshare_case(self, info: Info[Context, None], case_id: strawberry.ID, user_id: strawberry.ID) -> bool:
+        ctx = info.context
+        actor = ctx.require_actor()
+        member = parse_id(user_id, "user")
+        async with ctx.resources.sessions() as session:
+            removed = await cases.unshare_case(
+                session=session, actor=actor, case_id=parse_id(case_id, "case"), user_id=member
+            )
+        if removed:
+            await ctx.audit(
+                AuditAction.CASE_UNSHARE, target_type="case", target_id=case_id, details={"user_id": str(member)}
+            )
+        return removed
 
     @strawberry.mutation(description="Upload one image, video or audio file into a case (multipart request).")
     async def upload_media(self, info: Info[Context, None], case_id: strawberry.ID, file: Upload) -> MediaNode:
@@ -196,11 +293,16 @@ class Mutation:
         return JobNode.of(job)
 
 
-def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:
-    token = issue_access_token(ctx.resources.settings.auth, user.id, now=now)
+async def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:
+    return _payload(await signin.sign_in(ctx.resources, user, client_address=ctx.client_address, now=now))
+
+
+def _payload(signed_in: signin.SignedIn) -> AuthPayload:
     return AuthPayload(
-        access_token=token.token,
+        access_token=signed_in.access.token,
         token_type="Bearer",  # noqa: S106 - the token scheme, not a secret
-        expires_at=token.expires_at,
-        user=UserNode.of(user),
+        expires_at=signed_in.access.expires_at,
+        refresh_token=signed_in.refresh.token,
+        refresh_expires_at=signed_in.refresh.expires_at,
+        user=UserNode.of(signed_in.user),
     )

@@ -30,7 +30,7 @@ class Query:
         async with ctx.resources.sessions() as session:
             return UserNode.of(await active_user(session=session, user_id=actor.user_id))
 
-    @strawberry.field(description="Cases the signed-in user may read, newest first.")
+    @strawberry.field(description="Cases the signed-in user owns or that are shared with it, newest first.")
     async def cases(self, info: Info[Context, None]) -> list[CaseNode]:
         ctx = info.context
         actor = ctx.require_actor()
@@ -60,11 +60,19 @@ class Query:
             return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
 
     @strawberry.field(description="Accounts whose email contains `search`, by email (administrators only).")
-    async def users(self, info: Info[Context, None], search: str | None = None, first: int = 50) -> list[UserNode]:
+    async def users(
+        self,
+        info: Info[Context, None],
+        search: str | None = None,
+        pending_approval: bool | None = None,
+        first: int = 50,
+    ) -> list[UserNode]:
         ctx = info.context
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
-            rows = await admin.search_users(session=session, actor=actor, search=search, limit=first)
+            rows = await admin.search_users(
+                session=session, actor=actor, search=search, pending=pending_approval, limit=first
+            )
         return [UserNode.of(row) for row in rows]
 
     @strawberry.field(description="The audit trail, newest first (administrators only).")

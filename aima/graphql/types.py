@@ -13,14 +13,18 @@ from strawberry.types import Info
 from aima.analysis import MediaKind
 from aima.db import models
 from aima.db.documents import AnalysisResultDocument
+from aima.errors import NotFound
 from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
 from aima.services import jobs as job_service
 from aima.services import media as media_service
+from aima.services.access import CaseAccess
 from aima.services.audit import AuditAction
-from aima.services.cases import get_case
+from aima.services.cases import Membership, case_with_access, get_case, members_of_case
 
 Role = strawberry.enum(models.Role, name="Role")
+CaseRole = strawberry.enum(models.CaseRole, name="CaseRole")
+CaseAccessLevel = strawberry.enum(CaseAccess, name="CaseAccess")
 JobState = strawberry.enum(models.JobState, name="JobState")
 TaskState = strawberry.enum(models.TaskState, name="TaskState")
 
@@ -34,6 +38,7 @@ class UserNode:
     email: str
     role: Role  # type: ignore[valid-type]
     active: bool
+    pending_approval: bool = strawberry.field(description="Registered, waiting for an administrator's approval.")
     created_at: datetime
 
     @classmethod
@@ -43,16 +48,42 @@ class UserNode:
             email=row.email,
             role=row.role,
             active=row.is_active,
+            pending_approval=row.pending_approval,
             created_at=row.created_at,
         )
 
 
 @strawberry.type(name="AuthPayload")
 class AuthPayload:
-    access_token: str
+    access_token: str = strawberry.field(description="Short-lived JWT for `Authorization: Bearer`.")
     token_type: str
     expires_at: datetime
+    refresh_token: str = strawberry.field(
+        description="Opaque; exchange it with `refreshSession` for a new pair. Each refresh token works once."
+    )
+    refresh_expires_at: datetime
     user: UserNode
+
+
+@strawberry.type(name="Registration")
+class RegistrationPayload:
+    pending_approval: bool = strawberry.field(
+        description="True when registration needs an administrator's approval: sign in once approved."
+    )
+    session: AuthPayload | None = strawberry.field(description="The new session, when registration is open.")
+
+
+@strawberry.type(name="CaseMember")
+class CaseMemberNode:
+    """A user a case is shared with, and as what."""
+
+    user_id: strawberry.ID
+    email: str
+    role: CaseRole  # type: ignore[valid-type]
+
+    @classmethod
+    def of(cls, member: Membership) -> CaseMemberNode:
+        return cls(user_id=strawberry.ID(str(member.user_id)), email=member.email, role=member.role)
 
 
 @strawberry.type(name="AnalysisResult")
@@ -105,7 +136,10 @@ class MediaNode:
     @strawberry.field(description="Stored analyzer results, one per (analyzer, analyzer version).")
     async def results(self, info: Info[Context, None]) -> list[AnalysisResultNode]:
         info.context.require_actor()
-        docs = await info.context.results_loader.load(str(self.id))
+        loaded = await info.context.results_loader.load(str(self.id))
+        if isinstance(loaded, NotFound):
+            raise loaded
+        docs = loaded
         await info.context.audit(
             AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"results": len(docs)}
         )
@@ -199,6 +233,23 @@ class CaseNode:
             owner_id=strawberry.ID(str(row.owner_id)),
             created_at=row.created_at,
         )
+
+    @strawberry.field(description="What the signed-in user may do with this case.")
+    async def my_access(self, info: Info[Context, None]) -> CaseAccessLevel:  # type: ignore[valid-type]
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            _, access = await case_with_access(session=session, actor=actor, case_id=uuid.UUID(self.id))
+        return access
+
+    @strawberry.field(description="The users this case is shared with.")
+    async def members(self, info: Info[Context, None]) -> list[CaseMemberNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await get_case(session=session, actor=actor, case_id=uuid.UUID(self.id))
+            rows = await members_of_case(session=session, case_id=uuid.UUID(self.id))
+        return [CaseMemberNode.of(row) for row in rows]
 
     @strawberry.field
     async def media(self, info: Info[Context, None]) -> list[MediaNode]:

@@ -1,11 +1,19 @@
-"""Who may see and change what. Checked here, in the service layer, not only at the API edge."""
+"""Who may see and change what. Checked here, in the service layer, not only at the API edge.
+
+A case belongs to its creator. The owner (or an administrator) may share it with other users as viewer or editor;
+a guest account only ever reads, whatever it was shared as. Every read of a case, its media, jobs and results goes
+through `CaseAccess`, and a case the actor may not read answers exactly like a missing one.
+"""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass
 
-from aima.db.models import Case, Role, User
+from sqlalchemy import ColumnElement, ScalarSelect, exists, or_, select
+
+from aima.db.models import Case, CaseMember, CaseRole, Role, User
 from aima.errors import Forbidden
 
 
@@ -26,18 +34,55 @@ class Actor:
         return self.role is Role.ADMIN
 
 
-def can_read_case(actor: Actor, case: Case) -> bool:
-    return actor.is_admin or case.owner_id == actor.user_id
+class CaseAccess(enum.IntEnum):
+    """What an actor may do with one case; each level includes the ones below it."""
+
+    NONE = 0
+    #: Read the case, its media, jobs and results.
+    VIEWER = 1
+    #: Also upload media and start analyses.
+    EDITOR = 2
+    #: Also share, unshare and delete: the owner and administrators.
+    OWNER = 3
 
 
-def can_write_case(actor: Actor, case: Case) -> bool:
-    return actor.role is not Role.GUEST and (actor.is_admin or case.owner_id == actor.user_id)
+def case_access(actor: Actor, owner_id: uuid.UUID, member_role: CaseRole | str | None) -> CaseAccess:
+    """The actor's access to a case with this owner, given the role the case is shared with the actor as."""
+    if actor.is_admin:
+        return CaseAccess.OWNER
+    if actor.role is Role.GUEST:
+        # A guest reads what is shared with it and nothing else, not even a case it created before a role change.
+        return CaseAccess.NONE if member_role is None else CaseAccess.VIEWER
+    if owner_id == actor.user_id:
+        return CaseAccess.OWNER
+    if member_role is None:
+        return CaseAccess.NONE
+    return CaseAccess.EDITOR if CaseRole(member_role) is CaseRole.EDITOR else CaseAccess.VIEWER
 
 
-def ensure_writable(actor: Actor, case: Case) -> None:
-    """For a case the actor may read: refuse if it may not change it."""
-    if not can_write_case(actor, case):
-        raise Forbidden("You may read this case but not change it.")
+def member_role_of(actor: Actor) -> ScalarSelect[CaseRole]:
+    """A column for queries over `Case`: the role the case is shared with the actor as (NULL when it is not)."""
+    return (
+        select(CaseMember.role)
+        .where(CaseMember.case_id == Case.id, CaseMember.user_id == actor.user_id)
+        .scalar_subquery()
+    )
+
+
+def readable_cases(actor: Actor) -> ColumnElement[bool]:
+    """A filter over `Case`: the cases the actor may read."""
+    if actor.is_admin:
+        return Case.id.is_not(None)
+    shared = exists().where(CaseMember.case_id == Case.id, CaseMember.user_id == actor.user_id)
+    if actor.role is Role.GUEST:
+        return shared  # guests read what is shared with them, nothing else
+    return or_(Case.owner_id == actor.user_id, shared)
+
+
+def ensure(access: CaseAccess, needed: CaseAccess, what: str) -> None:
+    """For a case the actor may read: refuse an action that needs more than `access`."""
+    if access < needed:
+        raise Forbidden(f"You may read this case but not {what}.")
 
 
 def require_writer(actor: Actor) -> None:

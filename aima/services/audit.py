@@ -41,9 +41,22 @@ class AuditAction(enum.StrEnum):
     USER_DEACTIVATE = "user.deactivate"
     USER_ACTIVATE = "user.activate"
     USER_SESSIONS_END = "user.sessions_end"
+    REGISTER_PENDING = "auth.register_pending"
+    TOKEN_REFRESH_REUSE = "auth.refresh_reuse"  # noqa: S105 - an action name
+    USER_APPROVE = "user.approve"
     CASE_CREATE = "case.create"
+    CASE_SHARE = "case.share"
+    CASE_UNSHARE = "case.unshare"
+    CASE_DELETE = "case.delete"
     MEDIA_UPLOAD = "media.upload"
+    MEDIA_DOWNLOAD = "media.download"
+    MEDIA_DELETE = "media.delete"
     RESULTS_READ = "media.results_read"
+    DOSSIER_READ = "dossier.read"
+    DOSSIER_EXPORT = "dossier.export"
+    ACCESS_DENIED = "access.denied"
+    CONFIG_CHANGE = "config.change"
+    CONFIG_RESET = "config.reset"
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Select, Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.analysis import Analyzer, MediaKind
-from aima.db.models import Case, Job, JobState, Media, Task, TaskState
+from aima.db.models import Case, CaseRole, Job, JobState, Media, Task, TaskState
 from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
 from aima.events import wake_workers
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
 from aima.services import task_runs
-from aima.services.access import Actor, can_read_case, ensure_writable
+from aima.services.access import Actor, CaseAccess, case_access, ensure, member_role_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ async def analyze_media(
     registry = resources.analyzers
     # One transaction of plain statements: this runs for every analysis request.
     async with resources.engine.begin() as conn:
-        row = (await conn.execute(_MEDIA_ACCESS, {"p_media_id": media_id})).first()
-        if row is None or not can_read_case(actor, case := Case(id=row.case_id, owner_id=row.owner_id)):
+        row = (await conn.execute(_media_access(actor), {"p_media_id": media_id})).first()
+        access = case_access(actor, row.owner_id, row.member_role) if row is not None else CaseAccess.NONE
+        if row is None or access is CaseAccess.NONE:
             raise NotFound("Media", media_id)
-        ensure_writable(actor, case)
+        ensure(access, CaseAccess.EDITOR, "start analyses in it")
         kind = MediaKind(row.kind)
         chosen = _choose_analyzers(registry, kind, analyzers)
         job = Job(
@@ -89,11 +90,14 @@ async def analyze_media(
 
 _jobs = cast(Table, Job.__table__)
 _tasks = cast(Table, Task.__table__)
-_MEDIA_ACCESS = (
-    select(Media.kind, Media.case_id, Case.owner_id)
-    .join(Case, Case.id == Media.case_id)
-    .where(Media.id == bindparam("p_media_id"))
-)
+
+
+def _media_access(actor: Actor) -> Select[str, uuid.UUID, uuid.UUID, CaseRole]:
+    return (
+        select(Media.kind, Media.case_id, Case.owner_id, member_role_of(actor).label("member_role"))
+        .join(Case, Case.id == Media.case_id)
+        .where(Media.id == bindparam("p_media_id"))
+    )
 
 
 def _columns(row: Job | Task) -> dict[str, object]:
@@ -122,10 +126,11 @@ def _choose_analyzers(registry: AnalyzerRegistry, kind: MediaKind, names: Sequen
 
 
 async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> Job:
-    row = (await session.execute(select(Job, Case).join(Case, Job.case_id == Case.id).where(Job.id == job_id))).first()
-    if row is None or not can_read_case(actor, row.Case):
+    query = select(Job, Case.owner_id, member_role_of(actor)).join(Case, Job.case_id == Case.id).where(Job.id == job_id)
+    row = (await session.execute(query)).first()
+    if row is None or case_access(actor, row[1], row[2]) is CaseAccess.NONE:
         raise NotFound("Job", job_id)
-    job: Job = row.Job
+    job: Job = row[0]
     return job
 
 

@@ -22,8 +22,8 @@ from aima.media.probe import MediaProbe, probe_file
 from aima.media.sniff import SNIFF_BYTES, SniffedType, sniff
 from aima.metrics import UPLOADED_BYTES
 from aima.resources import Resources
-from aima.services.access import Actor, can_read_case
-from aima.services.cases import get_writable_case
+from aima.services.access import Actor, CaseAccess, case_access, member_role_of, readable_cases
+from aima.services.cases import get_case
 from aima.storage import original_key
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def _chunks(upload: UploadedFile) -> AsyncIterator[bytes]:
 async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID, upload: UploadedFile) -> Media:
     """Register an upload as media of a case. Nothing is stored unless everything succeeds."""
     async with resources.sessions() as session:
-        case = await get_writable_case(session=session, actor=actor, case_id=case_id)
+        case = await get_case(session=session, actor=actor, case_id=case_id, needed=CaseAccess.EDITOR)
 
     size = getattr(upload, "size", None)
     if isinstance(size, int) and size > resources.settings.max_upload_bytes:
@@ -144,13 +144,28 @@ def _local_path(file: IO[bytes]) -> Iterator[Path]:
 
 
 async def get_media(*, session: AsyncSession, actor: Actor, media_id: uuid.UUID) -> Media:
-    row = (
-        await session.execute(select(Media, Case).join(Case, Media.case_id == Case.id).where(Media.id == media_id))
-    ).first()
-    if row is None or not can_read_case(actor, row.Case):
+    query = (
+        select(Media, Case.owner_id, member_role_of(actor))
+        .join(Case, Media.case_id == Case.id)
+        .where(Media.id == media_id)
+    )
+    row = (await session.execute(query)).first()
+    if row is None or case_access(actor, row[1], row[2]) is CaseAccess.NONE:
         raise NotFound("Media", media_id)
-    media: Media = row.Media
+    media: Media = row[0]
     return media
+
+
+async def readable_media_ids(*, session: AsyncSession, actor: Actor, media_ids: list[str]) -> set[str]:
+    """Which of these media the actor may read, in one query (for batched nested fields)."""
+    ids = []
+    for media_id in media_ids:
+        try:
+            ids.append(uuid.UUID(media_id))
+        except ValueError:
+            continue
+    query = select(Media.id).join(Case, Media.case_id == Case.id).where(Media.id.in_(ids), readable_cases(actor))
+    return {str(row) for row in (await session.execute(query)).scalars()}
 
 
 async def media_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Media]:

@@ -28,11 +28,18 @@ class SessionRevocations:
     def _before(self, user_id: uuid.UUID) -> str:
         return f"{self._prefix}:revoked:user:{user_id}"
 
+    def _session(self, session_id: str) -> str:
+        return f"{self._prefix}:revoked:sid:{session_id}"
+
     async def revoke_token(self, claims: TokenClaims) -> None:
         """End one session: its token id is refused until the token would have expired anyway."""
         remaining_s = int((claims.expires_at - datetime.now(UTC)).total_seconds()) + 1
         if remaining_s > 0:
             await self._redis.set(self._denied(claims.jti), b"1", ex=remaining_s)
+
+    async def revoke_session(self, session_id: uuid.UUID | str) -> None:
+        """End one sign-in: every access token of its refresh-token family is refused."""
+        await self._redis.set(self._session(str(session_id)), b"1", ex=self._lifetime_s + 60)
 
     async def revoke_user(self, user_id: uuid.UUID) -> int:
         """End every session of a user: tokens issued before now are refused. Returns the mark (ms)."""
@@ -42,6 +49,9 @@ class SessionRevocations:
 
     async def check(self, claims: TokenClaims) -> None:
         """Refuse a revoked token (one Redis round trip)."""
-        denied, before = await self._redis.mget(self._denied(claims.jti), self._before(claims.user_id))
-        if denied is not None or (before is not None and claims.issued_at_ms <= int(before)):
+        keys = [self._denied(claims.jti), self._before(claims.user_id)]
+        if claims.session_id:
+            keys.append(self._session(claims.session_id))
+        denied, before, *session_ended = await self._redis.mget(keys)
+        if denied is not None or any(session_ended) or (before is not None and claims.issued_at_ms <= int(before)):
             raise NotAuthenticated("This session has ended; sign in again.")

@@ -14,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from aima.db.models import Role, User
-from aima.errors import Conflict, InvalidCredentials, InvalidInput, NotAuthenticated
+from aima.errors import Conflict, Forbidden, InvalidCredentials, InvalidInput, NotAuthenticated
 from aima.security import verify_password
 from aima.services.access import Actor
+from aima.settings import Registration
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -45,12 +46,25 @@ def common_passwords() -> frozenset[str]:
 
 
 async def create_user(
-    *, session: AsyncSession, hasher: PasswordHasher, email: str, password: str, role: Role = Role.USER
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    email: str,
+    password: str,
+    role: Role = Role.USER,
+    pending_approval: bool = False,
 ) -> User:
     email = normalize_email(email)
     check_password_policy(password)
     password_hash = await asyncio.to_thread(hasher.hash, password)
-    user = User(id=uuid.uuid4(), email=email, password_hash=password_hash, role=role)
+    user = User(
+        id=uuid.uuid4(),
+        email=email,
+        password_hash=password_hash,
+        role=role,
+        is_active=not pending_approval,
+        pending_approval=pending_approval,
+    )
     session.add(user)
     try:
         await session.commit()
@@ -58,6 +72,24 @@ async def create_user(
         await session.rollback()
         raise Conflict("This email cannot be registered.") from exc
     return user
+
+
+async def register(
+    *, session: AsyncSession, hasher: PasswordHasher, email: str, password: str, registration: Registration
+) -> User | None:
+    """Self-service registration as the deployment allows it.
+
+    Open: the account is active at once. Approval: it waits, inactive, for an administrator; the answer is the same
+    whether or not the email already had an account (None for both), so registration cannot probe for emails.
+    """
+    if registration is Registration.CLOSED:
+        raise Forbidden("Registration is closed; ask an administrator for an account.")
+    if registration is Registration.OPEN:
+        return await create_user(session=session, hasher=hasher, email=email, password=password)
+    try:
+        return await create_user(session=session, hasher=hasher, email=email, password=password, pending_approval=True)
+    except Conflict:
+        return None
 
 
 class Authenticator:

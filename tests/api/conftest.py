@@ -35,16 +35,27 @@ class People:
     admin: GraphQLClient
     owner: GraphQLClient
     other: GraphQLClient
+    viewer: GraphQLClient
     guest: GraphQLClient
     anonymous: GraphQLClient
+    #: Each person's email, by attribute name.
+    emails: dict[str, str]
 
 
 @pytest.fixture(scope="session")
 def people(http: TestClient, settings: Settings) -> People:
     tag = uuid.uuid4().hex[:6]
     clients = {}
-    for name, role in (("admin", Role.ADMIN), ("owner", Role.USER), ("other", Role.USER), ("guest", Role.GUEST)):
-        email = f"{name}-{tag}@example.org"
+    emails = {}
+    accounts = (
+        ("admin", Role.ADMIN),
+        ("owner", Role.USER),
+        ("other", Role.USER),
+        ("viewer", Role.USER),
+        ("guest", Role.GUEST),
+    )
+    for name, role in accounts:
+        emails[name] = email = f"{name}-{tag}@example.org"
         run_sync(create_account(settings, email, PASSWORD, role))
         clients[name] = login(http, email)
-    return People(**clients, anonymous=GraphQLClient(http))
+    return People(**clients, anonymous=GraphQLClient(http), emails=emails)

@@ -9,15 +9,18 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from aima.cli import create_account
+from aima.db.models import Role
 from aima.graphql.schema import create_schema
+from aima.settings import Settings
 from aima.testing.media import make_jpeg
 from graphql import GraphQLField, GraphQLList, GraphQLNonNull, GraphQLObjectType, get_named_type
 from tests.api.conftest import People
-from tests.api.test_flow import JOB_EVENTS, new_case
-from tests.gql import GraphQLClient
+from tests.api.test_flow import new_case
+from tests.gql import PASSWORD, GraphQLClient, run_sync
 
 SCHEMA = create_schema()._schema
-PUBLIC = {("Mutation", "register"), ("Mutation", "login")}
+PUBLIC = {("Mutation", "register"), ("Mutation", "login"), ("Mutation", "refreshSession")}
 
 
 def operations() -> list[tuple[str, str]]:
@@ -40,6 +43,8 @@ def sample_value(type_: Any) -> Any:
         "Boolean": False,
         "Upload": None,
         "Role": "GUEST",
+        "CaseRole": "VIEWER",
+        "JSON": "sample",
     }
     return samples[type_.name]
 
@@ -85,120 +90,176 @@ def test_the_public_operations_exist() -> None:
     assert set(operations()) >= PUBLIC
 
 
-# Every non-public operation, and what each role gets for an object it does not own. Adding an operation to the
-# schema without adding it here fails `test_every_operation_has_a_rule`.
-FOREIGN_RULES = {
-    ("Query", "me"): "own",
-    ("Query", "cases"): "own",
-    ("Query", "analyzers"): "all",
-    ("Query", "auditLog"): "FORBIDDEN",
-    ("Query", "users"): "FORBIDDEN",
-    ("Mutation", "setUserRole"): "FORBIDDEN",
-    ("Mutation", "setUserActive"): "FORBIDDEN",
-    ("Mutation", "endUserSessions"): "FORBIDDEN",
-    ("Query", "case"): "NOT_FOUND",
-    ("Query", "media"): "NOT_FOUND",
-    ("Query", "job"): "NOT_FOUND",
-    ("Mutation", "createCase"): "own",
-    ("Mutation", "logout"): "session",
-    ("Mutation", "logoutEverywhere"): "session",
-    ("Mutation", "changePassword"): "session",
-    ("Mutation", "uploadMedia"): "NOT_FOUND",
-    ("Mutation", "analyzeMedia"): "NOT_FOUND",
-    ("Subscription", "jobEvents"): "NOT_FOUND",
+# Every non-public operation and what it needs. Adding an operation to the schema without a rule here fails
+# `test_every_operation_has_a_rule`.
+#   read / write / manage: acts on a case (or its media or job) and needs that access to it (CaseAccess);
+#   admin: administrators only;  self: acts on the caller's own account or lists what the caller may see.
+RULES = {
+    ("Query", "me"): "self",
+    ("Query", "cases"): "self",
+    ("Query", "analyzers"): "self",
+    ("Query", "auditLog"): "admin",
+    ("Query", "users"): "admin",
+    ("Mutation", "setUserRole"): "admin",
+    ("Mutation", "setUserActive"): "admin",
+    ("Mutation", "endUserSessions"): "admin",
+    ("Mutation", "approveUser"): "admin",
+    ("Query", "case"): "read",
+    ("Query", "media"): "read",
+    ("Query", "job"): "read",
+    ("Subscription", "jobEvents"): "read",
+    ("Mutation", "uploadMedia"): "write",
+    ("Mutation", "analyzeMedia"): "write",
+    ("Mutation", "shareCase"): "manage",
+    ("Mutation", "unshareCase"): "manage",
+    ("Mutation", "createCase"): "self",
+    ("Mutation", "logout"): "self",
+    ("Mutation", "logoutEverywhere"): "self",
+    ("Mutation", "changePassword"): "self",
 }
+NEEDED = {"read": 1, "write": 2, "manage": 3}
+
+# What each person may do with the two cases of `people.owner`: "owned" is not shared, "shared" is shared with
+# `other` as editor and with `viewer` and `guest` as viewers. 0 none, 1 viewer, 2 editor, 3 owner.
+ACCESS = {
+    "owner": {"owned": 3, "shared": 3},
+    "admin": {"owned": 3, "shared": 3},
+    "other": {"owned": 0, "shared": 2},
+    "viewer": {"owned": 0, "shared": 1},
+    "guest": {"owned": 0, "shared": 1},
+}
+REFUSALS = {"NOT_FOUND", "FORBIDDEN", "UNAUTHENTICATED"}
 
 
 def test_every_operation_has_a_rule() -> None:
-    assert set(operations()) - PUBLIC == set(FOREIGN_RULES)
+    assert set(operations()) - PUBLIC == set(RULES)
 
 
 @pytest.fixture(scope="module")
-def owned(people: People) -> dict[str, str]:
-    """A case, media and job that belong to `people.owner`."""
-    case_id = new_case(people.owner, "Owned")
-    media = people.owner.upload(case_id, make_jpeg(), filename="a.jpg")["data"]["uploadMedia"]
-    job = people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media["id"]})
-    return {"case": case_id, "media": media["id"], "job": job["analyzeMedia"]["id"]}
+def objects(people: People, settings: Settings) -> dict[str, dict[str, str]]:
+    """Two cases of `people.owner`, each with a media item and a job; one of them shared."""
+    found = {}
+    for name in ("owned", "shared"):
+        case_id = new_case(people.owner, name.title())
+        media = people.owner.upload(case_id, make_jpeg(), filename="a.jpg")["data"]["uploadMedia"]
+        job = people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media["id"]})
+        found[name] = {"case": case_id, "media": media["id"], "job": job["analyzeMedia"]["id"]}
+    for person, role in (("other", "EDITOR"), ("viewer", "VIEWER"), ("guest", "VIEWER")):
+        people.owner.data(SHARE, {"c": found["shared"]["case"], "e": people.emails[person], "r": role})
+    bystander = f"bystander-{uuid.uuid4().hex[:6]}@example.org"
+    run_sync(create_account(settings, bystander, PASSWORD, Role.USER))
+    found["bystander"] = {"email": bystander}
+    return found
+
+
+SHARE = "mutation($c: ID!, $e: String!, $r: CaseRole!) { shareCase(caseId: $c, email: $e, role: $r) { role } }"
+OBJECT_ARGUMENTS = {"caseId": "case", "mediaId": "media", "jobId": "job"}
+
+
+def call_on(client: GraphQLClient, root: str, name: str, target: dict[str, str], bystander: str) -> dict[str, Any]:
+    """Call an operation with the ids of `target`'s case, media and job."""
+    query, variables = build(root, name)
+    for arg in variables:
+        kind = OBJECT_ARGUMENTS.get(arg) or (name if arg == "id" else None)
+        if kind is not None:
+            variables[arg] = target[kind]
+    if "email" in variables:
+        variables["email"] = bystander
+    if "Upload" in query:
+        return client.upload(target["case"], make_jpeg(width=31))
+    if root == "Subscription":
+        return next(iter(client.subscribe(query, variables)))
+    return client.execute(query, variables)
+
+
+def error_code(body: dict[str, Any]) -> str | None:
+    errors = body.get("errors")
+    return errors[0]["extensions"]["code"] if errors else None
+
+
+@pytest.mark.parametrize("case", ["owned", "shared"])
+@pytest.mark.parametrize("person", sorted(ACCESS))
+@pytest.mark.parametrize(("root", "name"), sorted(op for op, rule in RULES.items() if rule in NEEDED))
+def test_operations_on_cases_by_access(
+    people: People, objects: dict[str, dict[str, str]], root: str, name: str, person: str, case: str
+) -> None:
+    """Every operation that acts on a case, for every person, against an own, a shared and a foreign case."""
+    access, needed = ACCESS[person][case], NEEDED[RULES[(root, name)]]
+    body = call_on(getattr(people, person), root, name, objects[case], objects["bystander"]["email"])
+    if access == 0:
+        assert error_code(body) == "NOT_FOUND", body  # exactly as for an id that does not exist
+    elif access < needed:
+        assert error_code(body) == "FORBIDDEN", body
+    else:
+        assert error_code(body) not in REFUSALS, body
+
+
+@pytest.mark.parametrize(("root", "name"), sorted(op for op, rule in RULES.items() if rule == "admin"))
+@pytest.mark.parametrize("person", ["owner", "other", "viewer", "guest"])
+def test_administration_is_for_administrators(people: People, root: str, name: str, person: str) -> None:
+    query, variables = build(root, name)
+    assert error_code(getattr(people, person).execute(query, variables)) == "FORBIDDEN"
+
+
+@pytest.mark.parametrize(("root", "name"), sorted(op for op, rule in RULES.items() if rule == "admin"))
+def test_administrators_pass_the_check(people: People, root: str, name: str) -> None:
+    """With made-up arguments: NOT_FOUND for a made-up user id is an answer, not a refusal."""
+    query, variables = build(root, name)
+    assert error_code(people.admin.execute(query, variables)) not in {"FORBIDDEN", "UNAUTHENTICATED"}
 
 
 READS = {
-    "case": "query($id: ID!) { case(id: $id) { id media { id } jobs { id tasks { id } } } }",
+    "case": "query($id: ID!) { case(id: $id) { id myAccess members { email role } media { id results { analyzer } }"
+    " jobs { id tasks { id } } } }",
     "media": "query($id: ID!) { media(id: $id) { id results { analyzer } } }",
     "job": "query($id: ID!) { job(id: $id) { id tasks { id } } }",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(READS))
-@pytest.mark.parametrize(("role", "allowed"), [("owner", True), ("admin", True), ("other", False), ("guest", False)])
-def test_reads_by_role(people: People, owned: dict[str, str], kind: str, role: str, allowed: bool) -> None:
-    body = getattr(people, role).execute(READS[kind], {"id": owned[kind]})
-    if allowed:
+@pytest.mark.parametrize("case", ["owned", "shared"])
+@pytest.mark.parametrize("person", sorted(ACCESS))
+def test_nested_fields_by_access(
+    people: People, objects: dict[str, dict[str, str]], kind: str, case: str, person: str
+) -> None:
+    body = getattr(people, person).execute(READS[kind], {"id": objects[case][kind]})
+    if ACCESS[person][case]:
         assert not body.get("errors"), body
-        assert body["data"][kind]["id"] == owned[kind]
+        assert body["data"][kind]["id"] == objects[case][kind]
     else:
-        assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        assert error_code(body) == "NOT_FOUND"
         assert body["data"] is None
 
 
-@pytest.mark.parametrize(
-    ("role", "code"), [("owner", None), ("admin", None), ("other", "NOT_FOUND"), ("guest", "NOT_FOUND")]
-)
-def test_writes_by_role(people: People, owned: dict[str, str], role: str, code: str | None) -> None:
-    client: GraphQLClient = getattr(people, role)
-    upload = client.upload(owned["case"], make_jpeg(width=33), filename="b.jpg")
-    analyze = client.execute("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": owned["media"]})
-    for body in (upload, analyze):
-        if code is None:
-            assert not body.get("errors"), body
-        else:
-            assert body["errors"][0]["extensions"]["code"] == code, body
-
-
-@pytest.mark.parametrize(("role", "allowed"), [("owner", True), ("admin", True), ("other", False), ("guest", False)])
-def test_subscriptions_by_role(people: People, owned: dict[str, str], role: str, allowed: bool) -> None:
-    first = next(iter(getattr(people, role).subscribe(JOB_EVENTS, {"jobId": owned["job"]})))
-    if allowed:
-        assert first["data"]["jobEvents"]["jobId"] == owned["job"]
-    else:
-        assert first["errors"][0]["extensions"]["code"] == "NOT_FOUND"
-
-
-def test_guest_sees_no_cases_of_others(people: People, owned: dict[str, str]) -> None:
-    assert people.guest.data("{ cases { id } }")["cases"] == []
-    assert owned["case"] in [c["id"] for c in people.admin.data("{ cases { id } }")["cases"]]
-
-
-FOREIGN_ARGUMENTS = {"caseId": "case", "mediaId": "media", "jobId": "job"}
-
-
-@pytest.mark.parametrize(("root", "name"), sorted(FOREIGN_RULES))
-def test_each_operation_against_another_users_objects(
-    people: People, owned: dict[str, str], root: str, name: str
+@pytest.mark.parametrize("person", sorted(ACCESS))
+def test_case_lists_hold_exactly_what_each_person_may_read(
+    people: People, objects: dict[str, dict[str, str]], person: str
 ) -> None:
-    """Another user calls every operation with the owner's ids; the rule above says what must happen."""
-    rule = FOREIGN_RULES[(root, name)]
-    if rule == "session":
-        pytest.skip("acts on the caller's own sessions only: tests/api/test_sessions.py")
-    other = people.other
-    query, variables = build(root, name)
-    for arg in variables:
-        kind = FOREIGN_ARGUMENTS.get(arg) or (name if arg == "id" else None)
-        if kind is not None:
-            variables[arg] = owned[kind]
-    if "Upload" in query:
-        body = other.upload(owned["case"], make_jpeg())
-    elif root == "Subscription":
-        body = next(iter(other.subscribe(query, variables)))
-    else:
-        body = other.execute(query, variables)
-    if rule in {"NOT_FOUND", "FORBIDDEN"}:
-        assert body["errors"][0]["extensions"]["code"] == rule, body
-        return
-    assert not body.get("errors"), body
-    if rule == "own":
-        seen = other.data("{ me { id } cases { id ownerId } }")
-        assert owned["case"] not in json.dumps(seen)
-        assert all(case["ownerId"] == seen["me"]["id"] for case in seen["cases"])
-    else:
-        assert rule == "all"
+    listed = {c["id"]: c["myAccess"] for c in getattr(people, person).data("{ cases { id myAccess } }")["cases"]}
+    for case in ("owned", "shared"):
+        level = ACCESS[person][case]
+        if level == 0:
+            assert objects[case]["case"] not in listed
+        else:
+            assert listed[objects[case]["case"]] == {1: "VIEWER", 2: "EDITOR", 3: "OWNER"}[level]
+    if person == "guest":
+        assert set(listed) == {objects["shared"]["case"]}  # a guest reads only what is shared with it
+
+
+def test_self_operations_reveal_nothing_of_others(people: People, objects: dict[str, dict[str, str]]) -> None:
+    seen = people.other.data("{ me { id } cases { id ownerId } }")
+    assert objects["owned"]["case"] not in json.dumps(seen)
+    assert {c["id"] for c in seen["cases"]} == {objects["shared"]["case"]} | {
+        c["id"] for c in seen["cases"] if c["ownerId"] == seen["me"]["id"]
+    }
+
+
+def test_refusals_are_audited(people: People, objects: dict[str, dict[str, str]]) -> None:
+    people.viewer.execute("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": objects["shared"]["media"]})
+    viewer_id = people.viewer.data("{ me { id } }")["me"]["id"]
+    entries = people.admin.data(
+        'query($a: ID) { auditLog(action: "access.denied", actorId: $a) { details } }', {"a": viewer_id}
+    )["auditLog"]
+    assert any(
+        r["code"] == "FORBIDDEN" and r["path"] == "analyzeMedia" for e in entries for r in e["details"]["refusals"]
+    )

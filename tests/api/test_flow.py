@@ -42,7 +42,7 @@ def test_register_login_and_me(http: TestClient) -> None:
     me = client.data("{ me { email role } }")["me"]
     assert me == {"email": email.lower(), "role": "USER"}
     again = GraphQLClient(http).execute(
-        'mutation($e: String!) { register(email: $e, password: "a long enough password") { accessToken } }',
+        'mutation($e: String!) { register(email: $e, password: "a long enough password") { pendingApproval } }',
         {"e": email},
     )
     assert again["errors"][0]["extensions"]["code"] == "CONFLICT"
@@ -57,7 +57,7 @@ def test_login_does_not_tell_which_emails_exist(http: TestClient, people: People
 
 
 def test_weak_passwords_and_bad_emails_are_refused(http: TestClient) -> None:
-    query = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { accessToken } }"
+    query = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { pendingApproval } }"
     short = GraphQLClient(http).execute(query, {"e": "short@example.org", "p": "short"})
     assert short["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     bad_email = GraphQLClient(http).execute(query, {"e": "not-an-email", "p": "a long enough password"})
