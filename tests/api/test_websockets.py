@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,16 +11,27 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from aima.app import create_app
+from aima.plugins import AnalyzerRegistry
 from aima.security import issue_access_token
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
 from tests.api.conftest import People
 from tests.api.test_flow import JOB_EVENTS, new_case
+from tests.conftest import Servers, settings_for
 from tests.gql import GraphQLClient, register
 
 
+@pytest.fixture(scope="module")
+def quiet(servers: Servers, analyzers: AnalyzerRegistry) -> Iterator[tuple[TestClient, Settings]]:
+    """An API on a queue of its own that no worker serves: its jobs stay queued, their subscriptions open."""
+    settings = settings_for(servers)
+    with TestClient(create_app(settings, analyzers=analyzers)) as http:
+        yield http, settings
+
+
 def queued_job(client: GraphQLClient) -> str:
-    """A job that stays queued (no worker runs in these tests), so its subscription stays open."""
+    """A job that stays queued, so its subscription stays open."""
     case_id = new_case(client, "Open subscription")
     media_id = client.upload(case_id, make_jpeg(), filename="a.jpg")["data"]["uploadMedia"]["id"]
     job_id: str = client.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media_id})[
@@ -41,7 +53,8 @@ def subscribe(http: TestClient, token: str, job_id: str) -> Any:
     return ws, session
 
 
-def test_a_subscription_ends_when_its_session_ends(http: TestClient) -> None:
+def test_a_subscription_ends_when_its_session_ends(quiet: tuple[TestClient, Settings]) -> None:
+    http, _ = quiet
     client = register(http, f"ws-end-{uuid.uuid4().hex[:6]}@example.org")
     ws, session = subscribe(http, client.token or "", queued_job(client))
     try:
@@ -52,7 +65,8 @@ def test_a_subscription_ends_when_its_session_ends(http: TestClient) -> None:
         ws.__exit__(None, None, None)
 
 
-def test_a_subscription_ends_when_its_token_expires(http: TestClient, settings: Settings) -> None:
+def test_a_subscription_ends_when_its_token_expires(quiet: tuple[TestClient, Settings]) -> None:
+    http, settings = quiet
     client = register(http, f"ws-exp-{uuid.uuid4().hex[:6]}@example.org")
     job_id = queued_job(client)
     user_id = uuid.UUID(client.data("{ me { id } }")["me"]["id"])
