@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.db.models import RefreshToken, User
@@ -63,7 +63,11 @@ def _new(
 async def start_family(
     *, session: AsyncSession, user_id: uuid.UUID, lifetime: timedelta, client_address: str | None
 ) -> IssuedRefreshToken:
-    """A new sign-in: the first refresh token of a new family."""
+    """A new sign-in: the first refresh token of a new family. The user's expired tokens go (spent ones are kept
+    until they expire, to recognise their reuse)."""
+    await session.execute(
+        delete(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.expires_at < datetime.now(UTC))
+    )
     row, issued = _new(user_id, uuid.uuid4(), lifetime, client_address)
     session.add(row)
     await session.commit()

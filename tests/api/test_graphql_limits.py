@@ -40,3 +40,12 @@ async def test_limits_come_from_settings() -> None:
     assert aliases.errors and "aliases" in aliases.errors[0].message
     tokens = await schema.execute("{ " + " ".join(f"f{i}: me {{ id }}" for i in range(60)) + " }")
     assert tokens.errors and "token" in tokens.errors[0].message.lower()
+
+
+def test_batched_requests_are_refused(people: People) -> None:
+    """Batching would multiply every limit above by the batch size: one operation per request."""
+    answer = people.owner.http.post(
+        "/graphql", json=[{"query": "{ me { id } }"}, {"query": "{ me { id } }"}], headers=people.owner.headers()
+    )
+    assert answer.status_code == 400
+    assert "me" not in answer.text
