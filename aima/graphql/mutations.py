@@ -27,7 +27,7 @@ from aima.graphql.types import (
     UserNode,
 )
 from aima.services import admin, cases, jobs, media, signin, users
-from aima.services.access import Actor
+from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction
 from aima.services.refresh_tokens import RefreshTokenReused
 
@@ -208,7 +208,7 @@ class Mutation:
         async with ctx.resources.sessions() as session:
             case = await cases.create_case(session=session, actor=actor, title=title)
         await ctx.audit(AuditAction.CASE_CREATE, target_type="case", target_id=case.id)
-        return CaseNode.of(case)
+        return CaseNode.of(case, CaseAccess.OWNER)
 
     @strawberry.mutation(
         description="Share a case with the account of `email` as viewer or editor, or change its role "

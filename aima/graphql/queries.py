@@ -35,14 +35,15 @@ class Query:
         ctx = info.context
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
-            return [CaseNode.of(row) for row in await cases.list_cases(session=session, actor=actor)]
+            return [CaseNode.of(row, access) for row, access in await cases.list_cases(session=session, actor=actor)]
 
     @strawberry.field
     async def case(self, info: Info[Context, None], id: strawberry.ID) -> CaseNode:
         ctx = info.context
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
-            return CaseNode.of(await cases.get_case(session=session, actor=actor, case_id=parse_id(id, "case")))
+            row, access = await cases.case_with_access(session=session, actor=actor, case_id=parse_id(id, "case"))
+            return CaseNode.of(row, access)
 
     @strawberry.field
     async def media(self, info: Info[Context, None], id: strawberry.ID) -> MediaNode:

@@ -224,20 +224,25 @@ class CaseNode:
     title: str
     owner_id: strawberry.ID
     created_at: datetime
+    #: The actor's access as found when the case was read (lists read it for every case in one query).
+    access: strawberry.Private[CaseAccess | None] = None
 
     @classmethod
-    def of(cls, row: models.Case) -> CaseNode:
+    def of(cls, row: models.Case, access: CaseAccess | None = None) -> CaseNode:
         return cls(
             id=strawberry.ID(str(row.id)),
             title=row.title,
             owner_id=strawberry.ID(str(row.owner_id)),
             created_at=row.created_at,
+            access=access,
         )
 
     @strawberry.field(description="What the signed-in user may do with this case.")
     async def my_access(self, info: Info[Context, None]) -> CaseAccessLevel:  # type: ignore[valid-type]
         ctx = info.context
         actor = ctx.require_actor()
+        if self.access is not None:
+            return self.access
         async with ctx.resources.sessions() as session:
             _, access = await case_with_access(session=session, actor=actor, case_id=uuid.UUID(self.id))
         return access

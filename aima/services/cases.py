@@ -27,10 +27,11 @@ async def create_case(*, session: AsyncSession, actor: Actor, title: str) -> Cas
     return case
 
 
-async def list_cases(*, session: AsyncSession, actor: Actor) -> list[Case]:
-    """The cases the actor owns or that are shared with it (every case, for an administrator), newest first."""
-    query = select(Case).where(readable_cases(actor)).order_by(Case.created_at.desc(), Case.id)
-    return list((await session.execute(query)).scalars())
+async def list_cases(*, session: AsyncSession, actor: Actor) -> list[tuple[Case, CaseAccess]]:
+    """The cases the actor owns or that are shared with it (every case, for an administrator), newest first,
+    each with what the actor may do with it."""
+    query = select(Case, member_role_of(actor)).where(readable_cases(actor)).order_by(Case.created_at.desc(), Case.id)
+    return [(case, case_access(actor, case.owner_id, role)) for case, role in await session.execute(query)]
 
 
 async def case_with_access(*, session: AsyncSession, actor: Actor, case_id: uuid.UUID) -> tuple[Case, CaseAccess]:
