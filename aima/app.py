@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aima.config_sync import ConfigSync
 from aima.graphql.schema import create_schema
 from aima.graphql.view import AimaGraphQL
 from aima.logs import log_context
@@ -72,6 +73,13 @@ class GraphQLEndpoint:
 
     view: AimaGraphQL | None = None
 
+    def __init__(self, settings: Settings) -> None:
+        self.base_settings = settings
+
+    def settings(self) -> Settings:
+        """The settings in effect now, runtime overrides included, for the middleware in front of the view."""
+        return self.view.resources.settings if self.view is not None else self.base_settings
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.view is None:
             raise RuntimeError("the application has not started")
@@ -108,11 +116,11 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings, *, analyzers: AnalyzerRegistry | None = None) -> Starlette:
     """Build the app; clients open in the lifespan, so creating the app connects to nothing."""
     schema = create_schema(settings.graphql, introspection=settings.introspection, suggestions=settings.suggestions)
-    graphql_endpoint = GraphQLEndpoint()
+    graphql_endpoint = GraphQLEndpoint(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with open_resources(settings, analyzers=analyzers) as resources:
+        async with open_resources(settings, analyzers=analyzers) as resources, ConfigSync(resources, role="api"):
             graphql_endpoint.view = AimaGraphQL(schema, resources)
             logger.info("api ready with analyzers: %s", ", ".join(resources.analyzers.names()))
             yield {"resources": resources}
@@ -127,6 +135,6 @@ def create_app(settings: Settings, *, analyzers: AnalyzerRegistry | None = None)
         ],
         lifespan=lifespan,
     )
-    app.add_middleware(UploadGuard, settings=settings)
+    app.add_middleware(UploadGuard, settings=graphql_endpoint.settings)
     app.add_middleware(RequestContextMiddleware)
     return app

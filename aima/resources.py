@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aioboto3
@@ -29,6 +29,7 @@ from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
 from aima.db.vectors import ensure_collections
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
+from aima.services.runtime_settings import MAX_RUNTIME_ACCESS_TOKEN_MINUTES
 from aima.services.sessions import SessionRevocations
 from aima.services.throttle import LoginThrottle
 from aima.services.users import Authenticator
@@ -52,11 +53,19 @@ class Resources:
     analyzers: AnalyzerRegistry
     password_hasher: PasswordHasher
     authenticator: Authenticator
+    #: The settings the process started with (defaults, file, environment); `settings` adds the runtime overrides
+    #: and is replaced whenever an administrator changes one (`aima.config_sync`), so read it at the time of use.
+    base_settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_settings = self.settings
 
     @property
     def revocations(self) -> SessionRevocations:
         """Ended sessions, checked on every authenticated request."""
-        return SessionRevocations(self.redis, self.settings.redis_prefix, self.settings.auth.access_token_minutes * 60)
+        # Kept as long as any token may live: a runtime change may have issued longer-lived ones than now.
+        lifetime_minutes = max(self.base_settings.auth.access_token_minutes, MAX_RUNTIME_ACCESS_TOKEN_MINUTES)
+        return SessionRevocations(self.redis, self.settings.redis_prefix, lifetime_minutes * 60)
 
     @property
     def login_throttle(self) -> LoginThrottle:

@@ -1,18 +1,39 @@
-"""Central configuration: one `Settings` object, read from the environment (prefix ``AIMA_``, nested with ``__``).
+"""Central configuration: one `Settings` object, built from layers (each overrides the ones before it):
 
-The defaults point at the embedded servers that `aima dev` starts, so a fresh checkout runs with no configuration.
+1. the defaults here, which point at the embedded servers that `aima dev` starts, so a fresh checkout runs with no
+   configuration;
+2. a TOML file: ``$AIMA_CONFIG_FILE``, else ``./aima.toml`` when it exists (tables such as ``[auth]`` fill the nested
+   models);
+3. the environment (prefix ``AIMA_``, nested with ``__``).
+
+Administrators may override a few keys at runtime on top of these (`aima.services.runtime_settings`).
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 DEV_JWT_SECRET = "aima-development-secret-change-me-0123456789"  # noqa: S105 - refused in production
 DEV_S3_SECRET = "aima-dev-secret"  # noqa: S105 - refused in production
+#: The environment variable naming the configuration file, and the file read without it (when it exists).
+CONFIG_FILE_ENV = "AIMA_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = Path("aima.toml")
 
 
 class Environment(enum.StrEnum):
@@ -31,7 +52,16 @@ class S3Settings(BaseModel):
     part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
 
 
+class Registration(enum.StrEnum):
+    """Who may create an account: anyone, anyone with an administrator's approval, or only administrators."""
+
+    OPEN = "open"
+    APPROVAL = "approval"
+    CLOSED = "closed"
+
+
 class AuthSettings(BaseModel):
+    registration: Registration = Registration.OPEN
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     #: Key id of `jwt_secret`, written in each token's header. To rotate: move the current key to
     #: `jwt_previous_keys` under its id, set a new secret and id; drop the old key once its tokens have expired.
@@ -40,7 +70,9 @@ class AuthSettings(BaseModel):
     jwt_previous_keys: dict[str, SecretStr] = {}
     jwt_issuer: str = "aima"
     jwt_audience: str = "aima-api"
-    access_token_minutes: int = Field(default=60, ge=1)
+    access_token_minutes: int = Field(default=15, ge=1)
+    #: Lifetime of a refresh token; each use replaces it with a new one, so an active session lasts.
+    refresh_token_days: int = Field(default=14, ge=1)
     #: argon2id parameters (OWASP: m=19 MiB, t=2, p=1 at minimum).
     argon2_memory_kib: int = Field(default=19 * 1024, ge=19 * 1024)
     argon2_time_cost: int = Field(default=2, ge=2)
@@ -87,6 +119,8 @@ class Settings(BaseSettings):
     #: Production unless told otherwise, so a forgotten setting cannot run a server on the public default secrets;
     #: `aima dev` and the test-suite say development and test.
     environment: Environment = Environment.PRODUCTION
+    #: The TOML file these settings were read from (`AIMA_CONFIG_FILE`, else ./aima.toml when it exists); None: none.
+    config_file: Path | None = None
     data_dir: Path = Path(".aima")
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:55432/aima"
     mongo_url: str = "mongodb://127.0.0.1:27118"
@@ -112,9 +146,25 @@ class Settings(BaseSettings):
     #: Seconds each readiness check may take before its backend counts as down.
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the configuration file, then the defaults."""
+        arguments = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        path = config_file_path(arguments.get("config_file"))
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, ConfigFileSource(settings_cls, path)
+
     def child_environment(self) -> dict[str, str]:
         """The `AIMA_*` variables that make a child process (an API or a worker) see these settings."""
+        file = {CONFIG_FILE_ENV: str(self.config_file.resolve())} if self.config_file is not None else {}
         return {
+            **file,
             "AIMA_ENVIRONMENT": str(self.environment),
             "AIMA_DATABASE_URL": self.database_url,
             "AIMA_MONGO_URL": self.mongo_url,
@@ -157,3 +207,95 @@ class Settings(BaseSettings):
             if self.s3.secret_key.get_secret_value() == DEV_S3_SECRET:
                 raise ValueError("AIMA_S3__SECRET_KEY must be set in production")
         return self
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is missing, not TOML, or holds a value that is not a valid setting."""
+
+
+def config_file_path(explicit: str | Path | None = None) -> Path | None:
+    """The file to read: `explicit`, else `$AIMA_CONFIG_FILE` (both must exist), else ./aima.toml when it exists."""
+    named = explicit or os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        return Path(named).expanduser()
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+class ConfigFileSource(TomlConfigSettingsSource):
+    """The TOML layer. A file that cannot be read, is not TOML, or holds an unknown key or an invalid value stops
+    the process with an error naming the file and the key, before anything starts."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        self.path = path
+        if path is not None and not path.is_file():
+            raise ConfigFileError(f"configuration file {path} does not exist ({CONFIG_FILE_ENV})")
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            with file_path.open(mode="rb") as file:
+                values = tomllib.load(file)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigFileError(f"configuration file {file_path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigFileError(f"configuration file {file_path} cannot be read: {exc}") from None
+        problems = _check_values(Settings, values, prefix="")
+        if problems:
+            raise ConfigFileError(f"configuration file {file_path} is invalid: " + "; ".join(problems))
+        return {**values, "config_file": file_path}
+
+
+def _check_values(model: type[BaseModel], values: Mapping[str, Any], *, prefix: str) -> list[str]:
+    """What is wrong with these values for `model`, one "key: reason" each (nested tables are checked key by key)."""
+    problems = []
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        field = model.model_fields.get(name)
+        if field is None or key == "config_file":
+            problems.append(f"{key}: not a setting")
+            continue
+        nested = field.annotation
+        if _is_model(nested):
+            if not isinstance(value, dict):
+                problems.append(f"{key}: must be a table ([{key}])")
+            else:
+                problems.extend(_check_values(nested, value, prefix=f"{key}."))  # type: ignore[arg-type]
+            continue
+        try:
+            field_adapter(field).validate_python(value)
+        except ValidationError as exc:
+            problems.extend(f"{'.'.join(map(str, (key, *error['loc'])))}: {error['msg']}" for error in exc.errors())
+    return problems
+
+
+def explicit_settings(settings: Settings) -> dict[str, str]:
+    """Which dotted keys of `settings` the configuration file or the environment set: key -> "file"/"environment".
+
+    Read again from the file and the environment, for reports; keys set by constructor arguments are not listed.
+    """
+    layers: dict[str, str] = {}
+    if settings.config_file is not None and settings.config_file.is_file():
+        with settings.config_file.open("rb") as file:
+            _flatten(tomllib.load(file), "", "file", layers)
+    _flatten(EnvSettingsSource(Settings)(), "", "environment", layers)
+    layers.pop("config_file", None)
+    return layers
+
+
+def _flatten(values: Mapping[str, Any], prefix: str, layer: str, into: dict[str, str]) -> None:
+    for name, value in values.items():
+        key = f"{prefix}{name.lower()}"
+        field = None if prefix else Settings.model_fields.get(key)
+        if field is not None and isinstance(value, Mapping) and _is_model(field.annotation):
+            _flatten(value, f"{key}.", layer, into)
+        else:
+            into[key] = layer
+
+
+def _is_model(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def field_adapter(field: FieldInfo) -> TypeAdapter[Any]:
+    """A validator of one field's values, with the field's constraints (``ge=1`` and the like)."""
+    return TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,21 +23,24 @@ ENVELOPE_BYTES = 1024 * 1024
 
 
 class UploadGuard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
         self.app = app
+        #: The settings in effect now: the upload limit may change while the server runs.
         self.settings = settings
-        self.limit = settings.max_upload_bytes + ENVELOPE_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _is_multipart(scope):
             await self.app(scope, receive, send)
             return
+        settings = self.settings()
+        max_bytes = settings.max_upload_bytes
+        limit = max_bytes + ENVELOPE_BYTES
         headers = dict(scope.get("headers") or [])
         try:
-            self._check_token(headers.get(b"authorization", b"").decode("latin-1"))
+            self._check_token(settings, headers.get(b"authorization", b"").decode("latin-1"))
             declared = int(headers.get(b"content-length", b"0") or 0)
-            if declared > self.limit:
-                raise UploadTooLarge(self.settings.max_upload_bytes)
+            if declared > limit:
+                raise UploadTooLarge(max_bytes)
         except AimaError as exc:
             await _refuse(send, 401 if isinstance(exc, NotAuthenticated) else 413, exc)
             return
@@ -53,7 +57,7 @@ class UploadGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     too_large = True
                     return {"type": "http.disconnect"}  # the body parser stops reading here
             return message
@@ -69,14 +73,15 @@ class UploadGuard:
             if not too_large:
                 raise
         if too_large and not started:
-            logger.warning("refused an upload body over %d bytes", self.limit)
-            await _refuse(send, 413, UploadTooLarge(self.settings.max_upload_bytes))
+            logger.warning("refused an upload body over %d bytes", limit)
+            await _refuse(send, 413, UploadTooLarge(max_bytes))
 
-    def _check_token(self, header: str) -> None:
+    @staticmethod
+    def _check_token(settings: Settings, header: str) -> None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthenticated("Uploads need 'Authorization: Bearer <token>'.")
-        decode_access_token(self.settings.auth, token.strip())
+        decode_access_token(settings.auth, token.strip())
 
 
 def _is_multipart(scope: Scope) -> bool:

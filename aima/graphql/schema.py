@@ -14,13 +14,18 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from aima.graphql.configuration import ConfigurationMutation, ConfigurationQuery
 from aima.graphql.errors import OperationMetrics, format_errors_in_place
 from aima.graphql.mutations import Mutation
 from aima.graphql.queries import Query
 from aima.graphql.subscriptions import Subscription
 from aima.settings import GraphQLSettings
+
+RootQuery = merge_types("Query", (Query, ConfigurationQuery))
+RootMutation = merge_types("Mutation", (Mutation, ConfigurationMutation))
 
 
 class AimaSchema(strawberry.Schema):
@@ -53,7 +58,11 @@ def create_schema(
     if not introspection:
         extensions.append(DisableIntrospection())
     return AimaSchema(
-        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions, suggestions=suggestions
+        query=RootQuery,
+        mutation=RootMutation,
+        subscription=Subscription,
+        extensions=extensions,
+        suggestions=suggestions,
     )
 
 

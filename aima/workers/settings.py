@@ -12,6 +12,7 @@ from typing import Any
 from arq.worker import func
 from prometheus_client import start_http_server
 
+from aima.config_sync import ConfigSync
 from aima.events import wake_channel
 from aima.resources import open_resources, redis_settings
 from aima.services.jobs import TASK_FUNCTION
@@ -25,9 +26,18 @@ logger = logging.getLogger(__name__)
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `WakeableWorker` (arq's `Worker` plus its wake-up channel); `aima worker` runs them."""
     exit_stack = contextlib.AsyncExitStack()
+    analysis = func(run_analysis_task, name=TASK_FUNCTION, max_tries=settings.worker.max_tries)
+
+    def follow_runtime_settings(current: Settings) -> None:
+        # arq reads the limit from the function object for each delivery.
+        analysis.max_tries = current.worker.max_tries
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx["resources"] = await exit_stack.enter_async_context(open_resources(settings, prepare=False))
+        resources = await exit_stack.enter_async_context(open_resources(settings, prepare=False))
+        ctx["resources"] = resources
+        ctx["config_sync"] = await exit_stack.enter_async_context(
+            ConfigSync(resources, role="worker", listeners=[follow_runtime_settings])
+        )
         ctx["worker_name"] = f"{socket.gethostname()}:{os.getpid()}"
         if settings.worker.metrics_port:
             start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
@@ -38,7 +48,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         shutil.rmtree(scratch_dir(), ignore_errors=True)
 
     return {
-        "functions": [func(run_analysis_task, name=TASK_FUNCTION, max_tries=settings.worker.max_tries)],
+        "functions": [analysis],
         "redis_settings": redis_settings(settings.redis_url),
         "queue_name": settings.worker.queue_name,
         "on_startup": on_startup,
