@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from aima.db.documents import AnalysisResultDocument
-from aima.errors import AimaError, NotAuthenticated, NotFound
+from aima.errors import AimaError, Forbidden, NotAuthenticated, NotFound
 from aima.resources import Resources
 from aima.security import TokenClaims
 from aima.services import audit
@@ -84,6 +85,17 @@ class Context:
                 details=details,
             ),
         )
+
+    @contextlib.asynccontextmanager
+    async def refusals_audited(self, operation: str) -> AsyncIterator[None]:
+        """Audit a refused access inside a subscription (queries and mutations are audited by `OperationMetrics`,
+        which does not see the errors of subscriptions)."""
+        try:
+            yield
+        except (Forbidden, NotFound) as refused:
+            refusal = {"path": operation, "code": refused.code, "message": refused.message}
+            await self.audit(AuditAction.ACCESS_DENIED, details={"operation": operation, "refusals": [refusal]})
+            raise
 
     def require_actor(self) -> Actor:
         """The authenticated user; every resolver except register and login starts here."""

@@ -40,7 +40,8 @@ class Subscription:
         try:
             # Subscribe first, then read the state of record: a change in between arrives as an event.
             async with JobEventStream(resources.redis, resources.settings.redis_prefix, str(job_uuid)) as stream:
-                job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
+                async with ctx.refusals_audited("jobEvents"):
+                    job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
                 yield JobEventNode.of(_snapshot(job, tasks), tasks=[TaskNode.of(t) for t in tasks])
                 loop = asyncio.get_running_loop()
                 revalidate_at = recheck_at = loop.time()

@@ -16,7 +16,7 @@ from aima.settings import Settings
 from aima.testing.media import make_jpeg
 from graphql import GraphQLField, GraphQLList, GraphQLNonNull, GraphQLObjectType, get_named_type
 from tests.api.conftest import People
-from tests.api.test_flow import new_case
+from tests.api.test_flow import JOB_EVENTS, new_case
 from tests.gql import PASSWORD, GraphQLClient, run_sync
 
 SCHEMA = create_schema()._schema
@@ -104,6 +104,10 @@ RULES = {
     ("Mutation", "setUserActive"): "admin",
     ("Mutation", "endUserSessions"): "admin",
     ("Mutation", "approveUser"): "admin",
+    ("Query", "runtimeSettings"): "admin",
+    ("Query", "configuration"): "admin",
+    ("Mutation", "setRuntimeSetting"): "admin",
+    ("Mutation", "resetRuntimeSetting"): "admin",
     ("Query", "case"): "read",
     ("Query", "media"): "read",
     ("Query", "job"): "read",
@@ -263,3 +267,13 @@ def test_refusals_are_audited(people: People, objects: dict[str, dict[str, str]]
     assert any(
         r["code"] == "FORBIDDEN" and r["path"] == "analyzeMedia" for e in entries for r in e["details"]["refusals"]
     )
+
+
+def test_refused_subscriptions_are_audited(people: People, objects: dict[str, dict[str, str]]) -> None:
+    first = next(iter(people.other.subscribe(JOB_EVENTS, {"jobId": objects["owned"]["job"]})))
+    assert error_code(first) == "NOT_FOUND"
+    other_id = people.other.data("{ me { id } }")["me"]["id"]
+    entries = people.admin.data(
+        'query($a: ID) { auditLog(action: "access.denied", actorId: $a) { details } }', {"a": other_id}
+    )["auditLog"]
+    assert any(e["details"]["operation"] == "jobEvents" for e in entries), entries
