@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from aima.db.models import Role
-from aima.settings import Settings
+from aima.settings import ConfigFileError, Settings
 
 app = typer.Typer(help="AIMA: AI media analysis.", no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
@@ -26,7 +27,11 @@ logger = logging.getLogger("aima.cli")
 def _settings(json_logs: bool | None = None) -> Settings:
     from aima.logs import configure_logging
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except (ConfigFileError, ValidationError) as exc:
+        typer.echo(f"aima: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level, json_lines=settings.log_json if json_logs is None else json_logs)
     return settings
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.asyncio.client import PubSub
 
+from aima.logs import set_log_level
 from aima.resources import Resources
 from aima.services import runtime_settings
 from aima.services.runtime_settings import RESYNC_S, AppliedVersion
@@ -30,21 +31,12 @@ from aima.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: Loggers too chatty below WARNING (as `aima.logs.configure_logging` sets them).
-_NOISY_LOGGERS = ("botocore", "aiobotocore", "pymongo", "asyncio", "aioboto3")
 _MAX_BACKOFF_S = 10.0
 #: Numbers the instances of this process, so that two (two apps in one test process) report apart.
 _INSTANCES = itertools.count(1)
 
 #: Called with the new settings after each change, in the process's event loop; must not block.
 SettingsListener = Callable[[Settings], None]
-
-
-def apply_log_level(level: str) -> None:
-    root = logging.getLogger()
-    root.setLevel(level.upper())
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 class ConfigSync:
@@ -131,7 +123,7 @@ class ConfigSync:
             return
         self.resources.settings = settings
         if "log_level" in changed:
-            apply_log_level(settings.log_level)
+            set_log_level(settings.log_level)
         logger.info(
             "configuration version %d applied: %s",
             version,

@@ -71,8 +71,17 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     handler.setFormatter(
         JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.getLogger().handlers[:] = [handler]
+    set_log_level(level)
+
+
+#: Libraries too chatty below WARNING.
+_NOISY_LOGGERS = ("botocore", "aiobotocore", "pymongo", "asyncio", "aioboto3")
+
+
+def set_log_level(level: str) -> None:
+    """The process's log level (also changed at runtime); chatty libraries stay at WARNING or above."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "aiobotocore", "pymongo", "asyncio", "aioboto3"):
+    for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
