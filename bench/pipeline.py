@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aima.cli import create_account
 from aima.db.migrate import upgrade
 from aima.db.models import Role
+from aima.devserver import with_stack
 from aima.embedded import DevStack, StackPorts
 from aima.embedded.base import make_runtime_root
 from aima.events import JobEvent, job_channel
@@ -189,17 +190,7 @@ def main() -> None:
     processes = []
     try:
         stack.start()
-        urls = stack.urls
-        settings = Settings(
-            environment="test",
-            database_url=urls.database_url,
-            mongo_url=urls.mongo_url,
-            milvus_url=urls.milvus_url,
-            redis_url=urls.redis_url,
-            data_dir=root / "data",
-            log_level="WARNING",
-            s3={"endpoint_url": urls.s3_url, "access_key": urls.s3_access_key, "secret_key": urls.s3_secret_key},
-        )
+        settings = with_stack(Settings(environment="test", data_dir=root / "data", log_level="WARNING"), stack.urls)
         upgrade(settings.database_url)
         asyncio.run(create_account(settings, EMAIL, PASSWORD, Role.USER))
         port = free_port()

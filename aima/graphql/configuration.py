@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import cast
 
@@ -136,20 +137,8 @@ class ConfigurationMutation:
     async def set_runtime_setting(self, info: Info[Context, None], key: str, value: JSON) -> RuntimeSettingNode:
         ctx = info.context
         actor = ctx.require_actor()
-        try:
-            change = await runtime_settings.set_runtime_setting(
-                resources=ctx.resources, actor=actor, key=key, value=value
-            )
-        except (InvalidInput, Forbidden) as exc:
-            await _refused(ctx, AuditAction.CONFIG_CHANGE, key, exc)
-            raise
-        await ctx.audit(
-            AuditAction.CONFIG_CHANGE,
-            target_type="setting",
-            target_id=key,
-            details={"from": change.previous, "to": change.value, "version": change.version},
-        )
-        return await _setting(ctx, actor, key)
+        change = runtime_settings.set_runtime_setting(resources=ctx.resources, actor=actor, key=key, value=value)
+        return await _audited(ctx, actor, AuditAction.CONFIG_CHANGE, key, change)
 
     @strawberry.mutation(
         description="Drop the runtime override of a setting: its default, file or environment value applies again "
@@ -158,18 +147,26 @@ class ConfigurationMutation:
     async def reset_runtime_setting(self, info: Info[Context, None], key: str) -> RuntimeSettingNode:
         ctx = info.context
         actor = ctx.require_actor()
-        try:
-            change = await runtime_settings.reset_runtime_setting(resources=ctx.resources, actor=actor, key=key)
-        except (InvalidInput, Forbidden) as exc:
-            await _refused(ctx, AuditAction.CONFIG_RESET, key, exc)
-            raise
-        await ctx.audit(
-            AuditAction.CONFIG_RESET,
-            target_type="setting",
-            target_id=key,
-            details={"from": change.previous, "to": change.value, "version": change.version},
-        )
-        return await _setting(ctx, actor, key)
+        change = runtime_settings.reset_runtime_setting(resources=ctx.resources, actor=actor, key=key)
+        return await _audited(ctx, actor, AuditAction.CONFIG_RESET, key, change)
+
+
+async def _audited(
+    ctx: Context, actor: Actor, action: AuditAction, key: str, change: Awaitable[runtime_settings.SettingChange]
+) -> RuntimeSettingNode:
+    """Make a change and record it, or its refusal, in the audit trail; answer with the setting as it is now."""
+    try:
+        done = await change
+    except (InvalidInput, Forbidden) as exc:
+        await _refused(ctx, action, key, exc)
+        raise
+    await ctx.audit(
+        action,
+        target_type="setting",
+        target_id=key,
+        details={"from": done.previous, "to": done.value, "version": done.version},
+    )
+    return await _setting(ctx, actor, key)
 
 
 async def _refused(ctx: Context, action: AuditAction, key: str, error: InvalidInput | Forbidden) -> None:
