@@ -17,9 +17,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -166,9 +167,63 @@ class Media(Base):
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     storage_key: Mapped[str] = mapped_column(String(300), unique=True, nullable=False)
     probe: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, default=dict)
+    #: 64-bit perceptual hash (DCT) of a still image, for near-duplicate search; None for video and audio.
+    phash: Mapped[int | None] = mapped_column(BigInteger)
+    #: How the original arrived: "multipart" (GraphQL upload) or "resumable" (presigned parts).
+    ingest: Mapped[str] = mapped_column(String(16), nullable=False, default="multipart", server_default="multipart")
+    #: The last re-hash of the stored original (`aima media verify`): when, and whether it still matched.
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    verified_ok: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = _now_column()
 
     __table_args__ = (Index("ix_media_case_created", "case_id", "created_at"), Index("ix_media_sha256", "sha256"))
+
+
+class Upload(Base):
+    """A resumable upload in progress: an S3 multipart upload whose parts the client sends directly to S3."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    #: The media id the upload becomes; its object key is derived from it.
+    media_id: Mapped[uuid.UUID] = mapped_column(nullable=False, unique=True)
+    storage_key: Mapped[str] = mapped_column(String(300), nullable=False)
+    s3_upload_id: Mapped[str] = mapped_column(String(1024), nullable=False)
+    filename: Mapped[str] = mapped_column(String(500), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    part_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: The SHA-256 the client announced, checked on completion when given.
+    expected_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: open, completed or aborted.
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="open")
+    created_at: Mapped[datetime] = _now_column()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (Index("ix_uploads_state_expires", "state", "expires_at"),)
+
+
+class Artifact(Base):
+    """A file derived from an original (thumbnail, poster, keyframe, audio track), stored in S3, shared by analyzers."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    media_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), nullable=False)
+    #: thumbnail, poster, keyframe, audio_track.
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: Orders artifacts of one kind (the keyframe number); 0 for single ones.
+    seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    storage_key: Mapped[str] = mapped_column(String(300), unique=True, nullable=False)
+    content_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: Kind-specific facts: a keyframe's timestamp and whether it is a codec keyframe or a scene change, sizes.
+    details: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, default=dict)
+    created_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (UniqueConstraint("media_id", "kind", "seq", name="uq_artifacts_media_kind_seq"),)
 
 
 class Job(Base):
@@ -206,6 +261,8 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Tasks that must succeed before this one is handed to a worker (preparation before analysis).
+    depends_on: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), nullable=False, default=list, server_default="{}")
 
     __table_args__ = (
         UniqueConstraint("job_id", "media_id", "analyzer", name="uq_tasks_job_media_analyzer"),
