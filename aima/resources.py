@@ -27,6 +27,7 @@ from sqlalchemy.sql import text
 
 from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
 from aima.db.vectors import ensure_collections
+from aima.media.inspect import Inspector
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
 from aima.services.runtime_settings import MAX_RUNTIME_ACCESS_TOKEN_MINUTES
@@ -53,6 +54,8 @@ class Resources:
     analyzers: AnalyzerRegistry
     password_hasher: PasswordHasher
     authenticator: Authenticator
+    #: Probes uploads in child processes under memory and time limits (started on first use).
+    inspector: Inspector
     #: The settings the process started with (defaults, file, environment); `settings` adds the runtime overrides
     #: and is replaced whenever an administrator changes one (`aima.config_sync`), so read it at the time of use.
     base_settings: Settings = field(init=False)
@@ -141,22 +144,11 @@ async def open_resources(
         stack.push_async_callback(milvus.close)
 
         session = aioboto3.Session()
-        s3 = await stack.enter_async_context(
-            session.client(
-                "s3",
-                endpoint_url=settings.s3.endpoint_url,
-                aws_access_key_id=settings.s3.access_key,
-                aws_secret_access_key=settings.s3.secret_key.get_secret_value(),
-                region_name=settings.s3.region,
-                config=AioConfig(
-                    signature_version="s3v4",
-                    s3={"addressing_style": "path"},
-                    retries={"max_attempts": 3, "mode": "standard"},
-                    max_pool_connections=50,
-                ),
-            )
-        )
-        store = ObjectStore(s3, settings.s3.bucket, part_size=settings.s3.part_size)
+        s3 = await stack.enter_async_context(_s3_client(session, settings, settings.s3.endpoint_url))
+        presigner = None
+        if settings.s3.public_endpoint_url:
+            presigner = await stack.enter_async_context(_s3_client(session, settings, settings.s3.public_endpoint_url))
+        store = ObjectStore(s3, settings.s3.bucket, part_size=settings.s3.part_size, presigner=presigner)
         if prepare:
             await store.ensure_bucket()
 
@@ -170,6 +162,15 @@ async def open_resources(
         redis: Redis = Redis.from_url(settings.redis_url, health_check_interval=10)
         stack.push_async_callback(redis.aclose)
 
+        uploads = settings.uploads
+        inspector = await stack.enter_async_context(
+            Inspector(
+                processes=uploads.probe_processes,
+                memory_mb=uploads.probe_memory_mb,
+                timeout_s=uploads.probe_timeout_s,
+                max_pixels=uploads.max_image_pixels,
+            )
+        )
         hasher = password_hasher(settings.auth)
         yield Resources(
             settings=settings,
@@ -183,7 +184,24 @@ async def open_resources(
             analyzers=analyzers or AnalyzerRegistry(create_plugin_manager()),
             password_hasher=hasher,
             authenticator=Authenticator(hasher),
+            inspector=inspector,
         )
+
+
+def _s3_client(session: aioboto3.Session, settings: Settings, endpoint_url: str) -> Any:
+    return session.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=settings.s3.access_key,
+        aws_secret_access_key=settings.s3.secret_key.get_secret_value(),
+        region_name=settings.s3.region,
+        config=AioConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=50,
+        ),
+    )
 
 
 def _prepare_milvus(url: str) -> None:

@@ -50,6 +50,29 @@ class S3Settings(BaseModel):
     bucket: str = "aima-media"
     #: Size of each multipart part when streaming an upload to S3 (S3's minimum is 5 MiB).
     part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    #: The S3 address browsers and clients use, when it differs from `endpoint_url` (presigned URLs name it).
+    public_endpoint_url: str | None = None
+
+
+class UploadSettings(BaseModel):
+    """Ingestion: probing limits, resumable uploads and download links."""
+
+    #: Child processes that probe uploads, each under `probe_memory_mb` of address space and `probe_timeout_s`.
+    probe_processes: int = Field(default=2, ge=1)
+    probe_memory_mb: int = Field(default=2048, ge=256)
+    probe_timeout_s: float = Field(default=60.0, gt=0)
+    #: Images with more pixels are refused (decompression bombs).
+    max_image_pixels: int = Field(default=200_000_000, ge=1)
+    #: Largest file a resumable upload may announce (GraphQL multipart uploads obey `max_upload_bytes`).
+    max_resumable_bytes: int = Field(default=200 * 1024**3, ge=1)
+    #: Part size offered to resumable uploads (S3 allows at most 10,000 parts).
+    resumable_part_bytes: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    #: An unfinished resumable upload is aborted and its parts removed this long after it started.
+    resumable_expiry_hours: float = Field(default=24.0, gt=0)
+    #: Lifetime of presigned part and download URLs.
+    presigned_url_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
+    #: Perceptual-hash bits two images may differ in and still count as near-duplicates.
+    near_duplicate_bits: int = Field(default=8, ge=0, le=32)
 
 
 class Registration(enum.StrEnum):
@@ -141,10 +164,14 @@ class Settings(BaseSettings):
     #: Addresses of reverse proxies whose X-Forwarded-For is believed (for audit entries and sign-in throttling).
     trusted_proxies: list[str] = []
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
+    uploads: UploadSettings = UploadSettings()
     log_level: str = "INFO"
     log_json: bool = True
     #: Seconds each readiness check may take before its backend counts as down.
     readiness_timeout_s: float = Field(default=2.0, gt=0)
+    #: Media older than this many days (by upload time) are deleted by the worker's retention sweep, with their
+    #: derived files, results and vectors; None keeps everything.
+    retention_days: int | None = Field(default=None, ge=1)
 
     @classmethod
     def settings_customise_sources(

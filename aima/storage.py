@@ -36,12 +36,100 @@ def original_key(case_id: uuid.UUID, media_id: uuid.UUID) -> str:
     return f"cases/{case_id}/media/{media_id}/original"
 
 
+@dataclass(frozen=True)
+class StoredPart:
+    number: int
+    etag: str
+    size_bytes: int
+
+
 class ObjectStore:
-    def __init__(self, client: Any, bucket: str, *, part_size: int) -> None:
-        """`client` is an open aioboto3 S3 client (its type is generated at run time, hence `Any`)."""
+    def __init__(self, client: Any, bucket: str, *, part_size: int, presigner: Any | None = None) -> None:
+        """`client` is an open aioboto3 S3 client (its type is generated at run time, hence `Any`); `presigner`, when
+        given, signs URLs for clients that reach S3 under another address than this process does."""
         self._s3 = client
+        self._presigner = presigner or client
         self.bucket = bucket
         self.part_size = part_size
+
+    async def presigned_get(
+        self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
+    ) -> str:
+        """A URL that reads one object for `expires_s` seconds, optionally as a download with this file name."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename is not None:
+            safe = filename.replace('"', "").replace("\\", "")
+            params["ResponseContentDisposition"] = f'attachment; filename="{safe}"'
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        url: str = await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        return url
+
+    async def internal_get_url(self, key: str, *, expires_s: int) -> str:
+        """A presigned URL for this host's own readers (probing children), at the address this process uses."""
+        url: str = await self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+        return url
+
+    async def start_multipart(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
+        created = await self._s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata
+        )
+        upload_id: str = created["UploadId"]
+        return upload_id
+
+    async def presigned_part_urls(self, key: str, upload_id: str, numbers: list[int], *, expires_s: int) -> list[str]:
+        """URLs to which a client PUTs parts of a multipart upload directly."""
+        return [
+            await self._presigner.generate_presigned_url(
+                "upload_part",
+                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
+                ExpiresIn=expires_s,
+            )
+            for number in numbers
+        ]
+
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """The parts of a multipart upload that have arrived, by number."""
+        parts: list[StoredPart] = []
+        marker = 0
+        while True:
+            answer = await self._s3.list_parts(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000
+            )
+            parts.extend(
+                StoredPart(number=int(p["PartNumber"]), etag=p["ETag"], size_bytes=int(p["Size"]))
+                for p in answer.get("Parts", [])
+            )
+            if not answer.get("IsTruncated"):
+                return sorted(parts, key=lambda part: part.number)
+            marker = int(answer["NextPartNumberMarker"])
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
+        await self._s3.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+        )
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._abort(key, upload_id)
+
+    async def hash_object(self, key: str) -> StoredObject:
+        """Read an object back and compute its SHA-256 and size (hashing off the event loop)."""
+        digest = hashlib.sha256()
+        size = 0
+        answer = await self._s3.get_object(Bucket=self.bucket, Key=key)
+        body = answer["Body"]
+        try:
+            async for chunk in body.iter_chunks(4 * 1024 * 1024):
+                size += len(chunk)
+                await asyncio.to_thread(digest.update, chunk)
+        finally:
+            body.close()
+        return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
 
     async def ensure_bucket(self) -> None:
         try:
@@ -169,3 +257,8 @@ class ObjectStore:
     async def pending_multipart_uploads(self, prefix: str = "") -> list[str]:
         answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+    async def multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, upload id) of every multipart upload in progress under `prefix`."""
+        answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        return [(upload["Key"], upload["UploadId"]) for upload in answer.get("Uploads", [])]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import strawberry
-from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
@@ -20,6 +19,7 @@ from aima.graphql.types import (
     CaseMemberNode,
     CaseNode,
     CaseRole,
+    DownloadLinkNode,
     JobNode,
     MediaNode,
     RegistrationPayload,
@@ -30,6 +30,7 @@ from aima.services import admin, cases, jobs, media, signin, users
 from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction
 from aima.services.refresh_tokens import RefreshTokenReused
+from aima.streaming_form import IncomingFile
 
 
 @strawberry.type
@@ -253,31 +254,40 @@ class Mutation:
             )
         return removed
 
-    @strawberry.mutation(description="Upload one image, video or audio file into a case (multipart request).")
+    @strawberry.mutation(
+        description="Upload one image, video or audio file into a case (GraphQL multipart request, one file). "
+        "It streams to storage as it arrives; the same bytes uploaded again into the case return the existing "
+        "media with `duplicate: true`."
+    )
     async def upload_media(self, info: Info[Context, None], case_id: strawberry.ID, file: Upload) -> MediaNode:
         ctx = info.context
         actor = ctx.require_actor()
-        if not isinstance(file, UploadFile):
+        if not isinstance(file, IncomingFile):
             raise InvalidInput("`file` must be a file part of a multipart request (GraphQL multipart request spec).")
-        row = await media.upload_media(
-            resources=ctx.resources,
-            actor=actor,
-            case_id=parse_id(case_id, "case"),
-            upload=file,  # type: ignore[arg-type]
+        registered = await media.upload_media(
+            resources=ctx.resources, actor=actor, case_id=parse_id(case_id, "case"), upload=file
         )
+        await _audit_registered(ctx, registered)
+        return MediaNode.of(registered.media, duplicate=registered.duplicate)
+
+    @strawberry.mutation(
+        description="A short-lived link that downloads the original (anyone who may read the case); audited."
+    )
+    async def create_download_link(self, info: Info[Context, None], media_id: strawberry.ID) -> DownloadLinkNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        link = await media.download_link(resources=ctx.resources, actor=actor, media_id=parse_id(media_id, "media"))
         await ctx.audit(
-            AuditAction.MEDIA_UPLOAD,
+            AuditAction.MEDIA_DOWNLOAD,
             target_type="media",
-            target_id=row.id,
+            target_id=link.media.id,
             details={
-                "case_id": str(row.case_id),
-                "sha256": row.sha256,
-                "size_bytes": row.size_bytes,
-                "content_type": row.content_type,
-                "filename": row.filename,
+                "case_id": str(link.media.case_id),
+                "sha256": link.media.sha256,
+                "expires_at": str(link.expires_at),
             },
         )
-        return MediaNode.of(row)
+        return DownloadLinkNode(url=link.url, expires_at=link.expires_at)
 
     @strawberry.mutation(
         description="Analyse one media item with the named analyzers (all that accept it when omitted)."
@@ -295,6 +305,24 @@ class Mutation:
 
 async def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:
     return _payload(await signin.sign_in(ctx.resources, user, client_address=ctx.client_address, now=now))
+
+
+async def _audit_registered(ctx: Context, registered: media.Registered) -> None:
+    row = registered.media
+    await ctx.audit(
+        AuditAction.MEDIA_UPLOAD,
+        target_type="media",
+        target_id=row.id,
+        details={
+            "case_id": str(row.case_id),
+            "sha256": row.sha256,
+            "size_bytes": row.size_bytes,
+            "content_type": row.content_type,
+            "filename": row.filename,
+            "ingest": row.ingest,
+            "duplicate": registered.duplicate,
+        },
+    )
 
 
 def _payload(signed_in: signin.SignedIn) -> AuthPayload:

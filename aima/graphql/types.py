@@ -117,9 +117,15 @@ class MediaNode:
     sha256: str
     probe: JSON = strawberry.field(description="What probing found at upload: container, streams, EXIF.")
     created_at: datetime
+    duplicate: bool = strawberry.field(
+        default=False,
+        description="In the answer to an upload: true when the case already held these exact bytes, so this is "
+        "the media registered first.",
+    )
+    row: strawberry.Private[models.Media | None] = None
 
     @classmethod
-    def of(cls, row: models.Media) -> MediaNode:
+    def of(cls, row: models.Media, *, duplicate: bool = False) -> MediaNode:
         return cls(
             id=strawberry.ID(str(row.id)),
             case_id=strawberry.ID(str(row.case_id)),
@@ -131,7 +137,43 @@ class MediaNode:
             sha256=row.sha256,
             probe=cast(JSON, row.probe),
             created_at=row.created_at,
+            duplicate=duplicate,
+            row=row,
         )
+
+    @strawberry.field(description="The chain-of-custody record of the original.")
+    async def custody(self, info: Info[Context, None]) -> CustodyNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            row = await media_service.get_media(session=session, actor=actor, media_id=uuid.UUID(self.id))
+            uploader = await session.get(models.User, row.uploaded_by)
+        return CustodyNode(
+            sha256=row.sha256,
+            size_bytes=float(row.size_bytes),
+            content_type=row.content_type,
+            uploaded_by_id=strawberry.ID(str(row.uploaded_by)),
+            uploaded_by_email=uploader.email if uploader else None,
+            uploaded_at=row.created_at,
+            filename=row.filename,
+            ingest=row.ingest,
+            verified_at=row.verified_at,
+            verified_ok=row.verified_ok,
+        )
+
+    @strawberry.field(
+        description="Other images of the case that look the same (perceptual hash), nearest first; "
+        "`maxDistance` is in differing bits of 64 (deployment default when omitted)."
+    )
+    async def near_duplicates(self, info: Info[Context, None], max_distance: int | None = None) -> list[MediaNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        bits = ctx.resources.settings.uploads.near_duplicate_bits if max_distance is None else max_distance
+        async with ctx.resources.sessions() as session:
+            found = await media_service.near_duplicates(
+                session=session, actor=actor, media_id=uuid.UUID(self.id), max_bits=bits
+            )
+        return [MediaNode.of(row) for row in found]
 
     @strawberry.field(description="Stored analyzer results, one per (analyzer, analyzer version).")
     async def results(self, info: Info[Context, None]) -> list[AnalysisResultNode]:
@@ -144,6 +186,28 @@ class MediaNode:
             AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"results": len(docs)}
         )
         return [AnalysisResultNode.of(doc) for doc in docs]
+
+
+@strawberry.type(name="Custody")
+class CustodyNode:
+    """Where an original came from and whether it is still exactly what was received."""
+
+    sha256: str = strawberry.field(description="SHA-256 computed while the upload streamed to storage.")
+    size_bytes: float
+    content_type: str = strawberry.field(description="Sniffed from the content, never taken from the client.")
+    uploaded_by_id: strawberry.ID
+    uploaded_by_email: str | None
+    uploaded_at: datetime
+    filename: str
+    ingest: str = strawberry.field(description="multipart (uploadMedia) or resumable (startUpload).")
+    verified_at: datetime | None = strawberry.field(description="The last re-hash of the stored original.")
+    verified_ok: bool | None = strawberry.field(description="Whether that re-hash matched `sha256`.")
+
+
+@strawberry.type(name="DownloadLink")
+class DownloadLinkNode:
+    url: str = strawberry.field(description="A presigned GET of the original; works without a token until expiry.")
+    expires_at: datetime
 
 
 @strawberry.type(name="TaskError")

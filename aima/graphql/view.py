@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -18,6 +20,7 @@ from aima.resources import Resources
 from aima.security import TokenClaims, decode_access_token
 from aima.services.access import Actor
 from aima.services.users import active_actor
+from aima.streaming_form import MultipartError, read_operations
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str | None:
@@ -43,6 +46,14 @@ class AimaGraphQL(GraphQL[Context, None]):
             keep_alive_interval=15,
         )
         self.resources = resources
+
+    async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, Any]:
+        """Stream uploads: the file reaches its resolver as it arrives, never spooled to disk (`streaming_form`)."""
+        starlette_request: Request = request._request  # type: ignore[attr-defined]
+        try:
+            return await read_operations(starlette_request.stream(), request.content_type or "")
+        except MultipartError as exc:
+            raise HTTPException(400, exc.message) from exc
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         ctx = Context(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -34,7 +33,8 @@ from pydantic import BaseModel, Field
 
 from aima.analysis import MediaKind
 from aima.errors import CorruptMedia, UnsupportedMedia
-from aima.media.sniff import SUPPORTED_DESCRIPTION, SniffedType, sniff_file
+from aima.media.sniff import SUPPORTED_DESCRIPTION, SniffedType, sniff_stream
+from aima.media.source import LocalFile, MediaSource
 
 logger = logging.getLogger(__name__)
 
@@ -194,52 +194,56 @@ class MediaProbe(BaseModel):
 
 
 def probe_file(
-    path: Path,
+    path: Path | MediaSource,
     sniffed: SniffedType | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> MediaProbe:
-    """Describe a media file and prove that it decodes.
+    """Describe a media file (a local path, or any `MediaSource`) and prove that it decodes.
 
     `sniffed` is what `sniff` said about the file's first bytes; it is worked out here when not given.
     Raises `UnsupportedMedia` for files outside the allowlist or above `max_pixels`, `CorruptMedia` when
     decoding fails.
     """
+    source: MediaSource = LocalFile(path) if isinstance(path, Path) else path
     if sniffed is None:
-        sniffed = sniff_file(path)
-    size = path.stat().st_size
+        sniffed = sniff_source(source)
+    size = source.size
     if sniffed.format in _PILLOW_FORMAT:
-        return _probe_pillow(path, sniffed, size, max_pixels)
+        return _probe_pillow(source, sniffed, size, max_pixels)
     if sniffed.format in ("heic", "heif"):
-        return _probe_heif(path, sniffed, size, max_pixels)
+        return _probe_heif(source, sniffed, size, max_pixels)
     if sniffed.format in _DEMUXER_FOR_FORMAT:
-        return _probe_av(path, sniffed, size)
+        return _probe_av(source, sniffed, size)
     raise UnsupportedMedia(f"Files of format {sniffed.format!r} are not supported. {SUPPORTED_DESCRIPTION}")
 
 
-def open_container(path: Path, sniffed: SniffedType | None = None) -> InputContainer:
-    """Open a video, audio or HEIF file with PyAV so that ffmpeg reads this one local file and nothing else.
+def sniff_source(source: MediaSource) -> SniffedType:
+    with source.open() as f:
+        return sniff_stream(f)
+
+
+def open_container(path: Path | MediaSource, sniffed: SniffedType | None = None) -> InputContainer:
+    """Open a video, audio or HEIF file with PyAV so that ffmpeg reads this one file and nothing else.
 
     Only the ``file`` protocol and the demuxers in `ALLOWED_DEMUXERS` are usable; the demuxer is forced from
-    `sniffed` when given. Use it (as a context manager) wherever the project opens untrusted media with PyAV.
+    `sniffed` when given. A `MediaSource` other than a local file is read through Python (no ffmpeg protocol at
+    all). Use it (as a context manager) wherever the project opens untrusted media with PyAV.
     """
     demuxer = _DEMUXER_FOR_FORMAT.get(sniffed.format) if sniffed is not None else None
     options = {"protocol_whitelist": "file", "format_whitelist": ALLOWED_DEMUXERS}
     if demuxer == "mov":
         options["enable_drefs"] = "0"  # the default; QuickTime data references may name other files
-    return av.open(
-        str(path.absolute()),
-        mode="r",
-        format=demuxer,
-        container_options=options,
-        metadata_errors="replace",
-    )
+    if isinstance(path, LocalFile):
+        path = path.path
+    target: str | BinaryIO = str(path.absolute()) if isinstance(path, Path) else path.open()
+    return av.open(target, mode="r", format=demuxer, container_options=options, metadata_errors="replace")
 
 
 # --- Pillow ----------------------------------------------------------------------------------------
 
 
-def _probe_pillow(path: Path, sniffed: SniffedType, size: int, max_pixels: int) -> MediaProbe:
+def _probe_pillow(path: MediaSource, sniffed: SniffedType, size: int, max_pixels: int) -> MediaProbe:
     label = _label(sniffed)
     # A context, not a global filter: Pillow's bomb warning is an error here only. (`catch_warnings` is
     # process-wide; the explicit pixel check below does not depend on it.)
@@ -263,11 +267,11 @@ def _probe_pillow(path: Path, sniffed: SniffedType, size: int, max_pixels: int) 
     )
 
 
-def _read_pillow_image(path: Path, pillow_format: str, max_pixels: int) -> tuple[ImageInfo, str | None]:
-    with Image.open(path, formats=[pillow_format]) as im:
+def _read_pillow_image(path: MediaSource, pillow_format: str, max_pixels: int) -> tuple[ImageInfo, str | None]:
+    with path.open() as f, Image.open(f, formats=[pillow_format]) as im:
         _check_pixels(im.size, max_pixels)
         im.verify()  # checks PNG chunk CRCs; for other formats the full decode below does the work
-    with Image.open(path, formats=[pillow_format]) as im:
+    with path.open() as f, Image.open(f, formats=[pillow_format]) as im:
         width, height = im.size
         mode = im.mode
         frames = int(getattr(im, "n_frames", 1))
@@ -371,7 +375,7 @@ def _clean_text(text: str) -> str | None:
 # --- PyAV ------------------------------------------------------------------------------------------
 
 
-def _probe_av(path: Path, sniffed: SniffedType, size: int) -> MediaProbe:
+def _probe_av(path: MediaSource, sniffed: SniffedType, size: int) -> MediaProbe:
     label = _label(sniffed)
     try:
         with open_container(path, sniffed) as container:
@@ -518,7 +522,7 @@ def _tags(metadata: dict[str, str]) -> dict[str, str]:
 # --- HEIF ------------------------------------------------------------------------------------------
 
 
-def _probe_heif(path: Path, sniffed: SniffedType, size: int, max_pixels: int) -> MediaProbe:
+def _probe_heif(path: MediaSource, sniffed: SniffedType, size: int, max_pixels: int) -> MediaProbe:
     """HEIF/HEIC: ffmpeg decodes the coded image (or its first tile); the item boxes give size and EXIF."""
     label = _label(sniffed)
     try:
@@ -593,10 +597,10 @@ _MAX_META_BOX = 16 * 1024 * 1024
 _MAX_EXIF_BLOB = 4 * 1024 * 1024
 
 
-def _read_heif_meta(path: Path) -> _HeifMeta | None:
+def _read_heif_meta(path: MediaSource) -> _HeifMeta | None:
     """The primary item's size (its ``ispe`` property) and the EXIF item, from the top-level ``meta`` box."""
-    with path.open("rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
+    with path.open() as f:
+        file_size = path.size
         meta = _read_top_level_box(f, b"meta", file_size)
         if meta is None:
             return None
@@ -774,7 +778,7 @@ def _label(sniffed: SniffedType) -> str:
     return f"The {_DISPLAY_NAME.get(sniffed.format, sniffed.format + ' file')}"
 
 
-def _reason(exc: BaseException, path: Path) -> str:
+def _reason(exc: BaseException, path: MediaSource) -> str:
     """A short, path-free reason for a decoder failure."""
     if isinstance(exc, av.FFmpegError):
         text = exc.strerror or type(exc).__name__
@@ -782,6 +786,7 @@ def _reason(exc: BaseException, path: Path) -> str:
         text = "the image data is not recognised"
     else:
         text = str(exc) or type(exc).__name__
-    for p in (str(path.resolve()), str(path)):
+    names = [path.name] + ([str(path.path.resolve())] if isinstance(path, LocalFile) else [])
+    for p in names:
         text = text.replace(p, "<file>")
     return text[:200]

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aima.analysis import MediaKind
 from aima.errors import EmptyUpload, UnsupportedMedia
@@ -74,14 +75,18 @@ def read_head(path: Path, size: int = SNIFF_BYTES) -> bytes:
 
 def sniff_file(path: Path) -> SniffedType:
     """`sniff` a file on disk. Looks past a long ID3 tag, which `sniff` alone cannot see beyond."""
-    head = read_head(path)
+    with path.open("rb") as f:
+        return sniff_stream(f)
+
+
+def sniff_stream(f: BinaryIO) -> SniffedType:
+    """`sniff` a seekable file from its start, looking past a long ID3 tag."""
+    head = f.read(SNIFF_BYTES)
     found = sniff(head)
     tag_end = _id3_end(head)
     if tag_end is not None and tag_end + 4 > len(head):
-        with path.open("rb") as f:
-            f.seek(tag_end)
-            payload = f.read(SNIFF_BYTES)
-        inner = _after_id3(payload)
+        f.seek(tag_end)
+        inner = _after_id3(f.read(SNIFF_BYTES))
         if inner is not None:
             return inner
     return found

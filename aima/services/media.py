@@ -1,45 +1,45 @@
-"""Media intake: sniff, probe, stream to S3 with its SHA-256, then register; reading media back."""
+"""Media intake: sniff the first bytes, stream to S3 while hashing, probe the stored object, register; reading back."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import logging
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import IO, Protocol
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import cast, func, select, text
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.db.models import Case, Media
-from aima.errors import EmptyUpload, NotFound, UploadTooLarge
-from aima.media.probe import MediaProbe, probe_file
-from aima.media.sniff import SNIFF_BYTES, SniffedType, sniff
+from aima.errors import EmptyUpload, InvalidInput, NotFound
+from aima.media.sniff import SNIFF_BYTES, sniff
 from aima.metrics import UPLOADED_BYTES
 from aima.resources import Resources
 from aima.services.access import Actor, CaseAccess, case_access, member_role_of, readable_cases
 from aima.services.cases import get_case
-from aima.storage import original_key
+from aima.storage import StoredObject, original_key
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
 
-
-class UploadedFile(Protocol):
-    """What the GraphQL layer hands over: Starlette's `UploadFile` fits."""
+class IncomingUpload(Protocol):
+    """A file arriving in a request (`aima.streaming_form.IncomingFile`): read once, in order, as it arrives."""
 
     filename: str | None
-    file: IO[bytes]
 
-    async def read(self, size: int = -1) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
-    async def seek(self, offset: int) -> None: ...
+
+@dataclass(frozen=True)
+class Registered:
+    """The media an upload became; `duplicate` when the case already held these exact bytes."""
+
+    media: Media
+    duplicate: bool
 
 
 def display_name(filename: str | None) -> str:
@@ -49,59 +49,118 @@ def display_name(filename: str | None) -> str:
     return name[:255] or "upload"
 
 
-async def _chunks(upload: UploadedFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(CHUNK_BYTES):
-        yield chunk
+async def _head_and_rest(chunks: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first `SNIFF_BYTES` (or all, if fewer), and an iterator over everything from the start."""
+    head = bytearray()
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+
+    async def everything() -> AsyncIterator[bytes]:
+        if head:
+            yield bytes(head)
+        async for chunk in chunks:
+            yield chunk
+
+    return bytes(head), everything()
 
 
-async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID, upload: UploadedFile) -> Media:
-    """Register an upload as media of a case. Nothing is stored unless everything succeeds."""
+async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID, upload: IncomingUpload) -> Registered:
+    """Stream an upload into S3 while hashing it, then probe it there and register it. Nothing stays on failure.
+
+    The type is sniffed from the first bytes before anything is stored; the bytes never touch the local disk.
+    """
     async with resources.sessions() as session:
         case = await get_case(session=session, actor=actor, case_id=case_id, needed=CaseAccess.EDITOR)
-
-    size = getattr(upload, "size", None)
-    if isinstance(size, int) and size > resources.settings.max_upload_bytes:
-        raise UploadTooLarge(resources.settings.max_upload_bytes)  # refused before decoding anything
-    await upload.seek(0)
-    head = await upload.read(SNIFF_BYTES)
+    head, everything = await _head_and_rest(upload.chunks())
     if not head:
         raise EmptyUpload()
-    sniffed = sniff(head)
-    probe = await asyncio.to_thread(_probe_upload, upload.file, sniffed)
-    await upload.seek(0)
-
+    sniffed = sniff(head)  # refused here, before a byte is stored
     media_id = uuid.uuid4()
     key = original_key(case.id, media_id)
     stored = await resources.store.put_stream(
         key,
-        _chunks(upload),
-        content_type=probe.content_type,
+        everything,
+        content_type=sniffed.content_type,
         max_bytes=resources.settings.max_upload_bytes,
         metadata={"media-id": str(media_id), "case-id": str(case.id)},
     )
-    media = Media(
-        id=media_id,
+    return await register_stored(
+        resources=resources,
+        actor=actor,
         case_id=case.id,
-        uploaded_by=actor.user_id,
-        filename=display_name(upload.filename),
-        kind=str(probe.kind),
-        content_type=probe.content_type,
-        format=probe.format,
-        size_bytes=stored.size_bytes,
-        sha256=stored.sha256,
-        storage_key=key,
-        probe=probe.model_dump(mode="json"),
+        media_id=media_id,
+        stored=stored,
+        filename=upload.filename,
+        ingest="multipart",
     )
+
+
+async def register_stored(
+    *,
+    resources: Resources,
+    actor: Actor,
+    case_id: uuid.UUID,
+    media_id: uuid.UUID,
+    stored: StoredObject,
+    filename: str | None,
+    ingest: str,
+) -> Registered:
+    """Probe a stored original (in a child process, over a presigned URL) and register it as media of a case.
+
+    Bytes the case already holds become the existing media (the new object is removed); on any failure the object
+    is removed unless its row landed after all.
+    """
+    key = stored.key
     try:
-        async with resources.sessions() as session:
-            session.add(media)
-            await session.commit()
+        url = await resources.store.internal_get_url(
+            key, expires_s=int(resources.settings.uploads.probe_timeout_s) + 60
+        )
+        found = await resources.inspector.inspect(url, stored.size_bytes)
+        probe = found.probe
+        async with resources.sessions() as session, session.begin():
+            # Serialize registrations of the same bytes into the same case, so a duplicate is found, not made.
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{case_id}:{stored.sha256}"}
+            )
+            existing = (
+                await session.execute(
+                    select(Media)
+                    .where(Media.case_id == case_id, Media.sha256 == stored.sha256)
+                    .order_by(Media.created_at)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if existing is None:
+                media = Media(
+                    id=media_id,
+                    case_id=case_id,
+                    uploaded_by=actor.user_id,
+                    filename=display_name(filename),
+                    kind=str(probe.kind),
+                    content_type=probe.content_type,
+                    format=probe.format,
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    storage_key=key,
+                    probe=probe.model_dump(mode="json"),
+                    phash=found.phash,
+                    ingest=ingest,
+                )
+                session.add(media)
     except BaseException:
         await asyncio.shield(_remove_if_unregistered(resources, media_id, key))
         raise
+    if existing is not None:
+        await resources.store.delete(key)
+        logger.info(
+            "upload into case %s repeats media %s (sha256 %s); kept the first", case_id, existing.id, stored.sha256
+        )
+        return Registered(media=existing, duplicate=True)
     UPLOADED_BYTES.inc(stored.size_bytes)
-    logger.info("stored media %s (%s, %d bytes) in case %s", media_id, probe.content_type, stored.size_bytes, case.id)
-    return media
+    logger.info("stored media %s (%s, %d bytes) in case %s", media_id, probe.content_type, stored.size_bytes, case_id)
+    return Registered(media=media, duplicate=False)
 
 
 async def _remove_if_unregistered(resources: Resources, media_id: uuid.UUID, key: str) -> None:
@@ -115,32 +174,6 @@ async def _remove_if_unregistered(resources: Resources, media_id: uuid.UUID, key
         logger.warning("media row for %s not written; its object was removed", media_id)
     except Exception:
         logger.exception("could not clean up object %s of unregistered media %s", key, media_id)
-
-
-def _probe_upload(file: IO[bytes], sniffed: SniffedType) -> MediaProbe:
-    with _local_path(file) as path:
-        return probe_file(path, sniffed)
-
-
-@contextlib.contextmanager
-def _local_path(file: IO[bytes]) -> Iterator[Path]:
-    """A path naming the spooled upload, for decoders that want one; a temporary copy where there is none."""
-    rollover = getattr(file, "rollover", None)
-    if callable(rollover):
-        rollover()  # a SpooledTemporaryFile still in memory moves to its temporary file
-    file.flush()
-    try:
-        proc_path = Path(f"/proc/self/fd/{file.fileno()}")
-    except (OSError, io.UnsupportedOperation):
-        proc_path = None
-    if proc_path is not None and proc_path.exists():
-        yield proc_path
-        return
-    file.seek(0)
-    with tempfile.NamedTemporaryFile(prefix="aima-upload-") as copy:
-        shutil.copyfileobj(file, copy)
-        copy.flush()
-        yield Path(copy.name)
 
 
 async def get_media(*, session: AsyncSession, actor: Actor, media_id: uuid.UUID) -> Media:
@@ -171,3 +204,40 @@ async def readable_media_ids(*, session: AsyncSession, actor: Actor, media_ids: 
 async def media_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Media]:
     query = select(Media).where(Media.case_id == case_id).order_by(Media.created_at, Media.id)
     return list((await session.execute(query)).scalars())
+
+
+async def near_duplicates(
+    *, session: AsyncSession, actor: Actor, media_id: uuid.UUID, max_bits: int, limit: int = 50
+) -> list[Media]:
+    """Images of the same case whose perceptual hashes differ from this one's in at most `max_bits` of 64 bits."""
+    if not 0 <= max_bits <= 32:
+        raise InvalidInput("maxDistance must be between 0 and 32 bits.")
+    media = await get_media(session=session, actor=actor, media_id=media_id)
+    if media.phash is None:
+        return []
+    distance = func.bit_count(cast(Media.phash.op("#")(media.phash), BIT(64)))
+    query = (
+        select(Media)
+        .where(Media.case_id == media.case_id, Media.id != media.id, Media.phash.is_not(None), distance <= max_bits)
+        .order_by(distance, Media.created_at)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+@dataclass(frozen=True)
+class DownloadLink:
+    media: Media
+    url: str
+    expires_at: datetime
+
+
+async def download_link(*, resources: Resources, actor: Actor, media_id: uuid.UUID) -> DownloadLink:
+    """A short-lived presigned URL of an original, for someone who may read its case."""
+    async with resources.sessions() as session:
+        media = await get_media(session=session, actor=actor, media_id=media_id)
+    expires_s = resources.settings.uploads.presigned_url_seconds
+    url = await resources.store.presigned_get(
+        media.storage_key, expires_s=expires_s, filename=media.filename, content_type=media.content_type
+    )
+    return DownloadLink(media=media, url=url, expires_at=datetime.now(UTC) + timedelta(seconds=expires_s))
