@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ class StoredObject:
 def original_key(case_id: uuid.UUID, media_id: uuid.UUID) -> str:
     """Where an original lives; derived from ids only, never from anything the client sent."""
     return f"cases/{case_id}/media/{media_id}/original"
+
+
+@dataclass(frozen=True)
+class PendingMultipart:
+    key: str
+    upload_id: str
+    #: When S3 says it started (None when the server does not say).
+    initiated: datetime | None
 
 
 @dataclass(frozen=True)
@@ -258,7 +267,20 @@ class ObjectStore:
         answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return [upload["Key"] for upload in answer.get("Uploads", [])]
 
-    async def multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
-        """(key, upload id) of every multipart upload in progress under `prefix`."""
+    async def multipart_uploads(self, prefix: str = "") -> list[PendingMultipart]:
+        """Every multipart upload in progress under `prefix`."""
         answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        return [(upload["Key"], upload["UploadId"]) for upload in answer.get("Uploads", [])]
+        return [
+            PendingMultipart(key=u["Key"], upload_id=u["UploadId"], initiated=u.get("Initiated"))
+            for u in answer.get("Uploads", [])
+        ]
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes of an object from `start`."""
+        answer = await self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+        body = answer["Body"]
+        try:
+            data: bytes = await body.read()
+        finally:
+            body.close()
+        return data

@@ -22,11 +22,13 @@ from aima.graphql.types import (
     DownloadLinkNode,
     JobNode,
     MediaNode,
+    PartUrlNode,
     RegistrationPayload,
+    ResumableUploadNode,
     Role,
     UserNode,
 )
-from aima.services import admin, cases, jobs, media, signin, users
+from aima.services import admin, cases, jobs, media, signin, uploads, users
 from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction
 from aima.services.refresh_tokens import RefreshTokenReused
@@ -269,6 +271,71 @@ class Mutation:
         )
         await _audit_registered(ctx, registered)
         return MediaNode.of(registered.media, duplicate=registered.duplicate)
+
+    @strawberry.mutation(
+        description="Start a resumable upload of a large file: PUT its parts to the returned URLs (in any order, "
+        "again after a broken connection), then call `completeUpload`. `sha256`, when given, is checked."
+    )
+    async def start_upload(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        filename: str,
+        size_bytes: float,
+        sha256: str | None = None,
+    ) -> ResumableUploadNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        if size_bytes != int(size_bytes):
+            raise InvalidInput("sizeBytes must be a whole number.")
+        started = await uploads.start_upload(
+            resources=ctx.resources,
+            actor=actor,
+            case_id=parse_id(case_id, "case"),
+            filename=filename,
+            size_bytes=int(size_bytes),
+            sha256=sha256,
+        )
+        row = started.upload
+        return ResumableUploadNode(
+            upload_id=strawberry.ID(str(row.id)),
+            part_size=float(row.part_size),
+            part_count=started.part_count,
+            parts=[PartUrlNode(number=p.number, url=p.url) for p in started.parts],
+            urls_expire_at=started.urls_expire_at,
+            expires_at=row.expires_at,
+        )
+
+    @strawberry.mutation(description="Fresh part URLs of a resumable upload (at most 1000 per call).")
+    async def upload_part_urls(
+        self, info: Info[Context, None], upload_id: strawberry.ID, part_numbers: list[int]
+    ) -> list[PartUrlNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        parts, _ = await uploads.part_urls(
+            resources=ctx.resources, actor=actor, upload_id=parse_id(upload_id, "upload"), numbers=part_numbers
+        )
+        return [PartUrlNode(number=p.number, url=p.url) for p in parts]
+
+    @strawberry.mutation(
+        description="Finish a resumable upload: every part must have arrived; the stored file is hashed, checked "
+        "against the announced size and SHA-256, probed and registered."
+    )
+    async def complete_upload(self, info: Info[Context, None], upload_id: strawberry.ID) -> MediaNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        registered = await uploads.complete_upload(
+            resources=ctx.resources, actor=actor, upload_id=parse_id(upload_id, "upload")
+        )
+        await _audit_registered(ctx, registered)
+        return MediaNode.of(registered.media, duplicate=registered.duplicate)
+
+    @strawberry.mutation(description="Give up a resumable upload; its parts are removed.")
+    async def abort_upload(self, info: Info[Context, None], upload_id: strawberry.ID) -> bool:
+        ctx = info.context
+        actor = ctx.require_actor()
+        await uploads.abort_upload(resources=ctx.resources, actor=actor, upload_id=parse_id(upload_id, "upload"))
+        return True
 
     @strawberry.mutation(
         description="A short-lived link that downloads the original (anyone who may read the case); audited."

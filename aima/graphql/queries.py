@@ -9,8 +9,17 @@ from strawberry.types import Info
 
 from aima.errors import InvalidInput
 from aima.graphql.context import Context
-from aima.graphql.types import AnalyzerNode, AuditEntryNode, CaseNode, JobNode, MediaNode, UserNode
-from aima.services import admin, audit, cases, jobs, media
+from aima.graphql.types import (
+    AnalyzerNode,
+    AuditEntryNode,
+    CaseNode,
+    JobNode,
+    MediaNode,
+    ReceivedPartNode,
+    UploadStatusNode,
+    UserNode,
+)
+from aima.services import admin, audit, cases, jobs, media, uploads
 from aima.services.users import active_user
 
 
@@ -59,6 +68,22 @@ class Query:
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
             return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
+
+    @strawberry.field(description="Which parts of a resumable upload have arrived (after a broken connection).")
+    async def upload_status(self, info: Info[Context, None], upload_id: strawberry.ID) -> UploadStatusNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        state = await uploads.upload_status(
+            resources=ctx.resources, actor=actor, upload_id=parse_id(upload_id, "upload")
+        )
+        return UploadStatusNode(
+            upload_id=upload_id,
+            part_count=state.part_count,
+            received_parts=[ReceivedPartNode(number=p.number, size_bytes=float(p.size_bytes)) for p in state.received],
+            received_bytes=float(state.received_bytes),
+            missing_parts=state.missing,
+            expires_at=state.upload.expires_at,
+        )
 
     @strawberry.field(description="Accounts whose email contains `search`, by email (administrators only).")
     async def users(

@@ -210,6 +210,40 @@ class DownloadLinkNode:
     expires_at: datetime
 
 
+@strawberry.type(name="PartUrl")
+class PartUrlNode:
+    number: int
+    url: str = strawberry.field(description="PUT the part's bytes here (no token: the URL is signed).")
+
+
+@strawberry.type(name="ResumableUpload")
+class ResumableUploadNode:
+    upload_id: strawberry.ID
+    part_size: float = strawberry.field(description="Bytes in every part but the last.")
+    part_count: int
+    parts: list[PartUrlNode] = strawberry.field(
+        description="URLs of the first parts (at most 1000; `uploadPartUrls` gives more, or fresh ones)."
+    )
+    urls_expire_at: datetime
+    expires_at: datetime = strawberry.field(description="An upload not completed by then is aborted.")
+
+
+@strawberry.type(name="ReceivedPart")
+class ReceivedPartNode:
+    number: int
+    size_bytes: float
+
+
+@strawberry.type(name="UploadStatus")
+class UploadStatusNode:
+    upload_id: strawberry.ID
+    part_count: int
+    received_parts: list[ReceivedPartNode]
+    received_bytes: float
+    missing_parts: list[int] = strawberry.field(description="Send these (again), then `completeUpload`.")
+    expires_at: datetime
+
+
 @strawberry.type(name="TaskError")
 class TaskError:
     code: str
