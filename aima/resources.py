@@ -151,6 +151,8 @@ async def open_resources(
         store = ObjectStore(s3, settings.s3.bucket, part_size=settings.s3.part_size, presigner=presigner)
         if prepare:
             await store.ensure_bucket()
+        else:
+            await store.detect_locking()
 
         arq = await create_pool(
             redis_settings(settings.redis_url),

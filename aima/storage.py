@@ -23,6 +23,8 @@ from aima.errors import AimaError, BackendUnavailable, EmptyUpload, UploadTooLar
 logger = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+#: Parts of one streamed upload travelling to S3 at once, while the next part arrives.
+PARTS_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class ObjectStore:
         self._presigner = presigner or client
         self.bucket = bucket
         self.part_size = part_size
+        #: Whether the bucket has object lock; set by `ensure_bucket` / `detect_locking`.
+        self.locking = False
 
     async def presigned_get(
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
@@ -82,8 +86,10 @@ class ObjectStore:
         return url
 
     async def start_multipart(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
+        """A multipart upload of an original (a legal hold where the bucket has object lock)."""
+        extra: dict[str, Any] = {"ObjectLockLegalHoldStatus": "ON"} if self.locking else {}
         created = await self._s3.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata
+            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata=metadata, **extra
         )
         upload_id: str = created["UploadId"]
         return upload_id
@@ -116,11 +122,13 @@ class ObjectStore:
             marker = int(answer["NextPartNumberMarker"])
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
+        """Join the parts; never over an existing object."""
         await self._s3.complete_multipart_upload(
             Bucket=self.bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+            IfNoneMatch="*",
         )
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -141,11 +149,26 @@ class ObjectStore:
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
 
     async def ensure_bucket(self) -> None:
+        """Create the bucket if missing, with object lock where the server supports it."""
         try:
             await self._s3.head_bucket(Bucket=self.bucket)
         except ClientError:
-            await self._s3.create_bucket(Bucket=self.bucket)
-            logger.info("created bucket %s", self.bucket)
+            try:
+                await self._s3.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+                logger.info("created bucket %s with object lock", self.bucket)
+            except ClientError as exc:
+                logger.warning("the S3 server refused object lock (%s); originals are protected by write checks", exc)
+                await self._s3.create_bucket(Bucket=self.bucket)
+                logger.info("created bucket %s", self.bucket)
+        await self.detect_locking()
+
+    async def detect_locking(self) -> None:
+        """Whether the bucket has object lock (and so versioning): originals then get a legal hold."""
+        try:
+            answer = await self._s3.get_object_lock_configuration(Bucket=self.bucket)
+            self.locking = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except ClientError:
+            self.locking = False
 
     async def ping(self) -> None:
         await self._s3.head_bucket(Bucket=self.bucket)
@@ -158,14 +181,31 @@ class ObjectStore:
         content_type: str,
         max_bytes: int,
         metadata: dict[str, str] | None = None,
+        protect: bool = False,
     ) -> StoredObject:
-        """Store a stream under `key`: one PUT when it fits in a part, a multipart upload otherwise."""
+        """Store a stream under `key`: one PUT when it fits in a part, a multipart upload otherwise.
+
+        Up to `PARTS_IN_FLIGHT` parts travel to S3 while the next one arrives. With `protect` (originals), an
+        existing object is never overwritten, and where the bucket has object lock the object gets a legal hold.
+        """
         digest = hashlib.sha256()
         size = 0
         buffer = bytearray()
         upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-        extra = {"ContentType": content_type, "Metadata": metadata or {}}
+        sending: list[asyncio.Task[dict[str, Any]]] = []
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": metadata or {}}
+        if protect and self.locking:
+            extra["ObjectLockLegalHoldStatus"] = "ON"
+        finish: dict[str, Any] = {"IfNoneMatch": "*"} if protect else {}
+        slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def send(number: int, body: bytes) -> dict[str, Any]:
+            try:
+                assert upload_id is not None
+                return await self._upload_part(key, upload_id, number, body)
+            finally:
+                slots.release()
+
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -179,18 +219,24 @@ class ObjectStore:
                         upload_id = created["UploadId"]
                     part = bytes(buffer[: self.part_size])
                     del buffer[: self.part_size]
-                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, part))
+                    await slots.acquire()
+                    sending.append(asyncio.create_task(send(len(sending) + 1, part)))
             if size == 0:
                 raise EmptyUpload()
             if upload_id is None:
-                await self._s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer), **extra)
+                await self._s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer), **extra, **finish)
             else:
                 if buffer:
-                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
+                    await slots.acquire()
+                    sending.append(asyncio.create_task(send(len(sending) + 1, bytes(buffer))))
+                parts = list(await asyncio.gather(*sending))
                 await self._s3.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **finish
                 )
         except BaseException:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
             if upload_id is not None:
                 await self._abort(key, upload_id)
             raise
@@ -245,7 +291,49 @@ class ObjectStore:
         return data
 
     async def delete(self, key: str) -> None:
-        await self._s3.delete_object(Bucket=self.bucket, Key=key)
+        """Remove an object for good: in a versioned (object-locked) bucket every version, its legal hold lifted."""
+        if not self.locking:
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+            return
+        for version_id, held in await self._versions(key):
+            if held:
+                await self._s3.put_object_legal_hold(
+                    Bucket=self.bucket, Key=key, VersionId=version_id, LegalHold={"Status": "OFF"}
+                )
+            await self._s3.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+
+    async def _versions(self, key: str) -> list[tuple[str, bool]]:
+        """(version id, has a legal hold) of every version and delete marker of exactly `key`."""
+        found: list[tuple[str, bool]] = []
+        paginator = self._s3.get_paginator("list_object_versions")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+            for version in page.get("Versions", []):
+                if version["Key"] == key:
+                    found.append((version["VersionId"], await self.legal_hold(key, version["VersionId"])))
+            found.extend((m["VersionId"], False) for m in page.get("DeleteMarkers", []) if m["Key"] == key)
+        return found
+
+    async def legal_hold(self, key: str, version_id: str | None = None) -> bool:
+        """Whether an object (version) is under a legal hold."""
+        if not self.locking:
+            return False
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        try:
+            answer = await self._s3.get_object_legal_hold(**params)
+        except ClientError:
+            return False
+        return bool(answer.get("LegalHold", {}).get("Status") == "ON")
+
+    async def all_versions(self, prefix: str = "") -> list[str]:
+        """Keys of every object version and delete marker under `prefix` (what a "nothing is left" check needs)."""
+        found: list[str] = []
+        paginator = self._s3.get_paginator("list_object_versions")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            found.extend(v["Key"] for v in page.get("Versions", []))
+            found.extend(m["Key"] for m in page.get("DeleteMarkers", []))
+        return found
 
     async def exists(self, key: str) -> bool:
         try:

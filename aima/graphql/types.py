@@ -159,6 +159,7 @@ class MediaNode:
             ingest=row.ingest,
             verified_at=row.verified_at,
             verified_ok=row.verified_ok,
+            legal_hold=await ctx.resources.store.legal_hold(row.storage_key),
         )
 
     @strawberry.field(
@@ -202,6 +203,10 @@ class CustodyNode:
     ingest: str = strawberry.field(description="multipart (uploadMedia) or resumable (startUpload).")
     verified_at: datetime | None = strawberry.field(description="The last re-hash of the stored original.")
     verified_ok: bool | None = strawberry.field(description="Whether that re-hash matched `sha256`.")
+    legal_hold: bool = strawberry.field(
+        description="Whether storage holds the original under an object-lock legal hold: it cannot be overwritten "
+        "or deleted except through AIMA's audited deletion."
+    )
 
 
 @strawberry.type(name="DownloadLink")

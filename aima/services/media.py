@@ -85,6 +85,7 @@ async def upload_media(*, resources: Resources, actor: Actor, case_id: uuid.UUID
         content_type=sniffed.content_type,
         max_bytes=resources.settings.max_upload_bytes,
         metadata={"media-id": str(media_id), "case-id": str(case.id)},
+        protect=True,
     )
     return await register_stored(
         resources=resources,

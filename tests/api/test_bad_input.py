@@ -26,7 +26,11 @@ async def _state(settings: Settings, case_id: str) -> tuple[int, list[str], list
         async with opened.sessions() as session:
             rows = await session.scalar(select(func.count()).where(Media.case_id == uuid.UUID(case_id)))
         prefix = f"cases/{case_id}/"
-        return int(rows or 0), await opened.store.keys(prefix), await opened.store.pending_multipart_uploads(prefix)
+        return (
+            int(rows or 0),
+            await opened.store.all_versions(prefix),
+            await opened.store.pending_multipart_uploads(prefix),
+        )
 
 
 def assert_nothing_stored(settings: Settings, case_id: str) -> None:

@@ -16,7 +16,9 @@ from tests.api.test_flow import new_case
 CUSTODY = """
 query($id: ID!) {
   media(id: $id) {
-    custody { sha256 sizeBytes contentType uploadedById uploadedByEmail uploadedAt filename ingest verifiedAt }
+    custody {
+      sha256 sizeBytes contentType uploadedById uploadedByEmail uploadedAt filename ingest verifiedAt legalHold
+    }
     nearDuplicates { id }
   }
 }
@@ -48,6 +50,7 @@ def test_custody_record(people: People) -> None:
     assert custody["contentType"] == "audio/wav"  # sniffed, not what the client declared
     assert (custody["uploadedById"], custody["uploadedByEmail"]) == (me["id"], me["email"])
     assert (custody["filename"], custody["ingest"], custody["verifiedAt"]) == ("call.wav", "multipart", None)
+    assert custody["legalHold"] is True  # SeaweedFS supports object lock
 
 
 def test_the_same_bytes_twice_return_the_first_media(people: People) -> None:
