@@ -20,6 +20,8 @@ users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+media_app = typer.Typer(help="Check stored media.", no_args_is_help=True)
+app.add_typer(media_app, name="media")
 
 logger = logging.getLogger("aima.cli")
 
@@ -163,6 +165,35 @@ def audit_verify() -> None:
         raise typer.Exit(1)
 
     asyncio.run(run())
+
+
+@media_app.command("verify")
+def media_verify(
+    case: Annotated[str | None, typer.Option(help="Only the media of this case (its id).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Originals hashed at once.")] = 4,
+) -> None:
+    """Re-hash stored originals against the SHA-256 recorded at upload; list changed or missing ones (exit 1)."""
+    import uuid
+
+    from aima.resources import open_resources
+    from aima.services.custody import verify_originals
+
+    settings = _settings(json_logs=False)
+
+    async def run() -> int:
+        checked = failed = 0
+        async with open_resources(settings, prepare=False) as resources:
+            case_id = uuid.UUID(case) if case else None
+            async for result in verify_originals(resources, case_id=case_id, concurrency=concurrency):
+                checked += 1
+                if not result.ok:
+                    failed += 1
+                    typer.echo(f"CHANGED media {result.media_id} (case {result.case_id}): {result.problem}")
+        typer.echo(f"{checked} originals checked, {checked - failed} intact, {failed} changed or missing")
+        return failed
+
+    if asyncio.run(run()):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -51,6 +51,7 @@ class AuditAction(enum.StrEnum):
     MEDIA_UPLOAD = "media.upload"
     MEDIA_DOWNLOAD = "media.download"
     MEDIA_DELETE = "media.delete"
+    MEDIA_VERIFY_FAILED = "media.verify_failed"
     RESULTS_READ = "media.results_read"
     DOSSIER_READ = "dossier.read"
     DOSSIER_EXPORT = "dossier.export"
