@@ -19,13 +19,14 @@ from strawberry.types import ExecutionContext
 
 from aima.graphql.configuration import ConfigurationMutation, ConfigurationQuery
 from aima.graphql.errors import OperationMetrics, format_errors_in_place
+from aima.graphql.lifecycle import LifecycleMutation
 from aima.graphql.mutations import Mutation
 from aima.graphql.queries import Query
 from aima.graphql.subscriptions import Subscription
 from aima.settings import GraphQLSettings
 
 RootQuery = merge_types("Query", (Query, ConfigurationQuery))
-RootMutation = merge_types("Mutation", (Mutation, ConfigurationMutation))
+RootMutation = merge_types("Mutation", (Mutation, ConfigurationMutation, LifecycleMutation))
 
 
 class AimaSchema(strawberry.Schema):

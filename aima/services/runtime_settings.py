@@ -112,6 +112,11 @@ RUNTIME_KEYS: dict[str, RuntimeKey] = {
         RuntimeKey(
             "readiness_timeout_s", "Seconds each readiness check (/readyz) may take before its backend counts as down."
         ),
+        RuntimeKey(
+            "retention_days",
+            "Media older than this many days are deleted (with derived files, results and vectors) by the worker's "
+            "retention sweep, every 10 minutes; null keeps everything.",
+        ),
     )
 }
 

@@ -9,18 +9,49 @@ import shutil
 import socket
 from typing import Any
 
+from arq.cron import CronJob, cron
 from arq.worker import func
 from prometheus_client import start_http_server
 
 from aima.config_sync import ConfigSync
 from aima.events import wake_channel
-from aima.resources import open_resources, redis_settings
+from aima.resources import Resources, open_resources, redis_settings
+from aima.services import deletion
 from aima.services.jobs import TASK_FUNCTION
 from aima.settings import Settings
 from aima.workers.serialization import deserialize, serialize
 from aima.workers.tasks import run_analysis_task, scratch_dir
 
 logger = logging.getLogger(__name__)
+
+#: Minutes of each hour at which the retention sweep runs, and the one at which the orphan sweep runs.
+RETENTION_MINUTES = frozenset(range(0, 60, 10))
+ORPHAN_SWEEP_MINUTE = 35
+#: Longest one run of either sweep may take (each does a bounded batch; the next run goes on).
+SWEEP_TIMEOUT_S = 540
+
+
+async def retention_sweep(ctx: dict[str, Any]) -> str:
+    """arq cron job: delete media older than `retention_days` (read live, so a runtime change applies at once)."""
+    resources: Resources = ctx["resources"]
+    report = await deletion.apply_retention(resources)
+    if report.retention_days is None:
+        return "off"
+    return f"deleted {report.deleted}" + (" (stopped: a store is unavailable)" if report.stopped else "")
+
+
+async def orphan_sweep(ctx: dict[str, Any]) -> str:
+    """arq cron job: re-clean the stores under S3 prefixes whose case or media row is gone."""
+    resources: Resources = ctx["resources"]
+    return f"cleaned {len(await deletion.sweep_orphans(resources))}"
+
+
+def cron_jobs() -> list[CronJob]:
+    """The periodic jobs every worker schedules; arq runs each tick once across all workers (unique job ids)."""
+    return [
+        cron(retention_sweep, name="retention_sweep", minute=set(RETENTION_MINUTES), timeout=SWEEP_TIMEOUT_S),
+        cron(orphan_sweep, name="orphan_sweep", minute=ORPHAN_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
+    ]
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
@@ -49,6 +80,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
     return {
         "functions": [analysis],
+        "cron_jobs": cron_jobs(),
         "redis_settings": redis_settings(settings.redis_url),
         "queue_name": settings.worker.queue_name,
         "on_startup": on_startup,
