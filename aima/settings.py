@@ -170,8 +170,9 @@ class Settings(BaseSettings):
     #: Seconds each readiness check may take before its backend counts as down.
     readiness_timeout_s: float = Field(default=2.0, gt=0)
     #: Media older than this many days (by upload time) are deleted by the worker's retention sweep, with their
-    #: derived files, results and vectors; None keeps everything.
-    retention_days: int | None = Field(default=None, ge=1)
+    #: derived files, results and vectors; 0 keeps everything. (A number, not None, so that administrators can set
+    #: and read it at runtime: runtime values are non-null JSON.)
+    retention_days: int = Field(default=0, ge=0)
 
     @classmethod
     def settings_customise_sources(

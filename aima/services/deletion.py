@@ -478,8 +478,8 @@ async def _clean_stores(
 
 @dataclass
 class RetentionReport:
-    #: The setting in effect for this run; None: retention is off and nothing was looked at.
-    retention_days: int | None
+    #: The setting in effect for this run; 0: retention is off and nothing was looked at.
+    retention_days: int
     deleted: int = 0
     #: Deletions that left something for the orphan sweep.
     incomplete: int = 0
@@ -494,7 +494,7 @@ async def apply_retention(
     first, each in its own transaction and audited as `media.delete` by `RETENTION_ACTOR`."""
     days = resources.settings.retention_days
     report = RetentionReport(retention_days=days)
-    if days is None:
+    if days <= 0:
         return report
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     async with resources.sessions() as session:

@@ -115,7 +115,7 @@ RUNTIME_KEYS: dict[str, RuntimeKey] = {
         RuntimeKey(
             "retention_days",
             "Media older than this many days are deleted (with derived files, results and vectors) by the worker's "
-            "retention sweep, every 10 minutes; null keeps everything.",
+            "retention sweep, every 10 minutes; 0 keeps everything.",
         ),
     )
 }

@@ -35,7 +35,7 @@ async def retention_sweep(ctx: dict[str, Any]) -> str:
     """arq cron job: delete media older than `retention_days` (read live, so a runtime change applies at once)."""
     resources: Resources = ctx["resources"]
     report = await deletion.apply_retention(resources)
-    if report.retention_days is None:
+    if not report.retention_days:
         return "off"
     return f"deleted {report.deleted}" + (" (stopped: a store is unavailable)" if report.stopped else "")
 

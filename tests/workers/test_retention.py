@@ -81,7 +81,7 @@ async def new_media(resources: Resources, case: Case, *, age_days: float) -> Med
     return media
 
 
-def keeping(resources: Resources, days: int | None) -> Resources:
+def keeping(resources: Resources, days: int) -> Resources:
     """The resources as a worker has them after an administrator set `retention_days` at runtime."""
     return dataclasses.replace(resources, settings=merge(resources.settings, {"retention_days": days}))
 
@@ -119,10 +119,10 @@ async def test_old_media_go_from_every_store_and_recent_ones_stay(resources: Res
 
 
 async def test_retention_is_off_by_default(resources: Resources) -> None:
-    assert Settings.model_fields["retention_days"].default is None
+    assert Settings.model_fields["retention_days"].default == 0
     case = await new_case(resources)
     ancient = await new_media(resources, case, age_days=3650)
-    assert await retention_sweep({"resources": keeping(resources, None)}) == "off"
+    assert await retention_sweep({"resources": keeping(resources, 0)}) == "off"
     assert (await stored(resources, case_id=case.id, media_ids=[ancient.id]))["media"] == 1
     await deletion.apply_retention(keeping(resources, 3000))  # leave no decade-old media for other tests
 
@@ -157,8 +157,8 @@ async def test_a_store_that_is_down_stops_the_run_with_nothing_deleted(
 def test_retention_days_is_a_runtime_setting() -> None:
     assert "retention_days" in RUNTIME_KEYS
     assert parse_value("retention_days", 90) == 90
-    assert parse_value("retention_days", None) is None
-    for bad in (0, -1, "90", 1.5):
+    assert parse_value("retention_days", 0) == 0  # off
+    for bad in (None, -1, "90", 1.5):
         with pytest.raises(InvalidInput):
             parse_value("retention_days", bad)
 
