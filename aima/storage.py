@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 #: Parts of one streamed upload travelling to S3 at once, while the next part arrives.
-PARTS_IN_FLIGHT = 3
+PARTS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -213,14 +213,13 @@ class ObjectStore:
                     raise UploadTooLarge(max_bytes)
                 digest.update(chunk)
                 buffer += chunk
-                while len(buffer) >= self.part_size:
+                if len(buffer) >= self.part_size:
                     if upload_id is None:
                         created = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
                         upload_id = created["UploadId"]
-                    part = bytes(buffer[: self.part_size])
-                    del buffer[: self.part_size]
+                    part, buffer = buffer, bytearray()  # hand the whole buffer over: no copy
                     await slots.acquire()
-                    sending.append(asyncio.create_task(send(len(sending) + 1, part)))
+                    sending.append(asyncio.create_task(send(len(sending) + 1, bytes(part))))
             if size == 0:
                 raise EmptyUpload()
             if upload_id is None:
