@@ -25,7 +25,11 @@ class MediaKind(enum.StrEnum):
 
 
 class Need(enum.StrEnum):
-    """Inputs an analyzer asks the worker to prepare before it runs."""
+    """Inputs an analyzer asks the worker to prepare before it runs (see `AnalysisInput`).
+
+    Keyframes and the audio track are made once per media item by preparation tasks of the job, stored, and
+    shared by every analyzer that needs them; an analyzer that does not need the original is spared its download.
+    """
 
     ORIGINAL = "original"
     KEYFRAMES = "keyframes"
@@ -41,8 +45,27 @@ def _ignore_progress(fraction: float, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Keyframe:
+    """A frame chosen from a video (a still image is its own single keyframe), as a local JPEG file."""
+
+    path: Path
+    #: Seconds from the start of the media.
+    timestamp_s: float
+    #: Whether it was chosen because the picture changed (the first frame counts), not to fill a long shot.
+    scene_change: bool
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
 class AnalysisInput:
-    """One media item as an analyzer sees it: a local copy of the original and its registered facts."""
+    """One media item as an analyzer sees it: local copies of what it needs and the item's registered facts.
+
+    Only what the analyzer declares in `Analyzer.needs` is fetched: `original_path` exists when it needs
+    `Need.ORIGINAL`; `keyframes` are filled for `Need.KEYFRAMES` (videos and images; empty for audio);
+    `audio_track_path` is a 16 kHz mono 16-bit PCM WAV for `Need.AUDIO_TRACK` (None when the media has no sound).
+    Keyframe timestamps and audio-track time are both seconds from the start of the media.
+    """
 
     media_id: str
     case_id: str
@@ -52,6 +75,8 @@ class AnalysisInput:
     sha256: str
     original_path: Path
     report_progress: ProgressCallback = field(default=_ignore_progress)
+    keyframes: list[Keyframe] = field(default_factory=list)
+    audio_track_path: Path | None = None
 
 
 class Analyzer(ABC):

@@ -1,6 +1,13 @@
 """Jobs and tasks: creating them and reading them. A worker's state changes are in `task_runs`.
 
 PostgreSQL holds the state of record; arq only carries task ids to workers, and Redis pub/sub tells subscribers.
+
+A job holds one task per requested analyzer and, before them, its *preparation* tasks (`aima.services.artifacts`):
+one ``prepare:<name>`` task per thing its analyzers need made from the original (``prepare:keyframes``,
+``prepare:audio_track``), each analysis task listing those it needs in `depends_on`; only tasks without
+dependencies are enqueued here, the others when their preparations succeed (`task_runs.finish_task`). A job also
+makes the media's preview when it has none yet (``prepare:thumbnail`` for images, ``prepare:poster`` for videos),
+as a task nothing depends on. A preparation whose files are stored already succeeds at once.
 """
 
 from __future__ import annotations
@@ -11,26 +18,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Select, Table, bindparam, insert, select
+from sqlalchemy import Select, Table, and_, bindparam, case, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.analysis import Analyzer, MediaKind
-from aima.db.models import Case, CaseRole, Job, JobState, Media, Task, TaskState
+from aima.db.models import Artifact, Case, CaseRole, Job, JobState, Media, Task, TaskState
 from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
-from aima.events import wake_workers
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
-from aima.services import task_runs
+from aima.services import artifacts, task_runs
 from aima.services.access import Actor, CaseAccess, case_access, ensure, member_role_of
+from aima.services.artifacts import Preparation
+from aima.services.task_runs import TASK_FUNCTION, arq_job_id
+
+__all__ = ["TASK_FUNCTION", "analyze_media", "arq_job_id", "get_job", "jobs_of_case", "tasks_of_job"]
 
 logger = logging.getLogger(__name__)
-
-TASK_FUNCTION = "run_analysis_task"
-
-
-def arq_job_id(task_id: uuid.UUID | str) -> str:
-    """One arq job per task: arq refuses a second enqueue of the same id while the first is known."""
-    return f"task:{task_id}"
 
 
 async def analyze_media(
@@ -56,28 +59,17 @@ async def analyze_media(
             created_at=datetime.now(UTC),
             finished_at=None,
         )
-        tasks = [
-            Task(
-                id=uuid.uuid4(),
-                job_id=job.id,
-                media_id=media_id,
-                analyzer=analyzer.name,
-                analyzer_version=analyzer.version,
-                state=TaskState.QUEUED,
-                progress=0.0,
-                attempts=0,
-            )
-            for analyzer in chosen
-        ]
+        tasks = _plan_tasks(job, kind, chosen, has_audio=row.has_audio, has_preview=row.has_preview)
         await conn.execute(insert(_jobs), _columns(job))
         await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
 
     queued: list[uuid.UUID] = []
     try:
         for task in tasks:
-            await resources.arq.enqueue_job(TASK_FUNCTION, str(task.id), _job_id=arq_job_id(task.id))
-            queued.append(task.id)
-        await wake_workers(resources.redis, resources.settings.redis_prefix, resources.settings.worker.queue_name)
+            if not task.depends_on:  # the others are handed over when their preparations succeed
+                await task_runs.enqueue_task(resources=resources, task_id=task.id)
+                queued.append(task.id)
+        await task_runs.wake(resources)
     except Exception as exc:
         logger.exception("could not enqueue the tasks of job %s", job.id)
         unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
@@ -92,9 +84,62 @@ _jobs = cast(Table, Job.__table__)
 _tasks = cast(Table, Task.__table__)
 
 
-def _media_access(actor: Actor) -> Select[str, uuid.UUID, uuid.UUID, CaseRole]:
+def _plan_tasks(
+    job: Job, kind: MediaKind, chosen: list[Analyzer], *, has_audio: bool | None, has_preview: bool
+) -> list[Task]:
+    """The job's preparation tasks, then one task per analyzer depending on the preparations it needs."""
+
+    def task(name: str, version: str, depends_on: list[uuid.UUID]) -> Task:
+        return Task(
+            id=uuid.uuid4(),
+            job_id=job.id,
+            media_id=job.media_id,
+            analyzer=name,
+            analyzer_version=version,
+            state=TaskState.QUEUED,
+            progress=0.0,
+            attempts=0,
+            depends_on=depends_on,
+        )
+
+    needed = {a.name: artifacts.preparations_for(kind, a.needs, has_audio=has_audio) for a in chosen}
+    preparations: dict[str, Preparation] = {}
+    preview = artifacts.PREVIEW.get(kind)
+    if preview is not None and not has_preview:
+        preparations[preview.name] = preview
+    for wanted in needed.values():
+        preparations.update((p.name, p) for p in wanted)
+    prepared = {name: task(p.task_name, p.version, []) for name, p in preparations.items()}
+    analyses = [task(a.name, a.version, [prepared[p.name].id for p in needed[a.name]]) for a in chosen]
+    return [*prepared.values(), *analyses]
+
+
+def _media_access(actor: Actor) -> Select[str, uuid.UUID, uuid.UUID, CaseRole, bool | None, bool]:
+    preview_kind = case(
+        *((Media.kind == str(kind), str(p.kind)) for kind, p in artifacts.PREVIEW.items()),
+        else_=None,
+    )
+    preview_version = case(
+        *((Media.kind == str(kind), p.version) for kind, p in artifacts.PREVIEW.items()),
+        else_=None,
+    )
+    has_preview = exists().where(
+        and_(
+            Artifact.media_id == Media.id,
+            Artifact.kind == preview_kind,
+            Artifact.details["version"].astext == preview_version,
+        )
+    )
     return (
-        select(Media.kind, Media.case_id, Case.owner_id, member_role_of(actor).label("member_role"))
+        select(
+            Media.kind,
+            Media.case_id,
+            Case.owner_id,
+            member_role_of(actor).label("member_role"),
+            # None when the probe listed no streams (unknown): the audio track is then tried.
+            Media.probe["streams"].contains([{"type": "audio"}]).label("has_audio"),
+            has_preview.label("has_preview"),
+        )
         .join(Case, Case.id == Media.case_id)
         .where(Media.id == bindparam("p_media_id"))
     )
@@ -135,6 +180,7 @@ async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> 
 
 
 async def tasks_of_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Task]:
+    """Every task of a job, preparations included (their names start with ``prepare:``)."""
     query = select(Task).where(Task.job_id == job_id).order_by(Task.created_at, Task.analyzer)
     return list((await session.execute(query)).scalars())
 

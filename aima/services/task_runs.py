@@ -2,21 +2,31 @@
 
 These run once or twice per task on the hot path, so each is one SQL statement built once (data-modifying CTEs),
 not a series of ORM round trips.
+
+Dependencies: a task lists in `depends_on` the tasks that must succeed before it is handed to a worker (the
+preparation tasks of its job: keyframes, audio track). Such a task stays queued in PostgreSQL without an arq job.
+The finish of a task with waiting dependents does one more statement in the same transaction, under the job's row
+lock that every finisher of the job takes: a success selects the dependents whose dependencies have now all
+succeeded, which are then enqueued (only the last dependency to succeed sees them ready, so each is enqueued once;
+arq's job id guards a repeat); a failure fails the dependents with `PREPARATION_FAILED` and the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     Boolean,
     Select,
     Table,
+    Uuid,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -30,9 +40,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aima.analysis import MediaKind
 from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
-from aima.errors import AimaError
-from aima.events import JobEvent, publish
+from aima.errors import AimaError, BackendUnavailable
+from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
+
+logger = logging.getLogger(__name__)
+
+#: The arq function every task (analysis or preparation) is delivered to.
+TASK_FUNCTION = "run_analysis_task"
+#: The error code of a task whose preparation failed.
+PREPARATION_FAILED = "PREPARATION_FAILED"
 
 _tasks = cast(Table, Task.__table__)
 _jobs = cast(Table, Job.__table__)
@@ -47,6 +64,21 @@ class MediaFacts:
     size_bytes: int
     sha256: str
     storage_key: str
+    #: The sniffed format (jpeg, mp4, ...), which picks the demuxer when the file is decoded.
+    format: str = ""
+
+
+class _TaskRef(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def analyzer(self) -> str: ...
+
+
+def arq_job_id(task_id: uuid.UUID | str) -> str:
+    """One arq job per task: arq refuses a second enqueue of the same id while the first is known."""
+    return f"task:{task_id}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +138,7 @@ def _claim_statement() -> Select[Any]:
             _media.c.size_bytes,
             _media.c.sha256,
             _media.c.storage_key,
+            _media.c.format,
         )
         .join_from(claimed, _media, _media.c.id == claimed.c.media_id)
         .add_cte(job_running)
@@ -141,6 +174,39 @@ def _finish_statement() -> Select[Any]:
     return select(
         select(func.count()).select_from(finished).scalar_subquery().label("finished"),
         select(closed.c.state).scalar_subquery().label("job_state"),
+        select(func.count()).where(_waiting_dependents()).scalar_subquery().label("dependents"),
+    )
+
+
+def _waiting_dependents() -> Any:
+    """Queued tasks of job `p_job_id` that wait for task `p_task_id`."""
+    return and_(
+        _tasks.c.job_id == bindparam("p_job_id"),
+        bindparam("p_task_id", type_=Uuid) == any_(_tasks.c.depends_on),
+        _tasks.c.state == TaskState.QUEUED,
+    )
+
+
+def _ready_statement() -> Select[Any]:
+    """The waiting dependents of `p_task_id` whose every dependency has succeeded (run after its success)."""
+    other = _tasks.alias("dependency")
+    unmet = exists().where(other.c.id == any_(_tasks.c.depends_on), other.c.state != TaskState.SUCCEEDED)
+    return select(_tasks.c.id, _tasks.c.analyzer).where(_waiting_dependents(), ~unmet).order_by(_tasks.c.analyzer)
+
+
+def _fail_dependents_statement() -> Any:
+    """Fail the waiting dependents of `p_task_id` (run after it failed for good)."""
+    return (
+        update(_tasks)
+        .where(_waiting_dependents())
+        .values(
+            state=TaskState.FAILED,
+            error_code=PREPARATION_FAILED,
+            error_message=bindparam("p_error_message"),
+            finished_at=bindparam("p_now"),
+            progress=0.0,
+        )
+        .returning(_tasks.c.id, _tasks.c.analyzer)
     )
 
 
@@ -168,6 +234,9 @@ def _close_job_statement(also: Any = literal(True)) -> Any:
 
 _CLAIM = _claim_statement()
 _FINISH = _finish_statement()
+_READY = _ready_statement()
+_FAIL_DEPENDENTS = _fail_dependents_statement()
+_TASK_STATE = select(_tasks.c.job_id, _tasks.c.state).where(_tasks.c.id == bindparam("p_task_id"))
 _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_for_update()
 
 
@@ -185,6 +254,7 @@ async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -
         size_bytes=row.size_bytes,
         sha256=row.sha256,
         storage_key=row.storage_key,
+        format=row.format,
     )
     run = TaskRun(
         id=row.id,
@@ -227,37 +297,106 @@ async def finish_task(
 ) -> bool:
     """Record how this run ended, close the job when it was its last open task, and tell the subscribers.
 
-    Returns False when the task was no longer this run's (another delivery took it over): nothing is changed.
+    A success hands the dependents it was the last dependency of to the workers; a failure fails the dependents.
+    Returns False when the task was no longer this run's (another delivery took it over, or its row is gone):
+    nothing is changed.
     """
     now = datetime.now(UTC)
+    ready: list[_TaskRef] = []
+    failed: list[_TaskRef] = []
+    closed_by_failure: str | None = None
+    reason = f"{run.analyzer} {state}" + (f": {error_message}" if error_message else "")
     async with resources.engine.begin() as conn:
         await _lock_job(conn, run.job_id)
-        row = (
-            await conn.execute(
-                _FINISH,
-                {
-                    "p_task_id": run.id,
-                    "p_task_ids": [run.id],
-                    "p_attempt": run.attempt,
-                    "p_job_id": run.job_id,
-                    "p_state": state,
-                    "p_now": now,
-                    "p_error_code": error_code,
-                    "p_error_message": error_message,
-                    "p_progress": 1.0 if state is TaskState.SUCCEEDED else 0.0,
-                    "p_these_failed": state is TaskState.FAILED,
-                },
-            )
-        ).one()
+        params = {
+            "p_task_id": run.id,
+            "p_task_ids": [run.id],
+            "p_attempt": run.attempt,
+            "p_job_id": run.job_id,
+            "p_state": state,
+            "p_now": now,
+            "p_error_code": error_code,
+            "p_error_message": error_message,
+            "p_progress": 1.0 if state is TaskState.SUCCEEDED else 0.0,
+            "p_these_failed": state is TaskState.FAILED,
+        }
+        row = (await conn.execute(_FINISH, params)).one()
+        if row.finished and row.dependents:
+            if state is TaskState.SUCCEEDED:
+                ready = list((await conn.execute(_READY, params)).all())
+            else:
+                failed = list((await conn.execute(_FAIL_DEPENDENTS, {**params, "p_error_message": reason})).all())
+                closed_by_failure = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
     if not row.finished:
         return False
     job_state = JobState(row.job_state) if row.job_state is not None else None
-    message = f"{run.analyzer} {state}" + (f": {error_message}" if error_message else "")
+    if closed_by_failure is not None:
+        job_state = JobState(closed_by_failure)
     progress = 1.0 if state is TaskState.SUCCEEDED else 0.0
-    await _publish(resources, run.job_id, job_state or JobState.RUNNING, run, state, progress, message, error_code)
+    await _publish(resources, run.job_id, job_state or JobState.RUNNING, run, state, progress, reason, error_code)
+    for task in failed:
+        await _publish(
+            resources,
+            run.job_id,
+            job_state or JobState.RUNNING,
+            task,
+            TaskState.FAILED,
+            0.0,
+            f"{task.analyzer} failed: {reason}",
+            PREPARATION_FAILED,
+        )
     if job_state is not None:
         await _publish(resources, run.job_id, job_state, None, None, 1.0, f"job {job_state}")
+    if ready:
+        await _hand_over(resources, run.job_id, [task.id for task in ready])
     return True
+
+
+async def release_dependents(*, resources: Resources, task_id: uuid.UUID) -> list[uuid.UUID]:
+    """Enqueue the waiting dependents of a succeeded task whose dependencies have all succeeded.
+
+    For a repeated delivery of a finished task: the worker that finished it may have stopped before it handed the
+    dependents over. Enqueueing one twice is harmless (arq's job id; a finished task is skipped).
+    """
+    async with resources.engine.connect() as conn:
+        row = (await conn.execute(_TASK_STATE, {"p_task_id": task_id})).first()
+        if row is None or row.state != TaskState.SUCCEEDED:
+            return []
+        ready = [r.id for r in await conn.execute(_READY, {"p_task_id": task_id, "p_job_id": row.job_id})]
+    if ready:
+        await _hand_over(resources, row.job_id, ready)
+    return ready
+
+
+async def task_exists(*, resources: Resources, task_id: uuid.UUID) -> bool:
+    """Whether the task's row is still there (it goes with its media, case or job)."""
+    async with resources.engine.connect() as conn:
+        return (await conn.execute(_TASK_STATE, {"p_task_id": task_id})).first() is not None
+
+
+async def enqueue_task(*, resources: Resources, task_id: uuid.UUID) -> None:
+    """Hand one task to the workers (its own arq job); call `wake` after the last of a batch."""
+    await resources.arq.enqueue_job(TASK_FUNCTION, str(task_id), _job_id=arq_job_id(task_id))
+
+
+async def wake(resources: Resources) -> None:
+    """Tell idle workers that tasks were queued."""
+    await wake_workers(resources.redis, resources.settings.redis_prefix, resources.settings.worker.queue_name)
+
+
+async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid.UUID]) -> None:
+    """Enqueue tasks whose dependencies succeeded; those the queue does not take fail (their job may close)."""
+    queued: list[uuid.UUID] = []
+    try:
+        for task_id in task_ids:
+            await enqueue_task(resources=resources, task_id=task_id)
+            queued.append(task_id)
+        await wake(resources)
+    except Exception:
+        logger.exception("could not enqueue the ready tasks of job %s", job_id)
+        unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
+        unqueued = [t for t in task_ids if t not in queued]
+        await fail_unqueued(resources=resources, job_id=job_id, task_ids=unqueued, reason=unavailable)
 
 
 async def fail_unqueued(
@@ -293,7 +432,7 @@ async def _publish(
     resources: Resources,
     job_id: uuid.UUID,
     job_state: JobState,
-    run: TaskRun | None,
+    run: _TaskRef | None,
     task_state: TaskState | None,
     progress: float,
     message: str,

@@ -380,3 +380,47 @@ def make_heic(width: int = 64, height: int = 48, *, exif: bool = True) -> bytes:
 
     data_offset = len(ftyp) + len(meta(0)) + 8
     return ftyp + meta(data_offset) + _box(b"mdat", picture + exif_blob)
+
+
+# --- scenes (derived files) ------------------------------------------------------------------------
+
+#: Solid colours of `make_scene_video`'s scenes: red, green, blue, yellow.
+SCENE_COLOURS: tuple[tuple[int, int, int], ...] = ((200, 30, 30), (30, 190, 40), (30, 40, 200), (230, 220, 40))
+
+
+def make_scene_video(
+    scenes: int = 3,
+    scene_seconds: float = 2.0,
+    *,
+    width: int = 160,
+    height: int = 120,
+    fps: int = 10,
+    gop_seconds: float = 1.0,
+    audio: bool = True,
+    container_format: str = "mp4",
+) -> bytes:
+    """H.264 video of solid-colour scenes (`SCENE_COLOURS` in turn, a small bar moving across each), with a codec
+    keyframe every `gop_seconds` exactly (no scene-cut detection) and, unless told otherwise, an AAC tone."""
+    gop = max(1, round(gop_seconds * fps))
+    options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+    per_scene = max(1, round(scene_seconds * fps))
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=container_format) as container:
+        vstream = container.add_stream("libx264", rate=fps, options=options)
+        astream = container.add_stream("aac", rate=48_000, layout="stereo") if audio else None
+        assert isinstance(vstream, VideoStream)
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+        for i in range(scenes * per_scene):
+            colour = SCENE_COLOURS[(i // per_scene) % len(SCENE_COLOURS)]
+            picture = Image.new("RGB", (width, height), colour)
+            bar = (i * 7) % max(1, width - 8)
+            picture.paste((255, 255, 255), (bar, height // 3, bar + 8, height // 3 + 8))
+            frame = VideoFrame.from_image(picture).reformat(format="yuv420p")  # type: ignore[no-untyped-call]
+            frame.pts = i
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode(None))
+        if isinstance(astream, AudioStream):
+            for aframe in _audio_frames(_Audio("aac", 48_000, "stereo"), scenes * per_scene / fps):
+                container.mux(astream.encode(aframe))
+            container.mux(astream.encode(None))
+    return out.getvalue()

@@ -1,10 +1,18 @@
-"""The analysis task: load the analyzer, fetch the original, run it, store the result, record the state."""
+"""The task function: run an analysis (fetch what the analyzer needs, run it, store the result) or a preparation
+(make and store derived files), and record the state.
+
+A task whose row vanished while it ran (its media, case or job was deleted) leaves nothing behind: after storing a
+result the worker checks that the row is still there and deletes the result document if not; a preparation's files
+are deleted again by `ensure_artifacts` when the media row is gone. The deletion itself sweeps the stores only after
+its rows are gone, so between the two nothing stays.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -14,13 +22,14 @@ from typing import Any
 from arq import Retry
 from pydantic import BaseModel
 
-from aima.analysis import AnalysisInput
+from aima.analysis import AnalysisInput, Analyzer, Keyframe, Need
 from aima.db.models import TaskState
 from aima.errors import AimaError
 from aima.logs import log_context
 from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
-from aima.services import task_runs
+from aima.services import artifacts, task_runs
+from aima.services.artifacts import Preparation, SourceMedia
 from aima.services.results import upsert_result
 from aima.services.task_runs import TaskRun
 
@@ -38,6 +47,8 @@ async def run_analysis_task(ctx: dict[str, Any], task_id: str) -> str:
         run = await task_runs.start_task(resources=resources, task_id=uuid.UUID(task_id), worker=ctx["worker_name"])
         if run is None:
             logger.info("task %s is unknown or already finished; skipped", task_id)
+            # Its worker may have stopped between its success and handing over the tasks that waited for it.
+            await task_runs.release_dependents(resources=resources, task_id=uuid.UUID(task_id))
             return "skipped"
         with log_context(job_id=str(run.job_id)):
             return await _run(resources, run, job_try=int(ctx.get("job_try", 1)))
@@ -49,18 +60,25 @@ async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
     # Our own deadline, inside arq's: a timeout then fails the task, while a cancellation (the worker shutting
     # down) puts it back in line for the next worker.
     deadline = max(1.0, resources.settings.worker.job_timeout_s - 5.0)
+    preparation = artifacts.preparation_of_task(task.analyzer)
+    stored_result = False
     try:
         async with asyncio.timeout(deadline):
-            payload = await _analyze(resources, task)
-        await upsert_result(
-            resources.results,
-            media_id=task.media_id,
-            case_id=task.media.case_id,
-            analyzer=task.analyzer,
-            analyzer_version=task.analyzer_version,
-            task_id=task.id,
-            payload=payload,
-        )
+            if preparation is not None:
+                await _prepare(resources, task, preparation)
+            else:
+                payload = await _analyze(resources, task)
+        if preparation is None:
+            await upsert_result(
+                resources.results,
+                media_id=task.media_id,
+                case_id=task.media.case_id,
+                analyzer=task.analyzer,
+                analyzer_version=task.analyzer_version,
+                task_id=task.id,
+                payload=payload,
+            )
+            stored_result = True
     except AimaError as exc:
         if exc.transient and job_try < resources.settings.worker.max_tries:
             logger.warning("task %s hit a transient error (%s); retrying", task.id, exc.message)
@@ -90,8 +108,24 @@ async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
         return "failed"
     finally:
         TASKS_RUNNING.labels(analyzer=task.analyzer).dec()
-    await _finish(resources, task, TaskState.SUCCEEDED, started)
+    finished = await _finish(resources, task, TaskState.SUCCEEDED, started)
+    if not finished and stored_result and not await task_runs.task_exists(resources=resources, task_id=task.id):
+        await _discard_result(resources, task)
+        return "discarded"
     return "succeeded"
+
+
+async def _discard_result(resources: Resources, task: TaskRun) -> None:
+    """The task's row went (its media, case or job was deleted) while it ran: its result goes too."""
+    await resources.results.delete_one(
+        {
+            "media_id": str(task.media_id),
+            "analyzer": task.analyzer,
+            "analyzer_version": task.analyzer_version,
+            "task_id": str(task.id),
+        }
+    )
+    logger.info("task %s was deleted while it ran; its result was discarded", task.id)
 
 
 async def _finish(
@@ -101,28 +135,27 @@ async def _finish(
     started: float,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> None:
-    await task_runs.finish_task(
+) -> bool:
+    finished = await task_runs.finish_task(
         resources=resources, run=task, state=state, error_code=error_code, error_message=error_message
     )
     TASKS.labels(analyzer=task.analyzer, state=state.value).inc()
     TASK_DURATION.labels(analyzer=task.analyzer).observe(time.perf_counter() - started)
     logger.info("task %s (%s) %s in %.3f s", task.id, task.analyzer, state, time.perf_counter() - started)
+    return finished
 
 
 async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
     analyzer = resources.analyzers.get(task.analyzer)
-    if analyzer.version != task.analyzer_version:
-        # A worker with another version of the plugin must not file its output under the version asked for.
-        raise AimaError(
-            f"This worker has {analyzer.name} {analyzer.version}, the task asks for {task.analyzer_version}.",
-            code="ANALYZER_VERSION_MISMATCH",
-        )
+    _check_version(task, analyzer.version, analyzer.name)
     media = task.media
     reporter = _ProgressReporter(resources, task)
-    path = scratch_dir() / f"{task.id}-{task.attempt}"
+    workdir = await _workdir(task)
     try:
-        await resources.store.download_to(media.storage_key, path)
+        original = workdir / "original"
+        if Need.ORIGINAL in analyzer.needs:
+            await resources.store.download_to(media.storage_key, original)
+        keyframes, audio_track = await _prepared_inputs(resources, task, analyzer, workdir)
         item = AnalysisInput(
             media_id=str(task.media_id),
             case_id=str(media.case_id),
@@ -130,19 +163,80 @@ async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
             content_type=media.content_type,
             size_bytes=media.size_bytes,
             sha256=media.sha256,
-            original_path=path,
+            original_path=original,
             report_progress=reporter,
+            keyframes=keyframes,
+            audio_track_path=audio_track,
         )
         try:
             result = await analyzer.analyze(item)
         finally:
             await reporter.drain()
     finally:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
     if not isinstance(result, BaseModel):
         raise TypeError(f"analyzer {analyzer.name} returned {type(result).__name__}, not a pydantic model")
     payload: dict[str, Any] = result.model_dump(mode="json")
     return payload
+
+
+async def _prepared_inputs(
+    resources: Resources, task: TaskRun, analyzer: Analyzer, workdir: Path
+) -> tuple[list[Keyframe], Path | None]:
+    """Fetch the keyframes and audio track the analyzer needs, as its preparation tasks stored them."""
+    keyframes: list[Keyframe] = []
+    audio_track: Path | None = None
+    source = _source(task)
+    for preparation in artifacts.preparations_for(task.media.kind, analyzer.needs):
+        stored = await artifacts.artifacts_of(resources, task.media_id, preparation.kind)
+        if preparation is artifacts.KEYFRAMES:
+            if not stored:  # not prepared by this job (a task made some other way): make them now
+                prepared = await artifacts.ensure_artifacts(resources, source, preparation, workdir=workdir)
+                stored = prepared.artifacts
+            keyframes = await artifacts.download_keyframes(resources, stored, workdir / "keyframes")
+        elif preparation is artifacts.AUDIO_TRACK and stored:  # none: the media has no sound
+            audio_track = await artifacts.download_artifact(resources, stored[0], workdir / "audio.wav")
+    return keyframes, audio_track
+
+
+async def _prepare(resources: Resources, task: TaskRun, preparation: Preparation) -> None:
+    """A preparation task: make (or find) the media's derived files of one kind."""
+    _check_version(task, preparation.version, preparation.task_name)
+    workdir = await _workdir(task)
+    try:
+        prepared = await artifacts.ensure_artifacts(resources, _source(task), preparation, workdir=workdir)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+    what = "stored already" if not prepared.derived else "made"
+    logger.info("%s of media %s: %d files %s", preparation.name, task.media_id, len(prepared.artifacts), what)
+
+
+def _check_version(task: TaskRun, version: str, name: str) -> None:
+    if version != task.analyzer_version:
+        # A worker with another version of the plugin must not file its output under the version asked for.
+        raise AimaError(
+            f"This worker has {name} {version}, the task asks for {task.analyzer_version}.",
+            code="ANALYZER_VERSION_MISMATCH",
+        )
+
+
+def _source(task: TaskRun) -> SourceMedia:
+    media = task.media
+    return SourceMedia(
+        id=task.media_id,
+        case_id=media.case_id,
+        kind=media.kind,
+        format=media.format,
+        content_type=media.content_type,
+        storage_key=media.storage_key,
+    )
+
+
+async def _workdir(task: TaskRun) -> Path:
+    """A private directory for this run of the task; the caller removes it."""
+    path = scratch_dir() / f"{task.id}-{task.attempt}"
+    await asyncio.to_thread(path.mkdir, mode=0o700, exist_ok=True)
+    return path
 
 
 def scratch_dir() -> Path:
