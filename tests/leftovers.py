@@ -90,8 +90,9 @@ async def add_vectors(resources: Resources, *, case_id: str | uuid.UUID, media_i
     return len(COLLECTIONS)
 
 
-async def add_derived_file(resources: Resources, *, media_id: str | uuid.UUID, kind: str = "thumbnail") -> str:
-    """A derived file in S3 under the media's prefix with its `artifacts` row, as a preparation task stores it."""
+async def add_derived_file(resources: Resources, *, media_id: str | uuid.UUID, kind: str = "test-extra") -> str:
+    """A derived file in S3 under the media's prefix with its `artifacts` row, as a preparation task stores it
+    (of a kind of its own, besides those the analysis made)."""
     async with resources.sessions() as session:
         media = await session.get(Media, uuid.UUID(str(media_id)))
         assert media is not None
