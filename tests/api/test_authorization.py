@@ -40,6 +40,7 @@ def sample_value(type_: Any) -> Any:
         "ID": str(uuid.uuid4()),
         "String": "sample text value",
         "Int": 5,
+        "Float": 1024.0,
         "Boolean": False,
         "Upload": None,
         "Role": "GUEST",
@@ -113,8 +114,16 @@ RULES = {
     ("Query", "job"): "read",
     ("Subscription", "jobEvents"): "read",
     ("Mutation", "uploadMedia"): "write",
+    ("Mutation", "startUpload"): "write",
+    ("Mutation", "createDownloadLink"): "read",
+    ("Mutation", "uploadPartUrls"): "self",
+    ("Mutation", "completeUpload"): "self",
+    ("Mutation", "abortUpload"): "self",
+    ("Query", "uploadStatus"): "self",
     ("Mutation", "analyzeMedia"): "write",
     ("Mutation", "shareCase"): "manage",
+    ("Mutation", "deleteMedia"): "manage",
+    ("Mutation", "deleteCase"): "manage",
     ("Mutation", "unshareCase"): "manage",
     ("Mutation", "createCase"): "self",
     ("Mutation", "logout"): "self",
@@ -142,29 +151,37 @@ def test_every_operation_has_a_rule() -> None:
 @pytest.fixture(scope="module")
 def objects(people: People, settings: Settings) -> dict[str, dict[str, str]]:
     """Two cases of `people.owner`, each with a media item and a job; one of them shared."""
-    found = {}
-    for name in ("owned", "shared"):
-        case_id = new_case(people.owner, name.title())
-        media = people.owner.upload(case_id, make_jpeg(), filename="a.jpg")["data"]["uploadMedia"]
-        job = people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media["id"]})
-        found[name] = {"case": case_id, "media": media["id"], "job": job["analyzeMedia"]["id"]}
-    for person, role in (("other", "EDITOR"), ("viewer", "VIEWER"), ("guest", "VIEWER")):
-        people.owner.data(SHARE, {"c": found["shared"]["case"], "e": people.emails[person], "r": role})
+    found = {name: case_objects(people, name) for name in ("owned", "shared")}
     bystander = f"bystander-{uuid.uuid4().hex[:6]}@example.org"
     run_sync(create_account(settings, bystander, PASSWORD, Role.USER))
     found["bystander"] = {"email": bystander}
     return found
 
 
+def case_objects(people: People, name: str) -> dict[str, str]:
+    """A case of `people.owner` with a media item and a job; "shared" ones are shared as `ACCESS` says."""
+    case_id = new_case(people.owner, name.title())
+    media = people.owner.upload(case_id, make_jpeg(width=40 + len(name)), filename="a.jpg")["data"]["uploadMedia"]
+    job = people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media["id"]})
+    if name == "shared":
+        for person, role in (("other", "EDITOR"), ("viewer", "VIEWER"), ("guest", "VIEWER")):
+            people.owner.data(SHARE, {"c": case_id, "e": people.emails[person], "r": role})
+    return {"case": case_id, "media": media["id"], "job": job["analyzeMedia"]["id"]}
+
+
 SHARE = "mutation($c: ID!, $e: String!, $r: CaseRole!) { shareCase(caseId: $c, email: $e, role: $r) { role } }"
 OBJECT_ARGUMENTS = {"caseId": "case", "mediaId": "media", "jobId": "job"}
+#: Operations whose `id` argument names another kind of object than the operation's name.
+ID_KINDS = {"deleteMedia": "media", "deleteCase": "case"}
+#: Operations that destroy their object: each call gets fresh objects.
+DESTRUCTIVE = {("Mutation", "deleteMedia"), ("Mutation", "deleteCase")}
 
 
 def call_on(client: GraphQLClient, root: str, name: str, target: dict[str, str], bystander: str) -> dict[str, Any]:
     """Call an operation with the ids of `target`'s case, media and job."""
     query, variables = build(root, name)
     for arg in variables:
-        kind = OBJECT_ARGUMENTS.get(arg) or (name if arg == "id" else None)
+        kind = OBJECT_ARGUMENTS.get(arg) or (ID_KINDS.get(name, name) if arg == "id" else None)
         if kind is not None:
             variables[arg] = target[kind]
     if "email" in variables:
@@ -189,7 +206,8 @@ def test_operations_on_cases_by_access(
 ) -> None:
     """Every operation that acts on a case, for every person, against an own, a shared and a foreign case."""
     access, needed = ACCESS[person][case], NEEDED[RULES[(root, name)]]
-    body = call_on(getattr(people, person), root, name, objects[case], objects["bystander"]["email"])
+    target = case_objects(people, case) if (root, name) in DESTRUCTIVE else objects[case]
+    body = call_on(getattr(people, person), root, name, target, objects["bystander"]["email"])
     if access == 0:
         assert error_code(body) == "NOT_FOUND", body  # exactly as for an id that does not exist
     elif access < needed:
@@ -247,15 +265,15 @@ def test_case_lists_hold_exactly_what_each_person_may_read(
         else:
             assert listed[objects[case]["case"]] == {1: "VIEWER", 2: "EDITOR", 3: "OWNER"}[level]
     if person == "guest":
-        assert set(listed) == {objects["shared"]["case"]}  # a guest reads only what is shared with it
+        assert set(listed.values()) == {"VIEWER"}  # a guest reads only what is shared with it
 
 
 def test_self_operations_reveal_nothing_of_others(people: People, objects: dict[str, dict[str, str]]) -> None:
-    seen = people.other.data("{ me { id } cases { id ownerId } }")
+    seen = people.other.data("{ me { id } cases { id ownerId myAccess } }")
     assert objects["owned"]["case"] not in json.dumps(seen)
-    assert {c["id"] for c in seen["cases"]} == {objects["shared"]["case"]} | {
-        c["id"] for c in seen["cases"] if c["ownerId"] == seen["me"]["id"]
-    }
+    assert objects["shared"]["case"] in {c["id"] for c in seen["cases"]}
+    for case in seen["cases"]:  # own cases, and cases shared with it: nothing else
+        assert case["myAccess"] == ("OWNER" if case["ownerId"] == seen["me"]["id"] else "EDITOR"), case
 
 
 def test_refusals_are_audited(people: People, objects: dict[str, dict[str, str]]) -> None:
