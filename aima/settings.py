@@ -63,6 +63,8 @@ class UploadSettings(BaseModel):
     probe_timeout_s: float = Field(default=60.0, gt=0)
     #: Images with more pixels are refused (decompression bombs).
     max_image_pixels: int = Field(default=200_000_000, ge=1)
+    #: Video and audio longer than this are refused (a tiny file can claim days of frames).
+    max_duration_s: float = Field(default=24 * 3600.0, gt=0)
     #: Largest file a resumable upload may announce (GraphQL multipart uploads obey `max_upload_bytes`).
     max_resumable_bytes: int = Field(default=200 * 1024**3, ge=1)
     #: Part size offered to resumable uploads (S3 allows at most 10,000 parts).

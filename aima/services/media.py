@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima.db.models import Case, Media
-from aima.errors import EmptyUpload, InvalidInput, NotFound
+from aima.errors import EmptyUpload, InvalidInput, NotFound, UnsupportedMedia
 from aima.media.sniff import SNIFF_BYTES, sniff
 from aima.metrics import UPLOADED_BYTES
 from aima.resources import Resources
@@ -120,6 +120,11 @@ async def register_stored(
         )
         found = await resources.inspector.inspect(url, stored.size_bytes)
         probe = found.probe
+        limit_s = resources.settings.uploads.max_duration_s
+        if probe.duration_s is not None and probe.duration_s > limit_s:
+            raise UnsupportedMedia(
+                f"The file lasts {probe.duration_s / 3600:.1f} h, more than the limit of {limit_s / 3600:g} h."
+            )
         async with resources.sessions() as session, session.begin():
             # Serialize registrations of the same bytes into the same case, so a duplicate is found, not made.
             await session.execute(

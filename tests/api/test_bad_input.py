@@ -208,3 +208,24 @@ def test_unexpected_errors_are_masked(people: People, resources: Resources, monk
 def test_guest_cannot_write(people: People) -> None:
     body = people.guest.execute('mutation { createCase(title: "x") { id } }')
     assert error_code(body) == "FORBIDDEN"
+
+
+def test_media_longer_than_the_limit_are_refused(servers: object, analyzers: object) -> None:
+    """A small file may claim a long duration (a decompression bomb in time): refused, nothing kept."""
+    from aima.app import create_app
+    from aima.cli import create_account
+    from aima.db.models import Role
+    from aima.testing.media import make_wav
+    from tests.conftest import Servers, settings_for
+    from tests.gql import login
+
+    assert isinstance(servers, Servers)
+    short = settings_for(servers, uploads={"max_duration_s": 1.5})
+    with TestClient(create_app(short, analyzers=analyzers)) as http:  # type: ignore[arg-type]
+        email = f"long-{uuid.uuid4().hex[:6]}@example.org"
+        run_sync(create_account(short, email, "a long enough password", Role.USER))
+        client = login(http, email)
+        case_id = new_case(client, "Long")
+        assert not client.upload(case_id, make_wav(seconds=1), filename="ok.wav").get("errors")
+        body = client.upload(case_id, make_wav(seconds=2), filename="long.wav")
+        assert error_code(body) == "UNSUPPORTED_MEDIA" and "limit" in body["errors"][0]["message"]
