@@ -21,11 +21,12 @@ from __future__ import annotations
 import bisect
 import io
 import logging
+import struct
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 from av.audio.frame import AudioFrame
@@ -66,6 +67,15 @@ _POSTER_CANDIDATES = 5
 _MAX_DECODE_ERRORS = 50
 
 _AV_ERRORS: tuple[type[Exception], ...] = (av.FFmpegError, OSError, EOFError, ValueError, IndexError)
+
+#: Told the fraction of the media done (0..1), now and then; called in the deriving thread.
+Progress = Callable[[float], None]
+
+
+def _no_progress(fraction: float) -> None:
+    return None
+
+
 _PILLOW_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError)
 
 
@@ -125,7 +135,7 @@ def thumbnail(path: Path, sniffed: SniffedType, *, max_side: int = THUMBNAIL_SID
 def _still_image(path: Path, sniffed: SniffedType, max_side: int) -> Image.Image:
     """The image, upright, in RGB, scaled down to fit `max_side` (first frame of an animation)."""
     if sniffed.format in _HEIF_FORMATS:
-        image = _heif_image(path, sniffed)
+        image = _heif_image(path, sniffed, max_side)
     elif sniffed.format in _PILLOW_FORMAT:
         image = _pillow_image(path, sniffed, max_side)
     else:
@@ -165,23 +175,287 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image.copy()
 
 
-def _heif_image(path: Path, sniffed: SniffedType) -> Image.Image:
-    """The coded image of a HEIF file (its first tile when it is a grid), turned upright by its display matrix."""
+def _heif_image(path: Path, sniffed: SniffedType, max_side: int) -> Image.Image:
+    """The primary image of a HEIF file, upright: a grid's tiles put together, or the one coded image.
+
+    ffmpeg gives each coded item of the file a stream (its id the item's id) but no way through PyAV to the grid that
+    lays tiles out, so the grid and the rotation and mirroring (irot, imir) are read from the item boxes here (HEIF
+    readers apply those, not the EXIF orientation). Tiles are scaled to fit `max_side` before they are put
+    together, so a large photo never needs its full-size canvas.
+    """
+    try:
+        layout = _read_heif_layout(path)
+    except (struct.error, ValueError, IndexError, OSError) as exc:
+        logger.info("unreadable HEIF item boxes: %s", exc)
+        layout = None
     try:
         with open_container(path, sniffed) as container:
-            streams = list(container.streams.video)
+            streams = {s.id: s for s in container.streams.video}
             if not streams:
                 raise CorruptMedia("The HEIF image holds no coded image.")
-            for packet in container.demux(streams[0]):
-                for frame in _decode(packet):
-                    if isinstance(frame, VideoFrame):
-                        return _upright(_to_image(frame), frame)
-            for frame in _decode(None, streams[0]):
-                if isinstance(frame, VideoFrame):
-                    return _upright(_to_image(frame), frame)
+            if layout is not None and layout.grid is not None and all(t in streams for t in layout.grid.tiles):
+                image = _grid_image(container, [streams[t] for t in layout.grid.tiles], layout.grid, max_side)
+            else:
+                primary = streams.get(layout.primary) if layout is not None else None
+                stream = primary if primary is not None else next(iter(streams.values()))
+                image = _to_image(_first_frame(container, [stream])[stream.index])
     except _AV_ERRORS as exc:
         raise CorruptMedia(f"The HEIF image could not be decoded: {_reason(exc, path)}") from exc
-    raise CorruptMedia("The HEIF image could not be decoded: its image data does not decode.")
+    if layout is not None:
+        for transform in layout.transforms:
+            image = image.transpose(transform)
+    return image
+
+
+def _grid_image(container: InputContainer, tiles: list[VideoStream], grid: _HeifGrid, max_side: int) -> Image.Image:
+    if grid.width * grid.height > DEFAULT_MAX_PIXELS or len(tiles) > _MAX_HEIF_TILES:
+        raise UnsupportedMedia(f"The image is too large to decode safely ({grid.width}x{grid.height}).")
+    frames = _first_frame(container, tiles)
+    tile_w, tile_h = frames[tiles[0].index].width, frames[tiles[0].index].height
+    scale = min(1.0, max_side / max(grid.width, grid.height))
+
+    def at(n: int, size: int) -> int:
+        return round(n * size * scale)
+
+    canvas = Image.new("RGB", (at(grid.columns, tile_w), at(grid.rows, tile_h)))
+    for n, stream in enumerate(tiles):
+        row, column = divmod(n, grid.columns)
+        box = (at(column, tile_w), at(row, tile_h), at(column + 1, tile_w), at(row + 1, tile_h))
+        tile = _to_image(frames[stream.index])
+        canvas.paste(tile.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BOX), box[:2])
+    return canvas.crop((0, 0, max(1, round(grid.width * scale)), max(1, round(grid.height * scale))))
+
+
+def _first_frame(container: InputContainer, streams: list[VideoStream]) -> dict[int, VideoFrame]:
+    """The first decoded frame of each stream, by stream index; `CorruptMedia` if one has none."""
+    found: dict[int, VideoFrame] = {}
+    for packet in container.demux(*streams):
+        for frame in _decode(packet):
+            if isinstance(frame, VideoFrame):
+                found.setdefault(packet.stream.index, frame)
+        if len(found) == len(streams):
+            return found
+    for stream in streams:
+        if stream.index not in found:
+            for frame in _decode(None, stream):
+                if isinstance(frame, VideoFrame):
+                    found.setdefault(stream.index, frame)
+    if len(found) < len(streams):
+        raise CorruptMedia("The HEIF image could not be decoded: its image data does not decode.")
+    return found
+
+
+@dataclass(frozen=True)
+class _HeifGrid:
+    rows: int
+    columns: int
+    width: int
+    height: int
+    #: Item ids of the tiles, row by row.
+    tiles: list[int]
+
+
+@dataclass(frozen=True)
+class _HeifLayout:
+    primary: int
+    grid: _HeifGrid | None
+    #: The primary item's rotation (irot) and mirroring (imir), in the order they apply.
+    transforms: list[Image.Transpose]
+
+
+_MAX_META_BYTES = 4 * 1024 * 1024
+_MAX_HEIF_TILES = 4096
+_IROT = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+#: imir axis 0 mirrors about a vertical axis (left-right), 1 about a horizontal one (top-bottom).
+_IMIR = {0: Image.Transpose.FLIP_LEFT_RIGHT, 1: Image.Transpose.FLIP_TOP_BOTTOM}
+
+
+def _read_heif_layout(path: Path) -> _HeifLayout | None:
+    """The primary item of a HEIF file, its grid when it is one, and its rotation and mirroring."""
+    with path.open("rb") as f:
+        size = path.stat().st_size
+        meta = _top_level_box(f, b"meta", size)
+        if meta is None:
+            return None
+        children = {kind: (s, e) for kind, s, e in _heif_boxes(meta, 4, len(meta))}
+        if b"pitm" not in children or b"iinf" not in children:
+            return None
+        s, _e = children[b"pitm"]
+        primary = struct.unpack_from(">H" if meta[s] == 0 else ">I", meta, s + 4)[0]
+        transforms = _transforms(meta, children, primary)
+        if _item_types(meta, *children[b"iinf"]).get(primary) != b"grid":
+            return _HeifLayout(primary, None, transforms)
+        tiles = _references(meta, children.get(b"iref"), primary, b"dimg")
+        data = _item_data(f, meta, children, primary)
+        if not tiles or data is None or len(data) < 8:
+            return _HeifLayout(primary, None, transforms)
+        flags = data[1]
+        rows, columns = data[2] + 1, data[3] + 1
+        width, height = struct.unpack_from(">II" if flags & 1 else ">HH", data, 4)
+        if rows * columns != len(tiles):
+            return _HeifLayout(primary, None, transforms)
+        return _HeifLayout(primary, _HeifGrid(rows, columns, int(width), int(height), tiles), transforms)
+
+
+def _top_level_box(f: BinaryIO, wanted: bytes, file_size: int) -> bytes | None:
+    """The payload of the first top-level box of this type (None when absent or implausibly large)."""
+    pos = 0
+    while pos + 8 <= file_size:
+        f.seek(pos)
+        header = f.read(16)
+        box_size, kind = struct.unpack_from(">I4s", header)
+        header_len = 8
+        if box_size == 1:
+            box_size, header_len = struct.unpack_from(">Q", header, 8)[0], 16
+        elif box_size == 0:
+            box_size = file_size - pos
+        if box_size < header_len:
+            return None
+        if kind == wanted:
+            length = box_size - header_len
+            if length > _MAX_META_BYTES:
+                return None
+            f.seek(pos + header_len)
+            return f.read(length)
+        pos += box_size
+    return None
+
+
+def _heif_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """Child boxes in data[start:end] as (type, payload start, payload end)."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header_len = 8
+        if size == 1:
+            size, header_len = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header_len or pos + size > end:
+            return
+        yield kind, pos + header_len, pos + size
+        pos += size
+
+
+def _item_types(meta: bytes, start: int, end: int) -> dict[int, bytes]:
+    first = start + (6 if meta[start] == 0 else 8)
+    types: dict[int, bytes] = {}
+    for kind, s, _e in _heif_boxes(meta, first, end):
+        if kind != b"infe" or meta[s] < 2:
+            continue
+        if meta[s] == 2:
+            types[struct.unpack_from(">H", meta, s + 4)[0]] = meta[s + 8 : s + 12]
+        else:
+            types[struct.unpack_from(">I", meta, s + 4)[0]] = meta[s + 10 : s + 14]
+    return types
+
+
+def _references(meta: bytes, iref: tuple[int, int] | None, item: int, wanted: bytes) -> list[int]:
+    if iref is None:
+        return []
+    start, end = iref
+    wide = meta[start] != 0
+    fmt, step = (">I", 4) if wide else (">H", 2)
+    for kind, s, _e in _heif_boxes(meta, start + 4, end):
+        source = struct.unpack_from(fmt, meta, s)[0]
+        if kind != wanted or source != item:
+            continue
+        count = struct.unpack_from(">H", meta, s + step)[0]
+        first = s + step + 2
+        return [struct.unpack_from(fmt, meta, first + i * step)[0] for i in range(min(count, _MAX_HEIF_TILES))]
+    return []
+
+
+def _sized(meta: bytes, pos: int, size: int) -> int:
+    if size not in (0, 2, 4, 8):
+        raise ValueError("bad field size in iloc box")
+    return int.from_bytes(meta[pos : pos + size], "big")
+
+
+def _item_data(f: BinaryIO, meta: bytes, children: dict[bytes, tuple[int, int]], item: int) -> bytes | None:
+    """The data of one (small) item, from the file (construction method 0) or the idat box (1)."""
+    if b"iloc" not in children:
+        return None
+    start, _end = children[b"iloc"]
+    version = meta[start]
+    pos = start + 4
+    offset_size, length_size = meta[pos] >> 4, meta[pos] & 0x0F
+    base_size = meta[pos + 1] >> 4
+    index_size = meta[pos + 1] & 0x0F if version in (1, 2) else 0
+    pos += 2
+    id_size = 2 if version < 2 else 4
+    count = _sized(meta, pos, id_size)
+    pos += id_size
+    for _ in range(min(count, 65_536)):
+        item_id = _sized(meta, pos, id_size)
+        pos += id_size
+        method = 0
+        if version in (1, 2):
+            method = _sized(meta, pos, 2) & 0x0F
+            pos += 2
+        pos += 2
+        base = _sized(meta, pos, base_size)
+        pos += base_size
+        extents = _sized(meta, pos, 2)
+        pos += 2
+        chunks = []
+        for _ in range(extents):
+            pos += index_size
+            offset = base + _sized(meta, pos, offset_size)
+            pos += offset_size
+            length = _sized(meta, pos, length_size)
+            pos += length_size
+            chunks.append((offset, length))
+        if item_id != item:
+            continue
+        if method == 1 and b"idat" in children:
+            s, e = children[b"idat"]
+            return b"".join(meta[s + o : min(e, s + o + n)] for o, n in chunks)
+        if method == 0:
+            parts = []
+            for o, n in chunks:
+                f.seek(o)
+                parts.append(f.read(min(n, 1024)))
+            return b"".join(parts)
+        return None
+    return None
+
+
+def _transforms(meta: bytes, children: dict[bytes, tuple[int, int]], item: int) -> list[Image.Transpose]:
+    """The irot and imir properties associated with an item, in association order."""
+    if b"iprp" not in children:
+        return []
+    inner = {kind: (s, e) for kind, s, e in _heif_boxes(meta, *children[b"iprp"])}
+    if b"ipco" not in inner or b"ipma" not in inner:
+        return []
+    properties = list(_heif_boxes(meta, *inner[b"ipco"]))
+    s, _e = inner[b"ipma"]
+    version, flags = meta[s], int.from_bytes(meta[s + 1 : s + 4], "big")
+    pos = s + 4
+    entries = struct.unpack_from(">I", meta, pos)[0]
+    pos += 4
+    found: list[Image.Transpose] = []
+    for _ in range(min(entries, 65_536)):
+        id_size = 2 if version < 1 else 4
+        item_id = _sized(meta, pos, id_size)
+        pos += id_size
+        n = meta[pos]
+        pos += 1
+        for _ in range(n):
+            if flags & 1:
+                index = struct.unpack_from(">H", meta, pos)[0] & 0x7FFF
+                pos += 2
+            else:
+                index = meta[pos] & 0x7F
+                pos += 1
+            if item_id != item or not 0 < index <= len(properties):
+                continue
+            kind, ps, _pe = properties[index - 1]
+            if kind == b"irot" and meta[ps] & 3:
+                found.append(_IROT[meta[ps] & 3])
+            elif kind == b"imir":
+                found.append(_IMIR[meta[ps] & 1])
+    return found
 
 
 # --- video -----------------------------------------------------------------------------------------
@@ -242,6 +516,7 @@ def keyframes(
     max_gap_s: float = MAX_GAP_S,
     max_side: int = KEYFRAME_SIDE,
     stats: KeyframeStats | None = None,
+    progress: Progress = _no_progress,
 ) -> Iterator[DerivedFrame]:
     """Frames of a video worth analysing, in time order, as JPEG (longest side at most `max_side`).
 
@@ -268,6 +543,7 @@ def keyframes(
                 max_gap_s=max(max_gap_s, min_interval_s, 0.1),
                 max_side=max_side,
                 stats=stats,
+                progress=progress,
             )
     except _AV_ERRORS as exc:
         raise CorruptMedia(f"The video could not be decoded: {_reason(exc, path)}") from exc
@@ -284,6 +560,7 @@ def _select_keyframes(
     max_gap_s: float,
     max_side: int,
     stats: KeyframeStats,
+    progress: Progress,
 ) -> Iterator[DerivedFrame]:
     stream = _main_video(container)
     origin = _origin(container)
@@ -313,6 +590,8 @@ def _select_keyframes(
             if not isinstance(frame, VideoFrame):
                 continue
             stats.frames_decoded += 1
+            if duration:
+                progress(min(1.0, _time_s(frame, origin) / duration))
             stats.keyframes_decoded += int(frame.key_frame)
             time_s = _time_s(frame, origin)
             if not frame.key_frame and time_s - last_candidate < spacing:
@@ -385,7 +664,7 @@ def _video_frames(container: InputContainer, stream: VideoStream) -> Iterator[Vi
                 yield frame
 
 
-def _decode(packet: av.Packet[VideoStream] | None, stream: VideoStream | None = None) -> list[av.frame.Frame]:
+def _decode(packet: av.Packet[Any] | None, stream: VideoStream | None = None) -> list[object]:
     """The frames of one packet; a packet that does not decode is skipped (logged), as players do."""
     try:
         if packet is None:
@@ -483,7 +762,7 @@ class NoAudioTrack(AimaError):
         super().__init__("The file holds no audio stream.")
 
 
-def audio_track(path: Path, sniffed: SniffedType, out: Path) -> AudioTrackInfo:
+def audio_track(path: Path, sniffed: SniffedType, out: Path, *, progress: Progress = _no_progress) -> AudioTrackInfo:
     """Write the first audio stream to `out` as 16 kHz mono 16-bit PCM WAV, starting at the media's time 0."""
     try:
         with open_container(path, sniffed) as container, out.open("wb") as sink:
@@ -491,7 +770,13 @@ def audio_track(path: Path, sniffed: SniffedType, out: Path) -> AudioTrackInfo:
                 raise NoAudioTrack()
             stream = container.streams.audio[0]
             cc = stream.codec_context
-            written, lead = _write_wav(container, stream, sink, _origin(container))
+            duration = float(container.duration / av.time_base) if container.duration else None
+
+            def report(seconds: float) -> None:
+                if duration:
+                    progress(min(1.0, seconds / duration))
+
+            written, lead = _write_wav(container, stream, sink, _origin(container), report)
             if written == 0:
                 raise CorruptMedia("The audio could not be decoded: no frame of it decodes.")
             return AudioTrackInfo(
@@ -508,7 +793,13 @@ def audio_track(path: Path, sniffed: SniffedType, out: Path) -> AudioTrackInfo:
         raise CorruptMedia(f"The audio could not be decoded: {_reason(exc, path)}") from exc
 
 
-def _write_wav(container: InputContainer, stream: av.AudioStream, sink: BinaryIO, origin: float) -> tuple[int, float]:
+def _write_wav(
+    container: InputContainer,
+    stream: av.AudioStream,
+    sink: BinaryIO,
+    origin: float,
+    report: Callable[[float], None],
+) -> tuple[int, float]:
     """Decode, resample and write; returns the samples written and the seconds of leading silence."""
     resampler = AudioResampler(format="s16", layout="mono", rate=AUDIO_SAMPLE_RATE)
     written = 0
@@ -546,6 +837,7 @@ def _write_wav(container: InputContainer, stream: av.AudioStream, sink: BinaryIO
                         wav.writeframesraw(bytes(2 * silence))
                         written += silence
                 write(resampler.resample(frame))
+                report(written / AUDIO_SAMPLE_RATE)
         write(resampler.resample(None))
     return written, lead
 

@@ -177,6 +177,7 @@ async def ensure_artifacts(
     *,
     workdir: Path,
     original: Path | None = None,
+    progress: derive.Progress | None = None,
 ) -> Prepared:
     """The artifacts of `preparation` for `media`: the stored ones when current, else made, stored and recorded.
 
@@ -195,7 +196,9 @@ async def ensure_artifacts(
             if rows and _current(rows, preparation):
                 return Prepared(rows, derived=False)
             if not rows:
-                made = await _make(resources, conn, media, preparation, workdir=workdir, original=original)
+                made = await _make(
+                    resources, conn, media, preparation, workdir=workdir, original=original, progress=progress
+                )
                 break
             # Made by another version of the deriver: forget them, then make them afresh (under the lock again).
             await conn.execute(delete(_artifacts).where(_artifacts.c.id.in_([r.id for r in rows])))
@@ -221,13 +224,14 @@ async def _make(
     *,
     workdir: Path,
     original: Path | None,
+    progress: derive.Progress | None = None,
 ) -> list[Artifact]:
     """Derive, store every file, insert the rows (in the caller's transaction); on failure nothing stays stored."""
     if original is None:
         original = workdir / "original"
         await resources.store.download_to(media.storage_key, original)
     out = workdir / f"derived-{preparation.name}"
-    outputs = await asyncio.to_thread(_derive, preparation, original, media.sniffed, out)
+    outputs = await asyncio.to_thread(_derive, preparation, original, media.sniffed, out, progress or _ignore)
     stored: list[StoredObject] = []
     try:
         stored = await _store_all(resources.store, media, preparation.kind, outputs)
@@ -259,7 +263,13 @@ async def _make(
     return rows
 
 
-def _derive(preparation: Preparation, original: Path, sniffed: SniffedType, out: Path) -> list[_Output]:
+def _ignore(fraction: float) -> None:
+    return None
+
+
+def _derive(
+    preparation: Preparation, original: Path, sniffed: SniffedType, out: Path, progress: derive.Progress
+) -> list[_Output]:
     """Run the deriver (in a worker thread), writing each file under `out`."""
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     derivers = {
@@ -268,25 +278,25 @@ def _derive(preparation: Preparation, original: Path, sniffed: SniffedType, out:
         KEYFRAMES.name: _keyframes,
         AUDIO_TRACK.name: _audio_track,
     }
-    return derivers[preparation.name](original, sniffed, out)
+    return derivers[preparation.name](original, sniffed, out, progress)
 
 
-def _thumbnail(original: Path, sniffed: SniffedType, out: Path) -> list[_Output]:
+def _thumbnail(original: Path, sniffed: SniffedType, out: Path, progress: derive.Progress) -> list[_Output]:
     data = derive.thumbnail(original, sniffed)
     width, height = Image.open(io.BytesIO(data)).size
     return [_write(out / "thumbnail.jpg", data, 0, {"width": width, "height": height})]
 
 
-def _poster(original: Path, sniffed: SniffedType, out: Path) -> list[_Output]:
+def _poster(original: Path, sniffed: SniffedType, out: Path, progress: derive.Progress) -> list[_Output]:
     poster = derive.poster_frame(original, sniffed)
     details = {"timestamp_s": poster.timestamp_s, "width": poster.width, "height": poster.height}
     return [_write(out / "poster.jpg", poster.jpeg, 0, details)]
 
 
-def _keyframes(original: Path, sniffed: SniffedType, out: Path) -> list[_Output]:
+def _keyframes(original: Path, sniffed: SniffedType, out: Path, progress: derive.Progress) -> list[_Output]:
     stats = derive.KeyframeStats()
     outputs = []
-    for seq, frame in enumerate(derive.keyframes(original, sniffed, stats=stats)):
+    for seq, frame in enumerate(derive.keyframes(original, sniffed, stats=stats, progress=progress)):
         details = {
             "timestamp_s": frame.timestamp_s,
             "scene_change": frame.scene_change,
@@ -306,10 +316,10 @@ def _keyframes(original: Path, sniffed: SniffedType, out: Path) -> list[_Output]
     return outputs
 
 
-def _audio_track(original: Path, sniffed: SniffedType, out: Path) -> list[_Output]:
+def _audio_track(original: Path, sniffed: SniffedType, out: Path, progress: derive.Progress) -> list[_Output]:
     path = out / "audio.wav"
     try:
-        info = derive.audio_track(original, sniffed, path)
+        info = derive.audio_track(original, sniffed, path, progress=progress)
     except derive.NoAudioTrack:
         return []
     return [_Output(0, path, "audio/wav", asdict(info))]

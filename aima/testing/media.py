@@ -424,3 +424,70 @@ def make_scene_video(
                 container.mux(astream.encode(aframe))
             container.mux(astream.encode(None))
     return out.getvalue()
+
+
+def _hevc_picture(image: Image.Image) -> tuple[bytes, bytes]:
+    """One HEVC-coded picture of `image`: its ``hvcC`` box and its length-prefixed data."""
+    out = io.BytesIO()
+    x265 = {"preset": "ultrafast", "x265-params": "log-level=none:bframes=0:frame-threads=1:pools=1"}
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx265", rate=1, options=x265)
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height, stream.pix_fmt = image.width, image.height, "yuv420p"
+        frame = VideoFrame.from_image(image).reformat(format="yuv420p")  # type: ignore[no-untyped-call]
+        frame.pts = 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    mp4 = out.getvalue()
+    at = mp4.index(b"hvcC") - 4
+    hvcc = mp4[at : at + struct.unpack(">I", mp4[at : at + 4])[0]]
+    at = mp4.index(b"mdat") - 4
+    return hvcc, mp4[at + 8 : at + struct.unpack(">I", mp4[at : at + 4])[0]]
+
+
+def make_heic_grid(
+    columns: int = 2,
+    rows: int = 2,
+    *,
+    tile: tuple[int, int] = (64, 48),
+    size: tuple[int, int] = (120, 90),
+    rotation: int = 0,
+) -> bytes:
+    """A HEIC whose primary image is a grid (as phones write them): `columns` x `rows` HEVC tiles, each a solid
+    `SCENE_COLOURS` colour row by row, cropped to `size`; `rotation` (0-3) adds an ``irot`` of that many quarter
+    turns counterclockwise."""
+    tiles = [
+        _hevc_picture(Image.new("RGB", tile, SCENE_COLOURS[n % len(SCENE_COLOURS)])) for n in range(rows * columns)
+    ]
+    hvcc = tiles[0][0]
+    count = len(tiles)
+    grid = struct.pack(">BBBBHH", 0, 0, rows - 1, columns - 1, *size)
+    ftyp = _box(b"ftyp", b"heic" + struct.pack(">I", 0) + b"mif1heic")
+
+    def meta(data_offset: int) -> bytes:
+        hdlr = _full_box(b"hdlr", 0, 0, struct.pack(">I4s12xB", 0, b"pict", 0))
+        pitm = _full_box(b"pitm", 0, 0, struct.pack(">H", 1))
+        # iloc version 1: item, construction method (1: idat), data reference, extent count, offset, length.
+        entries = [struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid))]
+        offset = data_offset
+        for n, (_hvcc, picture) in enumerate(tiles):
+            entries.append(struct.pack(">HHHHII", 2 + n, 0, 0, 1, offset, len(picture)))
+            offset += len(picture)
+        iloc = _full_box(b"iloc", 1, 0, bytes([0x44, 0x00]) + struct.pack(">H", len(entries)) + b"".join(entries))
+        infes = _full_box(b"infe", 2, 0, struct.pack(">HH4sB", 1, 0, b"grid", 0))
+        infes += b"".join(_full_box(b"infe", 2, 1, struct.pack(">HH4sB", 2 + n, 0, b"hvc1", 0)) for n in range(count))
+        iinf = _full_box(b"iinf", 0, 0, struct.pack(">H", count + 1) + infes)
+        references = struct.pack(">HH", 1, count) + b"".join(struct.pack(">H", 2 + n) for n in range(count))
+        iref = _full_box(b"iref", 0, 0, _box(b"dimg", references))
+        # Properties: 1 hvcC, 2 the tiles' ispe, 3 the grid's ispe, 4 irot.
+        ipco = hvcc + _full_box(b"ispe", 0, 0, struct.pack(">II", *tile))
+        ipco += _full_box(b"ispe", 0, 0, struct.pack(">II", *size)) + _box(b"irot", bytes([rotation & 3]))
+        grid_properties = bytes([0x03, 0x84]) if rotation else bytes([0x03])
+        associations = struct.pack(">HB", 1, len(grid_properties)) + grid_properties
+        associations += b"".join(struct.pack(">HB", 2 + n, 2) + bytes([0x81, 0x02]) for n in range(count))
+        ipma = _full_box(b"ipma", 0, 0, struct.pack(">I", count + 1) + associations)
+        iprp = _box(b"iprp", _box(b"ipco", ipco) + ipma)
+        return _full_box(b"meta", 0, 0, hdlr + pitm + iloc + iinf + iref + iprp + _box(b"idat", grid))
+
+    data_offset = len(ftyp) + len(meta(0)) + 8
+    return ftyp + meta(data_offset) + _box(b"mdat", b"".join(picture for _hvcc, picture in tiles))

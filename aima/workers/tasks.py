@@ -203,9 +203,17 @@ async def _prepare(resources: Resources, task: TaskRun, preparation: Preparation
     """A preparation task: make (or find) the media's derived files of one kind."""
     _check_version(task, preparation.version, preparation.task_name)
     workdir = await _workdir(task)
+    reporter = _ProgressReporter(resources, task)
+
+    def progress(fraction: float) -> None:
+        reporter(fraction, f"{preparation.name}: {fraction:.0%}")
+
     try:
-        prepared = await artifacts.ensure_artifacts(resources, _source(task), preparation, workdir=workdir)
+        prepared = await artifacts.ensure_artifacts(
+            resources, _source(task), preparation, workdir=workdir, progress=progress
+        )
     finally:
+        await reporter.drain()
         await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
     what = "stored already" if not prepared.derived else "made"
     logger.info("%s of media %s: %d files %s", preparation.name, task.media_id, len(prepared.artifacts), what)

@@ -18,6 +18,7 @@ from aima.media.derive import KeyframeStats, NoAudioTrack
 from aima.media.sniff import sniff_file
 from aima.testing.media import (
     make_heic,
+    make_heic_grid,
     make_jpeg,
     make_mp3,
     make_mp4,
@@ -207,3 +208,36 @@ def _save(image: Image.Image, fmt: str, **params: object) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **params)
     return out.getvalue()
+
+
+def test_progress_is_reported_as_the_media_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.mp4", make_scene_video(3, 2.0, gop_seconds=0.5))
+    seen: list[float] = []
+    list(derive.keyframes(path, sniff_file(path), progress=seen.append))
+    assert seen == sorted(seen) and len(seen) == 12 and 0.9 <= seen[-1] <= 1.0
+    heard: list[float] = []
+    derive.audio_track(path, sniff_file(path), tmp_path / "track.wav", progress=heard.append)
+    assert heard == sorted(heard) and heard[-1] >= 0.95
+
+
+@pytest.mark.parametrize(("rotation", "size"), [(0, (120, 90)), (1, (90, 120))])
+def test_a_heic_grid_is_put_together_and_turned(tmp_path: Path, rotation: int, size: tuple[int, int]) -> None:
+    path = write(tmp_path, "grid.heic", make_heic_grid(2, 2, tile=(64, 48), size=(120, 90), rotation=rotation))
+    thumb = decoded(derive.thumbnail(path, sniff_file(path)))
+    assert thumb.size == size
+    # Tiles row by row: red, green / blue, yellow; a quarter turn counterclockwise brings green to the top left.
+    corners = [(4, 4), (size[0] - 4, 4), (4, size[1] - 4), (size[0] - 4, size[1] - 4)]
+    expected = {0: ["red", "green", "blue", "yellow"], 1: ["green", "yellow", "red", "blue"]}[rotation]
+    assert [colour_name(rgb_at(thumb, xy)) for xy in corners] == expected
+
+
+def test_a_large_heic_grid_is_scaled_tile_by_tile(tmp_path: Path) -> None:
+    path = write(tmp_path, "grid.heic", make_heic_grid(4, 3, tile=(256, 256), size=(1000, 700)))
+    [frame] = derive.keyframes(path, sniff_file(path), max_side=500)
+    assert (frame.width, frame.height) == (500, 350)
+    assert decoded(derive.thumbnail(path, sniff_file(path), max_side=100)).size == (100, 70)
+
+
+def colour_name(rgb: tuple[int, int, int]) -> str:
+    names = {"red": (200, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 200), "yellow": (230, 220, 40)}
+    return min(names, key=lambda n: sum((a - b) ** 2 for a, b in zip(names[n], rgb, strict=True)))
