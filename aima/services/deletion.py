@@ -56,6 +56,7 @@ ORPHAN_GRACE = timedelta(hours=1)
 INVENTORY_TIMEOUT_S = 30.0
 _CASES = "cases/"
 _DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
+_LIFTS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -410,15 +411,26 @@ async def delete_stored(store: ObjectStore, items: Iterable[_Stored]) -> int:
         batch = pending[start : start + _DELETE_BATCH]
         refused = await _delete_batch(store, batch)
         held = [item for item, code in refused if code == "AccessDenied" and item.version_id is not None]
-        for item in held:  # a legal hold: only a deletion through AIMA lifts it
-            await _s3(store).put_object_legal_hold(
-                Bucket=store.bucket, Key=item.key, VersionId=item.version_id, LegalHold={"Status": "OFF"}
-            )
+        if held:  # originals under a legal hold: only a deletion through AIMA lifts it
+            await _lift_holds(store, held)
         refused = [*(r for r in refused if r[0] not in held), *(await _delete_batch(store, held) if held else [])]
         if refused:
             item, code = refused[0]
             raise RuntimeError(f"S3 kept {len(refused)} of {len(batch)} objects, the first {item.key}: {code}")
     return len({item.key for item in pending})
+
+
+async def _lift_holds(store: ObjectStore, items: list[_Stored]) -> None:
+    """Turn off the legal hold of each version, `_LIFTS_IN_FLIGHT` requests at a time (S3 has no batch form)."""
+    slots = asyncio.Semaphore(_LIFTS_IN_FLIGHT)
+
+    async def lift(item: _Stored) -> None:
+        async with slots:
+            await _s3(store).put_object_legal_hold(
+                Bucket=store.bucket, Key=item.key, VersionId=item.version_id, LegalHold={"Status": "OFF"}
+            )
+
+    await asyncio.gather(*(lift(item) for item in items))
 
 
 async def _delete_batch(store: ObjectStore, batch: list[_Stored]) -> list[tuple[_Stored, str]]:
