@@ -250,10 +250,12 @@ async def _make(
             for output, obj in zip(outputs, stored, strict=True)
         ]
         if rows:
+            statement = insert(_artifacts).returning(*_artifacts.c, sort_by_parameter_order=True)
             try:
-                await conn.execute(insert(_artifacts), [_columns(row) for row in rows])
+                result = await conn.execute(statement, [_columns(row) for row in rows])
             except IntegrityError as exc:  # the media row is gone (its foreign key)
                 raise MediaGone(media.id) from exc
+            rows = [Artifact(**row._mapping) for row in result]
     except BaseException:
         await asyncio.shield(delete_objects(resources.store, [obj.key for obj in stored]))
         raise

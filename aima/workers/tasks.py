@@ -63,12 +63,12 @@ async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
     preparation = artifacts.preparation_of_task(task.analyzer)
     stored_result = False
     try:
-        async with asyncio.timeout(deadline):
-            if preparation is not None:
+        if preparation is not None:
+            async with asyncio.timeout(deadline):
                 await _prepare(resources, task, preparation)
-            else:
+        else:
+            async with asyncio.timeout(deadline):
                 payload = await _analyze(resources, task)
-        if preparation is None:
             await upsert_result(
                 resources.results,
                 media_id=task.media_id,
