@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from aima.config_sync import ConfigSync
 from aima.events import wake_channel
 from aima.resources import Resources, open_resources, redis_settings
-from aima.services import deletion
+from aima.services import deletion, uploads
 from aima.services.jobs import TASK_FUNCTION
 from aima.settings import Settings
 from aima.workers.serialization import deserialize, serialize
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: Minutes of each hour at which the retention sweep runs, and the one at which the orphan sweep runs.
 RETENTION_MINUTES = frozenset(range(0, 60, 10))
 ORPHAN_SWEEP_MINUTE = 35
+#: Minute of each hour at which abandoned resumable uploads are aborted.
+UPLOAD_SWEEP_MINUTE = 5
 #: Longest one run of either sweep may take (each does a bounded batch; the next run goes on).
 SWEEP_TIMEOUT_S = 540
 
@@ -46,11 +48,18 @@ async def orphan_sweep(ctx: dict[str, Any]) -> str:
     return f"cleaned {len(await deletion.sweep_orphans(resources))}"
 
 
+async def upload_sweep(ctx: dict[str, Any]) -> str:
+    """arq cron job: abort resumable uploads past their expiry, and multipart uploads no upload row knows."""
+    resources: Resources = ctx["resources"]
+    return f"aborted {await uploads.sweep_abandoned_uploads(resources)}"
+
+
 def cron_jobs() -> list[CronJob]:
     """The periodic jobs every worker schedules; arq runs each tick once across all workers (unique job ids)."""
     return [
         cron(retention_sweep, name="retention_sweep", minute=set(RETENTION_MINUTES), timeout=SWEEP_TIMEOUT_S),
         cron(orphan_sweep, name="orphan_sweep", minute=ORPHAN_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
+        cron(upload_sweep, name="upload_sweep", minute=UPLOAD_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
     ]
 
 

@@ -20,7 +20,7 @@ from aima.services.runtime_settings import RUNTIME_KEYS, merge, parse_value
 from aima.settings import Settings
 from aima.storage import original_key
 from aima.testing.media import make_jpeg
-from aima.workers.settings import orphan_sweep, retention_sweep, worker_settings
+from aima.workers.settings import orphan_sweep, retention_sweep, upload_sweep, worker_settings
 from tests.leftovers import add_derived_file, add_vectors, audit_entries, nothing, stored
 
 
@@ -163,12 +163,17 @@ def test_retention_days_is_a_runtime_setting() -> None:
             parse_value("retention_days", bad)
 
 
-def test_the_worker_schedules_both_sweeps(settings: Settings) -> None:
+def test_the_worker_schedules_the_sweeps(settings: Settings) -> None:
     jobs = {job.name: job for job in worker_settings(settings)["cron_jobs"]}
     assert jobs["retention_sweep"].coroutine is retention_sweep
     assert jobs["orphan_sweep"].coroutine is orphan_sweep
+    assert jobs["upload_sweep"].coroutine is upload_sweep
     assert all(job.unique for job in jobs.values())  # one run per tick across all workers
 
 
 async def test_the_orphan_sweep_job_runs(resources: Resources) -> None:
     assert (await orphan_sweep({"resources": resources})).startswith("cleaned ")
+
+
+async def test_the_upload_sweep_job_runs(resources: Resources) -> None:
+    assert (await upload_sweep({"resources": resources})).startswith("aborted ")
