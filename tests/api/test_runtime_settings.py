@@ -78,10 +78,21 @@ def test_administrators_see_every_runtime_key_with_its_source(people: People, se
     assert upload["source"] == "DEFAULT" and upload["version"] is None and upload["updatedBy"] is None
     assert by_key["auth.registration"]["value"] == "open"
     assert all(s["description"] for s in answer["settings"])
-    # The API process of this session reports what it applied.
-    apis = [p for p in answer["processes"] if p["process"].startswith("api:")]
-    assert apis and all(api["version"] == answer["version"] and api["current"] for api in apis)
-    assert all(api["values"]["max_upload_bytes"] == settings.max_upload_bytes for api in apis)
+    # The API process of this session reports what it applied: at least every RESYNC_S, and at once after a change.
+    people.admin.data(SET, {"key": "log_level", "value": settings.log_level})
+    people.admin.data(RESET, {"key": "log_level"})
+
+    def reported() -> bool:
+        answer = people.admin.data(SETTINGS)["runtimeSettings"]
+        apis = [p for p in answer["processes"] if p["process"].startswith("api:")]
+        return bool(apis) and all(
+            api["version"] == answer["version"]
+            and api["current"]
+            and api["values"]["max_upload_bytes"] == settings.max_upload_bytes
+            for api in apis
+        )
+
+    eventually(reported)
 
 
 def test_a_change_applies_at_once_and_a_reset_restores_the_base_value(
