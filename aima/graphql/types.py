@@ -13,12 +13,13 @@ from strawberry.types import Info
 from aima.analysis import MediaKind
 from aima.db import models
 from aima.db.documents import AnalysisResultDocument
-from aima.errors import NotFound
+from aima.errors import InvalidInput, NotFound
 from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
 from aima.services import jobs as job_service
 from aima.services import media as media_service
 from aima.services.access import CaseAccess
+from aima.services.artifacts import ArtifactKind, artifacts_of
 from aima.services.audit import AuditAction
 from aima.services.cases import Membership, case_with_access, get_case, members_of_case
 
@@ -163,6 +164,19 @@ class MediaNode:
         )
 
     @strawberry.field(
+        description="Files derived from the original (thumbnail, poster, keyframes, audio track), shared by analyzers."
+    )
+    async def derived(self, info: Info[Context, None], kind: str | None = None) -> list[DerivedFileNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await media_service.get_media(session=session, actor=actor, media_id=uuid.UUID(self.id))
+        if kind is not None and kind not in set(ArtifactKind):
+            raise InvalidInput(f"kind must be one of: {', '.join(sorted(ArtifactKind))}.")
+        rows = await artifacts_of(ctx.resources, uuid.UUID(self.id), ArtifactKind(kind) if kind else None)
+        return [DerivedFileNode.of(row) for row in rows]
+
+    @strawberry.field(
         description="Other images of the case that look the same (perceptual hash), nearest first; "
         "`maxDistance` is in differing bits of 64 (deployment default when omitted)."
     )
@@ -207,6 +221,29 @@ class CustodyNode:
         description="Whether storage holds the original under an object-lock legal hold: it cannot be overwritten "
         "or deleted except through AIMA's audited deletion."
     )
+
+
+@strawberry.type(name="DerivedFile")
+class DerivedFileNode:
+    kind: str = strawberry.field(description="thumbnail, poster, keyframe or audio_track.")
+    seq: int = strawberry.field(description="Order within its kind: the keyframe number.")
+    content_type: str
+    size_bytes: float
+    sha256: str
+    details: JSON = strawberry.field(description="A keyframe's time (s) and whether it starts a scene; sizes.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Artifact) -> DerivedFileNode:
+        return cls(
+            kind=row.kind,
+            seq=row.seq,
+            content_type=row.content_type,
+            size_bytes=float(row.size_bytes),
+            sha256=row.sha256,
+            details=cast(JSON, row.details),
+            created_at=row.created_at,
+        )
 
 
 @strawberry.type(name="DownloadLink")

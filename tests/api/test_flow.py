@@ -96,6 +96,8 @@ def test_upload_analyze_subscribe_and_read(
 
     results = owner.data(MEDIA, {"id": media["id"]})["media"]["results"]
     assert len(results) == 1
+    derived = owner.data("query($id: ID!) { media(id: $id) { derived { kind seq contentType } } }", {"id": media["id"]})
+    assert derived["media"]["derived"] == [{"kind": "thumbnail", "seq": 0, "contentType": "image/jpeg"}]
     assert results[0]["analyzer"] == "media-probe"
     assert results[0]["analyzerVersion"] == "1.0.0"
     assert results[0]["payload"]["kind"] == "image"
