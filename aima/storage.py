@@ -1,7 +1,8 @@
 """The S3 object store for originals and derived files.
 
 Uploads are streamed: at most one part is in memory at a time, the SHA-256 is computed on the way, and a failed or
-refused upload leaves no object and no dangling multipart upload behind.
+refused upload leaves no object and no dangling multipart upload behind. Where the bucket has object lock (and so
+versions), deleting removes every version, lifting the legal holds of originals.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,11 @@ from aima.errors import AimaError, BackendUnavailable, EmptyUpload, UploadTooLar
 logger = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_GONE_UPLOAD = {"NoSuchUpload", "404", "NotFound"}
+#: Keys one DeleteObjects request may name at most (S3's limit).
+DELETE_BATCH = 1000
+#: Legal holds lifted at once while deleting (S3 has no batch form of PutObjectLegalHold).
+LIFTS_IN_FLIGHT = 16
 #: Parts of one streamed upload travelling to S3 at once, while the next part arrives.
 PARTS_IN_FLIGHT = 2
 
@@ -37,6 +43,16 @@ class StoredObject:
 def original_key(case_id: uuid.UUID, media_id: uuid.UUID) -> str:
     """Where an original lives; derived from ids only, never from anything the client sent."""
     return f"cases/{case_id}/media/{media_id}/original"
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One object under a prefix; in a versioned (object-locked) bucket, one version or delete marker."""
+
+    key: str
+    #: None in an unversioned bucket.
+    version_id: str | None
+    modified: datetime
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,8 @@ class ObjectStore:
         self.part_size = part_size
         #: Whether the bucket has object lock; set by `ensure_bucket` / `detect_locking`.
         self.locking = False
+        #: Entries each listing request asks for; None: the server's default (S3's, and its most, is 1000).
+        self.page_size: int | None = None
 
     async def presigned_get(
         self, key: str, *, expires_s: int, filename: str | None = None, content_type: str | None = None
@@ -131,8 +149,23 @@ class ObjectStore:
             IfNoneMatch="*",
         )
 
-    async def abort_multipart(self, key: str, upload_id: str) -> None:
-        await self._abort(key, upload_id)
+    async def abort_multipart(self, key: str, upload_id: str, *, best_effort: bool = True) -> bool:
+        """Abort a multipart upload, with its stored parts; returns whether this call aborted it.
+
+        False when S3 no longer knows the upload (aborted or completed already). Any other failure is logged and
+        answered with False, or with `best_effort=False` raised.
+        """
+        try:
+            await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _GONE_UPLOAD:
+                logger.debug("multipart upload %s of %s was gone already", upload_id, key)
+                return False
+            if not best_effort:
+                raise
+            logger.exception("could not abort multipart upload %s of %s", upload_id, key)
+            return False
+        return True
 
     async def hash_object(self, key: str) -> StoredObject:
         """Read an object back and compute its SHA-256 and size (hashing off the event loop)."""
@@ -237,7 +270,7 @@ class ObjectStore:
                 task.cancel()
             await asyncio.gather(*sending, return_exceptions=True)
             if upload_id is not None:
-                await self._abort(key, upload_id)
+                await self.abort_multipart(key, upload_id)
             raise
         return StoredObject(key=key, size_bytes=size, sha256=digest.hexdigest())
 
@@ -246,12 +279,6 @@ class ObjectStore:
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
         )
         return {"PartNumber": number, "ETag": answer["ETag"]}
-
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
-            logger.exception("could not abort multipart upload %s of %s", upload_id, key)
 
     async def download_to(self, key: str, path: Path) -> None:
         """Copy an object to a local file, streaming; file writes happen off the event loop."""
@@ -294,23 +321,53 @@ class ObjectStore:
         if not self.locking:
             await self._s3.delete_object(Bucket=self.bucket, Key=key)
             return
-        for version_id, held in await self._versions(key):
-            if held:
-                await self._s3.put_object_legal_hold(
-                    Bucket=self.bucket, Key=key, VersionId=version_id, LegalHold={"Status": "OFF"}
-                )
-            await self._s3.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        await self.delete_versions(item for item in await self._versions(key) if item.key == key)
 
-    async def _versions(self, key: str) -> list[tuple[str, bool]]:
-        """(version id, has a legal hold) of every version and delete marker of exactly `key`."""
-        found: list[tuple[str, bool]] = []
-        paginator = self._s3.get_paginator("list_object_versions")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
-            for version in page.get("Versions", []):
-                if version["Key"] == key:
-                    found.append((version["VersionId"], await self.legal_hold(key, version["VersionId"])))
-            found.extend((m["VersionId"], False) for m in page.get("DeleteMarkers", []) if m["Key"] == key)
-        return found
+    async def delete_versions(self, items: Iterable[StoredVersion]) -> int:
+        """Delete objects (exactly the versions given, as `listing` names them) in batches of `DELETE_BATCH`,
+        lifting the legal hold of those S3 refuses to delete for one; returns how many distinct keys went.
+
+        Raises `RuntimeError` when S3 kept any of them.
+        """
+        pending = list(items)
+        for start in range(0, len(pending), DELETE_BATCH):
+            batch = pending[start : start + DELETE_BATCH]
+            refused = await self._delete_batch(batch)
+            held = [item for item, code in refused if code == "AccessDenied" and item.version_id is not None]
+            if held:  # originals under a legal hold: only a deletion through AIMA lifts it
+                await self._lift_holds(held)
+            refused = [*(r for r in refused if r[0] not in held), *(await self._delete_batch(held) if held else [])]
+            if refused:
+                item, code = refused[0]
+                raise RuntimeError(f"S3 kept {len(refused)} of {len(batch)} objects, the first {item.key}: {code}")
+        return len({item.key for item in pending})
+
+    async def _delete_batch(self, batch: list[StoredVersion]) -> list[tuple[StoredVersion, str]]:
+        """One DeleteObjects request; returns the items S3 refused, with its error code."""
+        objects = [{"Key": i.key, "VersionId": i.version_id} if i.version_id else {"Key": i.key} for i in batch]
+        answer = await self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+        by_version = {(i.key, i.version_id): i for i in batch}
+        refused = []
+        for error in answer.get("Errors", []):
+            key, version_id = error.get("Key"), error.get("VersionId")
+            item = by_version.get((key, version_id)) or by_version.get((key, None))
+            if item is not None:
+                refused.append((item, str(error.get("Code"))))
+        if answer.get("Errors") and not refused:
+            raise RuntimeError(f"S3 refused deletions it did not name: {answer['Errors'][:3]}")
+        return refused
+
+    async def _lift_holds(self, items: list[StoredVersion]) -> None:
+        """Turn off the legal hold of each version, `LIFTS_IN_FLIGHT` requests at a time."""
+        slots = asyncio.Semaphore(LIFTS_IN_FLIGHT)
+
+        async def lift(item: StoredVersion) -> None:
+            async with slots:
+                await self._s3.put_object_legal_hold(
+                    Bucket=self.bucket, Key=item.key, VersionId=item.version_id, LegalHold={"Status": "OFF"}
+                )
+
+        await asyncio.gather(*(lift(item) for item in items))
 
     async def legal_hold(self, key: str, version_id: str | None = None) -> bool:
         """Whether an object (version) is under a legal hold."""
@@ -325,14 +382,15 @@ class ObjectStore:
             return False
         return bool(answer.get("LegalHold", {}).get("Status") == "ON")
 
+    async def listing(self, prefix: str) -> list[StoredVersion]:
+        """Everything under `prefix` with when it was written: every object, and where the bucket keeps versions
+        (object lock), every version and delete marker. What `delete_versions` takes."""
+        return await self._versions(prefix) if self.locking else await self._objects(prefix)
+
     async def all_versions(self, prefix: str = "") -> list[str]:
-        """Keys of every object version and delete marker under `prefix` (what a "nothing is left" check needs)."""
-        found: list[str] = []
-        paginator = self._s3.get_paginator("list_object_versions")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            found.extend(v["Key"] for v in page.get("Versions", []))
-            found.extend(m["Key"] for m in page.get("DeleteMarkers", []))
-        return found
+        """Keys of every object version and delete marker under `prefix` (what a "nothing is left" check needs),
+        whether or not the bucket has object lock."""
+        return [item.key for item in await self._versions(prefix)]
 
     async def exists(self, key: str) -> bool:
         try:
@@ -344,23 +402,45 @@ class ObjectStore:
         return True
 
     async def keys(self, prefix: str = "") -> list[str]:
-        found: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            found.extend(item["Key"] for item in page.get("Contents", []))
+        """Keys of the current objects under `prefix`."""
+        return [item.key for item in await self._objects(prefix)]
+
+    async def _objects(self, prefix: str) -> list[StoredVersion]:
+        """The current objects under `prefix` (version ids left out)."""
+        found: list[StoredVersion] = []
+        async for page in self._pages("list_objects_v2", prefix):
+            found.extend(StoredVersion(o["Key"], None, o["LastModified"]) for o in page.get("Contents", []))
+        return found
+
+    async def _versions(self, prefix: str) -> list[StoredVersion]:
+        """Every object version and delete marker under `prefix`."""
+        found: list[StoredVersion] = []
+        async for page in self._pages("list_object_versions", prefix):
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                found.append(StoredVersion(item["Key"], item["VersionId"], item["LastModified"]))
+        return found
+
+    def _pages(self, operation: str, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """The answers of a listing `operation` under `prefix`, one request each, `page_size` entries each."""
+        config = {"PageSize": self.page_size} if self.page_size is not None else {}
+        pages: AsyncIterator[dict[str, Any]] = self._s3.get_paginator(operation).paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig=config
+        )
+        return pages
+
+    async def multipart_uploads(self, prefix: str = "") -> list[PendingMultipart]:
+        """Every multipart upload in progress under `prefix`, page by page."""
+        found: list[PendingMultipart] = []
+        async for page in self._pages("list_multipart_uploads", prefix):
+            found.extend(
+                PendingMultipart(key=u["Key"], upload_id=u["UploadId"], initiated=u.get("Initiated"))
+                for u in page.get("Uploads", [])
+            )
         return found
 
     async def pending_multipart_uploads(self, prefix: str = "") -> list[str]:
-        answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        return [upload["Key"] for upload in answer.get("Uploads", [])]
-
-    async def multipart_uploads(self, prefix: str = "") -> list[PendingMultipart]:
-        """Every multipart upload in progress under `prefix`."""
-        answer = await self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        return [
-            PendingMultipart(key=u["Key"], upload_id=u["UploadId"], initiated=u.get("Initiated"))
-            for u in answer.get("Uploads", [])
-        ]
+        """Keys of the multipart uploads in progress under `prefix`."""
+        return [upload.key for upload in await self.multipart_uploads(prefix)]
 
     async def read_range(self, key: str, start: int, length: int) -> bytes:
         """Up to `length` bytes of an object from `start`."""

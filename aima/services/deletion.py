@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +39,6 @@ from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction, AuditRecord
 from aima.services.cases import get_case
 from aima.services.media import get_media
-from aima.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +54,6 @@ ORPHAN_GRACE = timedelta(hours=1)
 #: How long the stores may take to answer the count made before anything is deleted.
 INVENTORY_TIMEOUT_S = 30.0
 _CASES = "cases/"
-_DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
-_LIFTS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -220,8 +217,8 @@ async def _inventory(resources: Resources, scope: Scope) -> _Inventory:
     results, vectors, stored, uploads = await asyncio.gather(
         _count_documents(resources, scope),
         _count_vectors(resources, scope),
-        _stored(resources.store, scope.prefix),
-        _multipart_uploads(resources.store, scope.prefix),
+        resources.store.listing(scope.prefix),
+        resources.store.multipart_uploads(scope.prefix),
     )
     objects = len({item.key for item in stored})
     return _Inventory(results=results, vectors=vectors, objects=objects, multipart_uploads=len(uploads))
@@ -351,103 +348,6 @@ async def _delete_vectors(resources: Resources, scope: Scope) -> int:
     return deleted
 
 
-def _s3(store: ObjectStore) -> Any:
-    """The store's S3 client. Stands in for `ObjectStore` methods that do not exist yet: listing every version with
-    its time, batch deletes of versions, and listing multipart uploads page by page (`_stored`, `delete_stored`,
-    `_multipart_uploads`, `_abort_upload`)."""
-    return store._s3
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """One object under a prefix; in a versioned (object-locked) bucket, one version or delete marker."""
-
-    key: str
-    #: None in an unversioned bucket.
-    version_id: str | None
-    modified: datetime
-
-
-async def _stored(store: ObjectStore, prefix: str) -> list[_Stored]:
-    """Everything under `prefix`: every object, and where the bucket keeps versions, every version and marker."""
-    found: list[_Stored] = []
-    if not store.locking:
-        paginator = _s3(store).get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
-            found.extend(_Stored(o["Key"], None, o["LastModified"]) for o in page.get("Contents", []))
-        return found
-    paginator = _s3(store).get_paginator("list_object_versions")
-    async for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
-        for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-            found.append(_Stored(item["Key"], item["VersionId"], item["LastModified"]))
-    return found
-
-
-async def _multipart_uploads(store: ObjectStore, prefix: str) -> list[tuple[str, str, datetime]]:
-    """Every multipart upload in progress under `prefix`: key, upload id, when it was started."""
-    found: list[tuple[str, str, datetime]] = []
-    paginator = _s3(store).get_paginator("list_multipart_uploads")
-    async for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
-        found.extend((u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", []))
-    return found
-
-
-async def _abort_upload(store: ObjectStore, key: str, upload_id: str) -> bool:
-    """Abort a multipart upload, with its stored parts; False when it was gone already."""
-    try:
-        await _s3(store).abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload_id)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"NoSuchUpload", "404", "NotFound"}:
-            return False
-        raise
-    return True
-
-
-async def delete_stored(store: ObjectStore, items: Iterable[_Stored]) -> int:
-    """Delete objects (every version given) in batches of 1000, lifting the legal hold of originals that have one;
-    returns how many distinct keys went. Raises when S3 kept any of them."""
-    pending = list(items)
-    for start in range(0, len(pending), _DELETE_BATCH):
-        batch = pending[start : start + _DELETE_BATCH]
-        refused = await _delete_batch(store, batch)
-        held = [item for item, code in refused if code == "AccessDenied" and item.version_id is not None]
-        if held:  # originals under a legal hold: only a deletion through AIMA lifts it
-            await _lift_holds(store, held)
-        refused = [*(r for r in refused if r[0] not in held), *(await _delete_batch(store, held) if held else [])]
-        if refused:
-            item, code = refused[0]
-            raise RuntimeError(f"S3 kept {len(refused)} of {len(batch)} objects, the first {item.key}: {code}")
-    return len({item.key for item in pending})
-
-
-async def _lift_holds(store: ObjectStore, items: list[_Stored]) -> None:
-    """Turn off the legal hold of each version, `_LIFTS_IN_FLIGHT` requests at a time (S3 has no batch form)."""
-    slots = asyncio.Semaphore(_LIFTS_IN_FLIGHT)
-
-    async def lift(item: _Stored) -> None:
-        async with slots:
-            await _s3(store).put_object_legal_hold(
-                Bucket=store.bucket, Key=item.key, VersionId=item.version_id, LegalHold={"Status": "OFF"}
-            )
-
-    await asyncio.gather(*(lift(item) for item in items))
-
-
-async def _delete_batch(store: ObjectStore, batch: list[_Stored]) -> list[tuple[_Stored, str]]:
-    """One DeleteObjects request; returns the items S3 refused, with its error code."""
-    objects = [{"Key": i.key, "VersionId": i.version_id} if i.version_id else {"Key": i.key} for i in batch]
-    answer = await _s3(store).delete_objects(Bucket=store.bucket, Delete={"Objects": objects, "Quiet": True})
-    by_version = {(i.key, i.version_id): i for i in batch}
-    refused = []
-    for error in answer.get("Errors", []):
-        item = by_version.get((error.get("Key"), error.get("VersionId"))) or by_version.get((error.get("Key"), None))
-        if item is not None:
-            refused.append((item, str(error.get("Code"))))
-    if answer.get("Errors") and not refused:
-        raise RuntimeError(f"S3 refused deletions it did not name: {answer['Errors'][:3]}")
-    return refused
-
-
 async def _clean_stores(
     resources: Resources,
     scope: Scope,
@@ -472,13 +372,14 @@ async def _clean_stores(
     try:
         aborted = 0
         known = {upload_id for _, upload_id in doomed.open_uploads}
-        listed = await _multipart_uploads(store, scope.prefix)
-        for key, upload_id in [*doomed.open_uploads, *((k, u) for k, u, _ in listed if u not in known)]:
-            aborted += await _abort_upload(store, key, upload_id)
-        items = await _stored(store, scope.prefix)
+        listed = await store.multipart_uploads(scope.prefix)
+        unknown = [(u.key, u.upload_id) for u in listed if u.upload_id not in known]
+        for key, upload_id in [*doomed.open_uploads, *unknown]:
+            aborted += await store.abort_multipart(key, upload_id, best_effort=False)
+        items = await store.listing(scope.prefix)
         for key in doomed.outside_keys:
-            items.extend(item for item in await _stored(store, key) if item.key == key)
-        removed.objects = await delete_stored(store, items)
+            items.extend(item for item in await store.listing(key) if item.key == key)
+        removed.objects = await store.delete_versions(items)
         removed.multipart_uploads = aborted
     except Exception:
         logger.exception("could not delete the objects of %s from S3; left for the orphan sweep", scope)
@@ -577,13 +478,16 @@ async def sweep_orphans(
     media. Lists every object under `prefix` (one request per 1000 objects); cleans at most `limit` prefixes.
     """
     store = resources.store
-    cutoff = (now or datetime.now(UTC)) - grace
+    now = now or datetime.now(UTC)
+    cutoff = now - grace
     seen: dict[tuple[uuid.UUID, uuid.UUID | None], datetime] = {}
     if not prefix.startswith(_CASES):
         raise ValueError(f"the orphan sweep looks under {_CASES!r} only")
     try:
-        objects = [(item.key, item.modified) for item in await _stored(store, prefix)]
-        listed = [*objects, *((k, t) for k, _, t in await _multipart_uploads(store, prefix))]
+        objects = [(item.key, item.modified) for item in await store.listing(prefix)]
+        # An upload whose start S3 does not say counts as started now: its prefix is not old enough to clean.
+        uploads = [(u.key, u.initiated or now) for u in await store.multipart_uploads(prefix)]
+        listed = [*objects, *uploads]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
             raise
