@@ -226,6 +226,14 @@ class Artifact(Base):
     __table_args__ = (UniqueConstraint("media_id", "kind", "seq", name="uq_artifacts_media_kind_seq"),)
 
 
+class Priority(enum.StrEnum):
+    """Tasks of a higher priority start before queued tasks of a lower one."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -234,6 +242,9 @@ class Job(Base):
     media_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"))
     created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), nullable=False)
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), nullable=False, default=JobState.QUEUED)
+    priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal", server_default="normal")
+    #: When someone asked to cancel it: workers stop its running tasks, queued ones never start.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -261,6 +272,11 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: What the task runs on ("cpu" or a model endpoint's name): the queue it goes to.
+    resource: Mapped[str] = mapped_column(String(100), nullable=False, default="cpu", server_default="cpu")
+    priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal", server_default="normal")
+    #: When a task waiting after a transient error (a model endpoint down or busy) is tried again.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Tasks that must succeed before this one is handed to a worker (preparation before analysis).
     depends_on: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), nullable=False, default=list, server_default="{}")
 
@@ -268,6 +284,7 @@ class Task(Base):
         UniqueConstraint("job_id", "media_id", "analyzer", name="uq_tasks_job_media_analyzer"),
         Index("ix_tasks_job", "job_id"),
         Index("ix_tasks_state", "state"),
+        Index("ix_tasks_state_heartbeat", "state", "heartbeat_at"),
     )
 
 
