@@ -16,105 +16,163 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Select, Table, and_, bindparam, case, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aima import queues
 from aima.analysis import Analyzer, MediaKind
-from aima.db.models import Artifact, Case, CaseRole, Job, JobState, Media, Task, TaskState
+from aima.db.models import Artifact, Case, CaseRole, Job, JobState, Media, Priority, Task, TaskState
 from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
 from aima.services import artifacts, task_runs
 from aima.services.access import Actor, CaseAccess, case_access, ensure, member_role_of
 from aima.services.artifacts import Preparation
+from aima.services.cases import get_case
 from aima.services.task_runs import TASK_FUNCTION, arq_job_id
 
-__all__ = ["TASK_FUNCTION", "analyze_media", "arq_job_id", "get_job", "jobs_of_case", "tasks_of_job"]
+__all__ = ["TASK_FUNCTION", "analyze_case", "analyze_media", "arq_job_id", "get_job", "jobs_of_case", "tasks_of_job"]
 
 logger = logging.getLogger(__name__)
 
 
 async def analyze_media(
-    *, resources: Resources, actor: Actor, media_id: uuid.UUID, analyzers: Sequence[str] | None
+    *,
+    resources: Resources,
+    actor: Actor,
+    media_id: uuid.UUID,
+    analyzers: Sequence[str] | None,
+    priority: Priority = Priority.NORMAL,
 ) -> Job:
-    """Create a job with one task per requested analyzer and hand the tasks to the workers."""
-    registry = resources.analyzers
+    """Create a job with one task per requested analyzer (and the preparations they need), and queue it."""
     # One transaction of plain statements: this runs for every analysis request.
     async with resources.engine.begin() as conn:
-        row = (await conn.execute(_media_access(actor), {"p_media_id": media_id})).first()
+        query = _media_rows(actor).where(Media.id == bindparam("p_media_id"))
+        row = (await conn.execute(query, {"p_media_id": media_id})).first()
         access = case_access(actor, row.owner_id, row.member_role) if row is not None else CaseAccess.NONE
         if row is None or access is CaseAccess.NONE:
             raise NotFound("Media", media_id)
         ensure(access, CaseAccess.EDITOR, "start analyses in it")
-        kind = MediaKind(row.kind)
-        chosen = _choose_analyzers(registry, kind, analyzers)
-        job = Job(
-            id=uuid.uuid4(),
-            case_id=row.case_id,
-            media_id=media_id,
-            created_by=actor.user_id,
-            state=JobState.QUEUED,
-            created_at=datetime.now(UTC),
-            finished_at=None,
-        )
-        tasks = _plan_tasks(job, kind, chosen, has_audio=row.has_audio, has_preview=row.has_preview)
+        chosen = _choose_analyzers(resources.analyzers, MediaKind(row.kind), analyzers)
+        job = _new_job(row.case_id, media_id, actor, priority)
+        tasks = _plan_tasks(job, row, chosen)
         await conn.execute(insert(_jobs), _columns(job))
         await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
+    await _queue(resources, job, tasks)
+    logger.info("job %s queued with %d tasks for media %s", job.id, len(tasks), media_id)
+    return job
 
+
+async def analyze_case(
+    *,
+    resources: Resources,
+    actor: Actor,
+    case_id: uuid.UUID,
+    analyzers: Sequence[str] | None,
+    priority: Priority = Priority.NORMAL,
+) -> Job:
+    """One job over every media item of a case: each analyzer (all installed when None) on each media it accepts."""
+    async with resources.sessions() as session:
+        await get_case(session=session, actor=actor, case_id=case_id, needed=CaseAccess.EDITOR)
+    registry = resources.analyzers
+    if analyzers is not None and not analyzers:
+        raise InvalidInput(f"Name at least one analyzer. Available analyzers: {', '.join(registry.names())}.")
+    wanted = registry.all() if analyzers is None else [registry.get(name) for name in dict.fromkeys(analyzers)]
+    async with resources.engine.begin() as conn:
+        query = _media_rows(actor).where(Media.case_id == case_id).order_by(Media.created_at, Media.id)
+        rows = list(await conn.execute(query))
+        if not rows:
+            raise InvalidInput("The case holds no media to analyse yet.")
+        job = _new_job(case_id, None, actor, priority)
+        tasks: list[Task] = []
+        for row in rows:
+            accepting = [a for a in wanted if a.accepts(MediaKind(row.kind))]
+            if accepting:
+                tasks.extend(_plan_tasks(job, row, accepting))
+        if not tasks:
+            names = ", ".join(a.name for a in wanted)
+            raise AnalyzerNotApplicable(f"None of the analyzers ({names}) accepts any media of this case.")
+        await conn.execute(insert(_jobs), _columns(job))
+        await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
+    await _queue(resources, job, tasks)
+    logger.info("case job %s queued with %d tasks over %d media of case %s", job.id, len(tasks), len(rows), case_id)
+    return job
+
+
+def _new_job(case_id: uuid.UUID, media_id: uuid.UUID | None, actor: Actor, priority: Priority) -> Job:
+    return Job(
+        id=uuid.uuid4(),
+        case_id=case_id,
+        media_id=media_id,
+        created_by=actor.user_id,
+        state=JobState.QUEUED,
+        priority=str(priority),
+        created_at=datetime.now(UTC),
+        finished_at=None,
+    )
+
+
+async def _queue(resources: Resources, job: Job, tasks: list[Task]) -> None:
+    """Enqueue the tasks that wait on nothing (the others follow their preparations); if the queue is down, the
+    tasks not queued fail and the caller hears so."""
     queued: list[uuid.UUID] = []
+    ready = [task for task in tasks if not task.depends_on]
     try:
-        for task in tasks:
-            if not task.depends_on:  # the others are handed over when their preparations succeed
-                await task_runs.enqueue_task(resources=resources, task_id=task.id)
-                queued.append(task.id)
-        await task_runs.wake(resources)
+        for task in ready:
+            await task_runs.enqueue_task(
+                resources=resources, task_id=task.id, resource=task.resource, priority=task.priority
+            )
+            queued.append(task.id)
+        await task_runs.wake(resources, {task.resource for task in ready})
     except Exception as exc:
         logger.exception("could not enqueue the tasks of job %s", job.id)
         unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
         unqueued = [task.id for task in tasks if task.id not in queued]
         await task_runs.fail_unqueued(resources=resources, job_id=job.id, task_ids=unqueued, reason=unavailable)
         raise BackendUnavailable("The task queue is unavailable; the job was not (fully) started. Try again.") from exc
-    logger.info("job %s queued with %d tasks for media %s", job.id, len(tasks), media_id)
-    return job
 
 
 _jobs = cast(Table, Job.__table__)
 _tasks = cast(Table, Task.__table__)
 
 
-def _plan_tasks(
-    job: Job, kind: MediaKind, chosen: list[Analyzer], *, has_audio: bool | None, has_preview: bool
-) -> list[Task]:
-    """The job's preparation tasks, then one task per analyzer depending on the preparations it needs."""
+def _plan_tasks(job: Job, media: Any, chosen: list[Analyzer]) -> list[Task]:
+    """For one media item: its preparation tasks, then one task per analyzer depending on the preparations it needs."""
+    kind = MediaKind(media.kind)
 
-    def task(name: str, version: str, depends_on: list[uuid.UUID]) -> Task:
+    def task(name: str, version: str, depends_on: list[uuid.UUID], resource: str = queues.CPU) -> Task:
         return Task(
             id=uuid.uuid4(),
             job_id=job.id,
-            media_id=job.media_id,
+            media_id=media.id,
             analyzer=name,
             analyzer_version=version,
             state=TaskState.QUEUED,
             progress=0.0,
             attempts=0,
             depends_on=depends_on,
+            resource=resource,
+            priority=job.priority,
         )
 
-    needed = {a.name: artifacts.preparations_for(kind, a.needs, has_audio=has_audio) for a in chosen}
+    needed = {a.name: artifacts.preparations_for(kind, a.needs, has_audio=media.has_audio) for a in chosen}
     preparations: dict[str, Preparation] = {}
     preview = artifacts.PREVIEW.get(kind)
-    if preview is not None and not has_preview:
+    if preview is not None and not media.has_preview:
         preparations[preview.name] = preview
     for wanted in needed.values():
         preparations.update((p.name, p) for p in wanted)
     prepared = {name: task(p.task_name, p.version, []) for name, p in preparations.items()}
-    analyses = [task(a.name, a.version, [prepared[p.name].id for p in needed[a.name]]) for a in chosen]
+    analyses = [
+        task(a.name, a.version, [prepared[p.name].id for p in needed[a.name]], resource=a.runs_on) for a in chosen
+    ]
     return [*prepared.values(), *analyses]
 
 
-def _media_access(actor: Actor) -> Select[str, uuid.UUID, uuid.UUID, CaseRole, bool | None, bool]:
+def _media_rows(actor: Actor) -> Select[uuid.UUID, str, uuid.UUID, uuid.UUID, CaseRole, bool | None, bool]:
+    """Media with what planning needs: kind, case, the actor's access, whether it has sound and a preview."""
     preview_kind = case(
         *((Media.kind == str(kind), str(p.kind)) for kind, p in artifacts.PREVIEW.items()),
         else_=None,
@@ -130,19 +188,16 @@ def _media_access(actor: Actor) -> Select[str, uuid.UUID, uuid.UUID, CaseRole, b
             Artifact.details["version"].astext == preview_version,
         )
     )
-    return (
-        select(
-            Media.kind,
-            Media.case_id,
-            Case.owner_id,
-            member_role_of(actor).label("member_role"),
-            # None when the probe listed no streams (unknown): the audio track is then tried.
-            Media.probe["streams"].contains([{"type": "audio"}]).label("has_audio"),
-            has_preview.label("has_preview"),
-        )
-        .join(Case, Case.id == Media.case_id)
-        .where(Media.id == bindparam("p_media_id"))
-    )
+    return select(
+        Media.id,
+        Media.kind,
+        Media.case_id,
+        Case.owner_id,
+        member_role_of(actor).label("member_role"),
+        # None when the probe listed no streams (unknown): the audio track is then tried.
+        Media.probe["streams"].contains([{"type": "audio"}]).label("has_audio"),
+        has_preview.label("has_preview"),
+    ).join(Case, Case.id == Media.case_id)
 
 
 def _columns(row: Job | Task) -> dict[str, object]:

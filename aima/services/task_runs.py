@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from aima import queues
 from aima.analysis import MediaKind
 from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
 from aima.errors import AimaError, BackendUnavailable
@@ -374,24 +375,46 @@ async def task_exists(*, resources: Resources, task_id: uuid.UUID) -> bool:
         return (await conn.execute(_TASK_STATE, {"p_task_id": task_id})).first() is not None
 
 
-async def enqueue_task(*, resources: Resources, task_id: uuid.UUID) -> None:
-    """Hand one task to the workers (its own arq job); call `wake` after the last of a batch."""
-    await resources.arq.enqueue_job(TASK_FUNCTION, str(task_id), _job_id=arq_job_id(task_id))
+async def enqueue_task(
+    *,
+    resources: Resources,
+    task_id: uuid.UUID,
+    resource: str = queues.CPU,
+    priority: str = "normal",
+    delay: timedelta | None = None,
+) -> None:
+    """Hand one task to the workers of its resource (its own arq job), ordered by priority; call `wake` after the
+    last of a batch."""
+    await resources.arq.enqueue_job(
+        TASK_FUNCTION,
+        str(task_id),
+        _job_id=arq_job_id(task_id),
+        _queue_name=queues.queue_name(resources.settings, resource),
+        _defer_until=queues.start_score(priority, delay=delay),
+        _expires=queues.JOB_EXPIRY,
+    )
 
 
-async def wake(resources: Resources) -> None:
-    """Tell idle workers that tasks were queued."""
-    await wake_workers(resources.redis, resources.settings.redis_prefix, resources.settings.worker.queue_name)
+async def wake(resources: Resources, resources_used: Iterable[str] = (queues.CPU,)) -> None:
+    """Tell idle workers of these resources that tasks were queued."""
+    for resource in set(resources_used):
+        queue = queues.queue_name(resources.settings, resource)
+        await wake_workers(resources.redis, resources.settings.redis_prefix, queue)
+
+
+_ROUTING = select(Task.id, Task.resource, Task.priority).where(Task.id.in_(bindparam("p_ids", expanding=True)))
 
 
 async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid.UUID]) -> None:
     """Enqueue tasks whose dependencies succeeded; those the queue does not take fail (their job may close)."""
     queued: list[uuid.UUID] = []
     try:
-        for task_id in task_ids:
-            await enqueue_task(resources=resources, task_id=task_id)
-            queued.append(task_id)
-        await wake(resources)
+        async with resources.engine.connect() as conn:
+            rows = list(await conn.execute(_ROUTING, {"p_ids": task_ids}))
+        for row in rows:
+            await enqueue_task(resources=resources, task_id=row.id, resource=row.resource, priority=row.priority)
+            queued.append(row.id)
+        await wake(resources, {row.resource for row in rows})
     except Exception:
         logger.exception("could not enqueue the ready tasks of job %s", job_id)
         unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
