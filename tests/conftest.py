@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -162,15 +164,30 @@ def _clean_redis_prefix() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def worker_thread(settings: Settings) -> Iterator[WakeableWorker]:
-    """A real worker (what `aima worker` runs) in a thread with its own event loop, stopped on exit."""
+def worker_thread(
+    settings: Settings, *, analyzers: AnalyzerRegistry | None = None, **overrides: Any
+) -> Iterator[WakeableWorker]:
+    """A real worker (what `aima worker` runs) in a thread with its own event loop, stopped on exit.
+
+    `analyzers` replaces the registry of the worker's resources (test analyzers registered through a plugin);
+    `overrides` replace keyword arguments of `WakeableWorker` (``cron_jobs=[]``: no periodic jobs).
+    """
+    kwargs: dict[str, Any] = {**worker_settings(settings), "handle_signals": False, **overrides}
+    if analyzers is not None:
+        startup = kwargs["on_startup"]
+
+        async def on_startup(ctx: dict[str, Any]) -> None:
+            await startup(ctx)
+            ctx["resources"] = dataclasses.replace(ctx["resources"], analyzers=analyzers)
+
+        kwargs["on_startup"] = on_startup
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: list[WakeableWorker] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        worker = WakeableWorker(**{**worker_settings(settings), "handle_signals": False})
+        worker = WakeableWorker(**kwargs)
         holder.append(worker)
         started.set()
         try:

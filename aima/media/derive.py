@@ -38,6 +38,7 @@ from av.video.stream import VideoStream
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from aima.errors import AimaError, CorruptMedia, UnsupportedMedia
+from aima.media import heif
 from aima.media.probe import DEFAULT_MAX_PIXELS, open_container
 from aima.media.sniff import SniffedType
 
@@ -263,7 +264,8 @@ class _HeifLayout:
     transforms: list[Image.Transpose]
 
 
-_MAX_META_BYTES = 4 * 1024 * 1024
+#: A grid's description is 8 or 12 bytes; a grid item declaring more than this is not read.
+_MAX_GRID_ITEM_BYTES = 1024
 _MAX_HEIF_TILES = 4096
 _IROT = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 #: imir axis 0 mirrors about a vertical axis (left-right), 1 about a horizontal one (top-bottom).
@@ -273,20 +275,20 @@ _IMIR = {0: Image.Transpose.FLIP_LEFT_RIGHT, 1: Image.Transpose.FLIP_TOP_BOTTOM}
 def _read_heif_layout(path: Path) -> _HeifLayout | None:
     """The primary item of a HEIF file, its grid when it is one, and its rotation and mirroring."""
     with path.open("rb") as f:
-        size = path.stat().st_size
-        meta = _top_level_box(f, b"meta", size)
-        if meta is None:
+        meta = heif.MetaBox.read(f, path.stat().st_size)
+        if meta is None or b"iinf" not in meta.children:
             return None
-        children = {kind: (s, e) for kind, s, e in _heif_boxes(meta, 4, len(meta))}
-        if b"pitm" not in children or b"iinf" not in children:
+        primary = meta.primary_item()
+        if primary is None:
             return None
-        s, _e = children[b"pitm"]
-        primary = struct.unpack_from(">H" if meta[s] == 0 else ">I", meta, s + 4)[0]
-        transforms = _transforms(meta, children, primary)
-        if _item_types(meta, *children[b"iinf"]).get(primary) != b"grid":
+        transforms = _transforms(meta, primary)
+        if dict(meta.item_types()).get(primary) != b"grid":
             return _HeifLayout(primary, None, transforms)
-        tiles = _references(meta, children.get(b"iref"), primary, b"dimg")
-        data = _item_data(f, meta, children, primary)
+        tiles = _references(meta, primary, b"dimg")
+        location = next((location for location in meta.locations() if location.item == primary), None)
+        data = None
+        if location is not None:
+            data = heif.read_item(f, meta.idat(), location, max_bytes=_MAX_GRID_ITEM_BYTES)
         if not tiles or data is None or len(data) < 8:
             return _HeifLayout(primary, None, transforms)
         flags = data[1]
@@ -297,164 +299,30 @@ def _read_heif_layout(path: Path) -> _HeifLayout | None:
         return _HeifLayout(primary, _HeifGrid(rows, columns, int(width), int(height), tiles), transforms)
 
 
-def _top_level_box(f: BinaryIO, wanted: bytes, file_size: int) -> bytes | None:
-    """The payload of the first top-level box of this type (None when absent or implausibly large)."""
-    pos = 0
-    while pos + 8 <= file_size:
-        f.seek(pos)
-        header = f.read(16)
-        box_size, kind = struct.unpack_from(">I4s", header)
-        header_len = 8
-        if box_size == 1:
-            box_size, header_len = struct.unpack_from(">Q", header, 8)[0], 16
-        elif box_size == 0:
-            box_size = file_size - pos
-        if box_size < header_len:
-            return None
-        if kind == wanted:
-            length = box_size - header_len
-            if length > _MAX_META_BYTES:
-                return None
-            f.seek(pos + header_len)
-            return f.read(length)
-        pos += box_size
-    return None
-
-
-def _heif_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """Child boxes in data[start:end] as (type, payload start, payload end)."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header_len = 8
-        if size == 1:
-            size, header_len = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        elif size == 0:
-            size = end - pos
-        if size < header_len or pos + size > end:
-            return
-        yield kind, pos + header_len, pos + size
-        pos += size
-
-
-def _item_types(meta: bytes, start: int, end: int) -> dict[int, bytes]:
-    first = start + (6 if meta[start] == 0 else 8)
-    types: dict[int, bytes] = {}
-    for kind, s, _e in _heif_boxes(meta, first, end):
-        if kind != b"infe" or meta[s] < 2:
-            continue
-        if meta[s] == 2:
-            types[struct.unpack_from(">H", meta, s + 4)[0]] = meta[s + 8 : s + 12]
-        else:
-            types[struct.unpack_from(">I", meta, s + 4)[0]] = meta[s + 10 : s + 14]
-    return types
-
-
-def _references(meta: bytes, iref: tuple[int, int] | None, item: int, wanted: bytes) -> list[int]:
-    if iref is None:
+def _references(meta: heif.MetaBox, item: int, wanted: bytes) -> list[int]:
+    """The items an item refers to with references of type `wanted` (``iref``), at most `_MAX_HEIF_TILES`."""
+    if b"iref" not in meta.children:
         return []
-    start, end = iref
-    wide = meta[start] != 0
-    fmt, step = (">I", 4) if wide else (">H", 2)
-    for kind, s, _e in _heif_boxes(meta, start + 4, end):
-        source = struct.unpack_from(fmt, meta, s)[0]
+    data, (start, end) = meta.data, meta.children[b"iref"]
+    fmt, step = (">I", 4) if data[start] != 0 else (">H", 2)
+    for kind, s, _e in heif.boxes(data, start + 4, end):
+        source = struct.unpack_from(fmt, data, s)[0]
         if kind != wanted or source != item:
             continue
-        count = struct.unpack_from(">H", meta, s + step)[0]
+        count = struct.unpack_from(">H", data, s + step)[0]
         first = s + step + 2
-        return [struct.unpack_from(fmt, meta, first + i * step)[0] for i in range(min(count, _MAX_HEIF_TILES))]
+        return [struct.unpack_from(fmt, data, first + i * step)[0] for i in range(min(count, _MAX_HEIF_TILES))]
     return []
 
 
-def _sized(meta: bytes, pos: int, size: int) -> int:
-    if size not in (0, 2, 4, 8):
-        raise ValueError("bad field size in iloc box")
-    return int.from_bytes(meta[pos : pos + size], "big")
-
-
-def _item_data(f: BinaryIO, meta: bytes, children: dict[bytes, tuple[int, int]], item: int) -> bytes | None:
-    """The data of one (small) item, from the file (construction method 0) or the idat box (1)."""
-    if b"iloc" not in children:
-        return None
-    start, _end = children[b"iloc"]
-    version = meta[start]
-    pos = start + 4
-    offset_size, length_size = meta[pos] >> 4, meta[pos] & 0x0F
-    base_size = meta[pos + 1] >> 4
-    index_size = meta[pos + 1] & 0x0F if version in (1, 2) else 0
-    pos += 2
-    id_size = 2 if version < 2 else 4
-    count = _sized(meta, pos, id_size)
-    pos += id_size
-    for _ in range(min(count, 65_536)):
-        item_id = _sized(meta, pos, id_size)
-        pos += id_size
-        method = 0
-        if version in (1, 2):
-            method = _sized(meta, pos, 2) & 0x0F
-            pos += 2
-        pos += 2
-        base = _sized(meta, pos, base_size)
-        pos += base_size
-        extents = _sized(meta, pos, 2)
-        pos += 2
-        chunks = []
-        for _ in range(extents):
-            pos += index_size
-            offset = base + _sized(meta, pos, offset_size)
-            pos += offset_size
-            length = _sized(meta, pos, length_size)
-            pos += length_size
-            chunks.append((offset, length))
-        if item_id != item:
-            continue
-        if method == 1 and b"idat" in children:
-            s, e = children[b"idat"]
-            return b"".join(meta[s + o : min(e, s + o + n)] for o, n in chunks)
-        if method == 0:
-            parts = []
-            for o, n in chunks:
-                f.seek(o)
-                parts.append(f.read(min(n, 1024)))
-            return b"".join(parts)
-        return None
-    return None
-
-
-def _transforms(meta: bytes, children: dict[bytes, tuple[int, int]], item: int) -> list[Image.Transpose]:
+def _transforms(meta: heif.MetaBox, item: int) -> list[Image.Transpose]:
     """The irot and imir properties associated with an item, in association order."""
-    if b"iprp" not in children:
-        return []
-    inner = {kind: (s, e) for kind, s, e in _heif_boxes(meta, *children[b"iprp"])}
-    if b"ipco" not in inner or b"ipma" not in inner:
-        return []
-    properties = list(_heif_boxes(meta, *inner[b"ipco"]))
-    s, _e = inner[b"ipma"]
-    version, flags = meta[s], int.from_bytes(meta[s + 1 : s + 4], "big")
-    pos = s + 4
-    entries = struct.unpack_from(">I", meta, pos)[0]
-    pos += 4
     found: list[Image.Transpose] = []
-    for _ in range(min(entries, 65_536)):
-        id_size = 2 if version < 1 else 4
-        item_id = _sized(meta, pos, id_size)
-        pos += id_size
-        n = meta[pos]
-        pos += 1
-        for _ in range(n):
-            if flags & 1:
-                index = struct.unpack_from(">H", meta, pos)[0] & 0x7FFF
-                pos += 2
-            else:
-                index = meta[pos] & 0x7F
-                pos += 1
-            if item_id != item or not 0 < index <= len(properties):
-                continue
-            kind, ps, _pe = properties[index - 1]
-            if kind == b"irot" and meta[ps] & 3:
-                found.append(_IROT[meta[ps] & 3])
-            elif kind == b"imir":
-                found.append(_IMIR[meta[ps] & 1])
+    for kind, start, _end in meta.properties(item):
+        if kind == b"irot" and meta.data[start] & 3:
+            found.append(_IROT[meta.data[start] & 3])
+        elif kind == b"imir":
+            found.append(_IMIR[meta.data[start] & 1])
     return found
 
 

@@ -16,7 +16,6 @@ import logging
 import numbers
 import struct
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -33,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from aima.analysis import MediaKind
 from aima.errors import CorruptMedia, UnsupportedMedia
+from aima.media import heif
 from aima.media.sniff import SUPPORTED_DESCRIPTION, SniffedType, sniff_stream
 from aima.media.source import LocalFile, MediaSource
 
@@ -593,182 +593,35 @@ class _HeifMeta:
     exif: bytes | None
 
 
-_MAX_META_BOX = 16 * 1024 * 1024
 _MAX_EXIF_BLOB = 4 * 1024 * 1024
 
 
 def _read_heif_meta(path: MediaSource) -> _HeifMeta | None:
     """The primary item's size (its ``ispe`` property) and the EXIF item, from the top-level ``meta`` box."""
     with path.open() as f:
-        file_size = path.size
-        meta = _read_top_level_box(f, b"meta", file_size)
+        meta = heif.MetaBox.read(f, path.size)
         if meta is None:
             return None
-        boxes = {kind: (start, end) for kind, start, end in _boxes(meta, 4, len(meta))}
-        primary = _parse_pitm(meta, *boxes[b"pitm"]) if b"pitm" in boxes else None
+        primary = meta.primary_item()
         width = height = None
-        if b"iprp" in boxes and primary is not None:
-            width, height = _primary_size(meta, *boxes[b"iprp"], primary)
+        if primary is not None:
+            width, height = _primary_size(meta, primary)
         exif = None
-        if b"iinf" in boxes and b"iloc" in boxes:
-            exif_items = [item for item, kind in _parse_iinf(meta, *boxes[b"iinf"]) if kind == b"Exif"]
-            locations = _parse_iloc(meta, *boxes[b"iloc"])
+        if b"iinf" in meta.children and b"iloc" in meta.children:
+            exif_items = [item for item, kind in meta.item_types() if kind == b"Exif"]
+            locations = {location.item: location for location in meta.locations()}
             if exif_items and exif_items[0] in locations:
-                idat = meta[slice(*boxes[b"idat"])] if b"idat" in boxes else b""
-                exif = _read_item(f, idat, *locations[exif_items[0]])
+                exif = heif.read_item(f, meta.idat(), locations[exif_items[0]], max_bytes=_MAX_EXIF_BLOB)
         return _HeifMeta(width, height, exif)
 
 
-def _read_top_level_box(f: BinaryIO, wanted: bytes, file_size: int) -> bytes | None:
-    pos = 0
-    for _ in range(64):
-        f.seek(pos)
-        header = f.read(16)
-        if len(header) < 8:
-            return None
-        size, kind = struct.unpack(">I4s", header[:8])
-        header_len = 8
-        if size == 1:
-            size, header_len = struct.unpack(">Q", header[8:16])[0], 16
-        elif size == 0:
-            size = file_size - pos
-        if size < header_len:
-            return None
-        if kind == wanted:
-            if size > _MAX_META_BOX:
-                return None
-            f.seek(pos + header_len)
-            return f.read(size - header_len)
-        pos += size
-    return None
-
-
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """Child boxes in data[start:end] as (type, payload start, payload end)."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header_len = 8
-        if size == 1:
-            size, header_len = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        elif size == 0:
-            size = end - pos
-        if size < header_len or pos + size > end:
-            return
-        yield kind, pos + header_len, pos + size
-        pos += size
-
-
-def _parse_pitm(data: bytes, start: int, end: int) -> int:
-    if data[start] == 0:
-        return int(struct.unpack_from(">H", data, start + 4)[0])
-    return int(struct.unpack_from(">I", data, start + 4)[0])
-
-
-def _parse_iinf(data: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
-    first = start + (6 if data[start] == 0 else 8)
-    items = []
-    for kind, s, _e in _boxes(data, first, end):
-        if kind != b"infe" or data[s] < 2:
-            continue
-        if data[s] == 2:
-            item = struct.unpack_from(">H", data, s + 4)[0]
-            item_type = data[s + 8 : s + 12]
-        else:
-            item = struct.unpack_from(">I", data, s + 4)[0]
-            item_type = data[s + 10 : s + 14]
-        items.append((int(item), bytes(item_type)))
-    return items
-
-
-def _uint(data: bytes, pos: int, size: int) -> int:
-    if size not in (0, 2, 4, 8) or pos + size > len(data):
-        raise ValueError("bad field size in iloc box")
-    return int.from_bytes(data[pos : pos + size], "big")
-
-
-def _parse_iloc(data: bytes, start: int, end: int) -> dict[int, tuple[int, list[tuple[int, int]]]]:
-    """Item locations: item id -> (construction method, [(offset, length), ...])."""
-    version = data[start]
-    pos = start + 4
-    offset_size, length_size = data[pos] >> 4, data[pos] & 0x0F
-    base_offset_size = data[pos + 1] >> 4
-    index_size = data[pos + 1] & 0x0F if version in (1, 2) else 0
-    pos += 2
-    id_size = 2 if version < 2 else 4
-    count = _uint(data, pos, id_size)
-    pos += id_size
-    locations: dict[int, tuple[int, list[tuple[int, int]]]] = {}
-    for _ in range(min(count, 10_000)):
-        item = _uint(data, pos, id_size)
-        pos += id_size
-        method = 0
-        if version in (1, 2):
-            method = _uint(data, pos, 2) & 0x0F
-            pos += 2
-        pos += 2  # data_reference_index
-        base = _uint(data, pos, base_offset_size)
-        pos += base_offset_size
-        extent_count = _uint(data, pos, 2)
-        pos += 2
-        extents = []
-        for _ in range(extent_count):
-            pos += index_size
-            offset = _uint(data, pos, offset_size)
-            pos += offset_size
-            length = _uint(data, pos, length_size)
-            pos += length_size
-            extents.append((base + offset, length))
-        locations[item] = (method, extents)
-    return locations
-
-
-def _primary_size(data: bytes, start: int, end: int, primary: int) -> tuple[int | None, int | None]:
-    children = {kind: (s, e) for kind, s, e in _boxes(data, start, end)}
-    if b"ipco" not in children or b"ipma" not in children:
-        return None, None
-    properties = list(_boxes(data, *children[b"ipco"]))
-    s, _e = children[b"ipma"]
-    version, flags = data[s], int.from_bytes(data[s + 1 : s + 4], "big")
-    pos = s + 4
-    count = _uint(data, pos, 4)
-    pos += 4
-    for _ in range(min(count, 10_000)):
-        id_size = 2 if version < 1 else 4
-        item = _uint(data, pos, id_size)
-        pos += id_size
-        n = data[pos]
-        pos += 1
-        for _ in range(n):
-            if flags & 1:
-                index = _uint(data, pos, 2) & 0x7FFF
-                pos += 2
-            else:
-                index = data[pos] & 0x7F
-                pos += 1
-            if item == primary and 0 < index <= len(properties):
-                kind, ps, _pe = properties[index - 1]
-                if kind == b"ispe":
-                    width, height = struct.unpack_from(">II", data, ps + 4)
-                    return int(width), int(height)
+def _primary_size(meta: heif.MetaBox, primary: int) -> tuple[int | None, int | None]:
+    """Width and height from the first ``ispe`` property of the primary item."""
+    for kind, start, _end in meta.properties(primary):
+        if kind == b"ispe":
+            width, height = struct.unpack_from(">II", meta.data, start + 4)
+            return int(width), int(height)
     return None, None
-
-
-def _read_item(f: BinaryIO, idat: bytes, method: int, extents: list[tuple[int, int]]) -> bytes | None:
-    if method not in (0, 1):
-        return None
-    chunks = []
-    total = 0
-    for offset, length in extents:
-        total += length
-        if total > _MAX_EXIF_BLOB:
-            return None
-        if method == 1:
-            chunks.append(idat[offset : offset + length])
-        else:
-            f.seek(offset)
-            chunks.append(f.read(length))
-    return b"".join(chunks)
 
 
 # --- shared ----------------------------------------------------------------------------------------

@@ -8,13 +8,11 @@ a pluggy plugin; jobs are created with `analyze_media`, as the API does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import threading
 import time
 import uuid
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +30,10 @@ from aima.resources import Resources, open_resources
 from aima.services import artifacts, jobs
 from aima.services.access import Actor
 from aima.services.artifacts import ArtifactKind, MediaGone, SourceMedia
-from aima.settings import Settings
-from aima.storage import original_key
 from aima.testing.media import make_jpeg, make_mp4, make_scene_video
-from aima.workers.settings import worker_settings
 from aima.workers.tasks import run_analysis_task
-from aima.workers.worker import WakeableWorker
-from tests.conftest import Servers, settings_for
+from tests.conftest import Servers, settings_for, worker_thread
+from tests.factories import stored_original
 
 VIDEO_PROBE = {"streams": [{"index": 0, "type": "video"}, {"index": 1, "type": "audio"}]}
 SILENT_PROBE = {"streams": [{"index": 0, "type": "video"}]}
@@ -106,40 +101,6 @@ class TestAnalyzers:
             register(analyzer)
 
 
-@contextlib.contextmanager
-def worker_with(settings: Settings, registry: AnalyzerRegistry) -> Iterator[WakeableWorker]:
-    """A real worker on the settings' queue whose analyzers come from `registry`, in a thread of its own."""
-    kwargs = worker_settings(settings)
-    startup = kwargs["on_startup"]
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        await startup(ctx)
-        ctx["resources"] = dataclasses.replace(ctx["resources"], analyzers=registry)
-
-    kwargs.update(on_startup=on_startup, handle_signals=False, cron_jobs=[])
-    loop = asyncio.new_event_loop()
-    holder: list[WakeableWorker] = []
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        holder.append(WakeableWorker(**kwargs))
-        started.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(holder[0].async_run())
-        loop.run_until_complete(holder[0].close())
-
-    thread = threading.Thread(target=run, name="arq-worker-preparation", daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield holder[0]
-    finally:
-        if holder[0].main_task is not None:
-            loop.call_soon_threadsafe(holder[0].main_task.cancel)
-        thread.join(15)
-
-
 @pytest.fixture(scope="module")
 async def served(servers: Servers) -> AsyncIterator[Resources]:
     """Resources on a queue of this module that a worker with the test analyzers serves."""
@@ -148,7 +109,7 @@ async def served(servers: Servers) -> AsyncIterator[Resources]:
     registry = AnalyzerRegistry(pm)
     settings = settings_for(servers)
     async with open_resources(settings, analyzers=registry) as resources:
-        with worker_with(settings, registry):
+        with worker_thread(settings, analyzers=registry, cron_jobs=[]):
             yield resources
 
 
@@ -172,24 +133,15 @@ async def new_media(
 ) -> Item:
     user = User(id=uuid.uuid4(), email=f"p-{uuid.uuid4().hex[:8]}@example.org", password_hash="x", role=Role.USER)
     case = Case(id=uuid.uuid4(), title="preparation", owner_id=user.id)
-    media_id = uuid.uuid4()
-    key = original_key(case.id, media_id)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield data
-
-    await resources.store.put_stream(key, body(), content_type=content_type, max_bytes=10**8)
-    media = Media(
-        id=media_id,
+    media = await stored_original(
+        resources,
+        data,
         case_id=case.id,
         uploaded_by=user.id,
         filename="file",
         kind=str(kind),
+        fmt=fmt,
         content_type=content_type,
-        format=fmt,
-        size_bytes=len(data),
-        sha256="0" * 64,
-        storage_key=key,
         probe=probe,
     )
     async with resources.sessions() as session:
@@ -197,7 +149,7 @@ async def new_media(
             session.add(row)
             await session.flush()
         await session.commit()
-    source = SourceMedia(media_id, case.id, kind, fmt, content_type, key)
+    source = SourceMedia(media.id, case.id, kind, fmt, content_type, media.storage_key)
     return Item(Actor(user_id=user.id, email=user.email, role=Role.USER), source)
 
 

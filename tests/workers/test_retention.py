@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,9 +16,9 @@ from aima.services import deletion
 from aima.services.results import upsert_result
 from aima.services.runtime_settings import RUNTIME_KEYS, merge, parse_value
 from aima.settings import Settings
-from aima.storage import original_key
 from aima.testing.media import make_jpeg
 from aima.workers.settings import orphan_sweep, retention_sweep, upload_sweep, worker_settings
+from tests.factories import stored_original
 from tests.leftovers import add_derived_file, add_vectors, audit_entries, nothing, stored
 
 
@@ -37,27 +35,9 @@ async def new_case(resources: Resources) -> Case:
 
 async def new_media(resources: Resources, case: Case, *, age_days: float) -> Media:
     """A media item uploaded `age_days` ago, with a finished analysis, a result, vectors and a derived file."""
-    media_id = uuid.uuid4()
     image = make_jpeg(width=40 + int(age_days) % 50)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield image
-
-    key = original_key(case.id, media_id)
-    await resources.store.put_stream(key, body(), content_type="image/jpeg", max_bytes=10**7)
-    media = Media(
-        id=media_id,
-        case_id=case.id,
-        uploaded_by=case.owner_id,
-        filename="old.jpg",
-        kind="image",
-        content_type="image/jpeg",
-        format="jpeg",
-        size_bytes=len(image),
-        sha256=hashlib.sha256(image).hexdigest(),
-        storage_key=key,
-        probe={},
-    )
+    media = await stored_original(resources, image, case_id=case.id, uploaded_by=case.owner_id, filename="old.jpg")
+    media_id = media.id
     job = Job(id=uuid.uuid4(), case_id=case.id, media_id=media_id, created_by=case.owner_id)
     task = Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer="media-probe", analyzer_version="1.0.0")
     async with resources.sessions() as session:

@@ -20,10 +20,10 @@ from aima.errors import AimaError, BackendUnavailable, CorruptMedia
 from aima.events import JobEventStream
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources
-from aima.storage import original_key
 from aima.testing.media import make_jpeg
 from aima.workers import tasks as tasks_module
 from aima.workers.tasks import run_analysis_task
+from tests.factories import stored_original
 
 
 class Count(BaseModel):
@@ -75,27 +75,8 @@ async def new_task(resources: Resources, analyzer: str, *more: str, version: str
     """A media item with a job of one task per analyzer named; returns the first task."""
     user = User(id=uuid.uuid4(), email=f"w-{uuid.uuid4().hex[:8]}@example.org", password_hash="x", role=Role.USER)
     case = Case(id=uuid.uuid4(), title="worker", owner_id=user.id)
-    media_id = uuid.uuid4()
-    image = make_jpeg()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield image
-
-    key = original_key(case.id, media_id)
-    await resources.store.put_stream(key, body(), content_type="image/jpeg", max_bytes=10**7)
-    media = Media(
-        id=media_id,
-        case_id=case.id,
-        uploaded_by=user.id,
-        filename="a.jpg",
-        kind="image",
-        content_type="image/jpeg",
-        format="jpeg",
-        size_bytes=len(image),
-        sha256="0" * 64,
-        storage_key=key,
-        probe={},
-    )
+    media = await stored_original(resources, make_jpeg(), case_id=case.id, uploaded_by=user.id)
+    media_id = media.id
     job = Job(id=uuid.uuid4(), case_id=case.id, media_id=media_id, created_by=user.id)
     tasks = [
         Task(id=uuid.uuid4(), job_id=job.id, media_id=media_id, analyzer=name, analyzer_version=version)
