@@ -9,6 +9,7 @@ from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
 from aima.db.models import CaseRole as DbCaseRole
+from aima.db.models import Priority as DbPriority
 from aima.db.models import Role as DbRole
 from aima.db.models import User
 from aima.errors import InvalidCredentials, InvalidInput, NotFound, RateLimited
@@ -23,6 +24,7 @@ from aima.graphql.types import (
     JobNode,
     MediaNode,
     PartUrlNode,
+    PriorityEnum,
     RegistrationPayload,
     ResumableUploadNode,
     Role,
@@ -360,12 +362,42 @@ class Mutation:
         description="Analyse one media item with the named analyzers (all that accept it when omitted)."
     )
     async def analyze_media(
-        self, info: Info[Context, None], media_id: strawberry.ID, analyzers: list[str] | None = None
+        self,
+        info: Info[Context, None],
+        media_id: strawberry.ID,
+        analyzers: list[str] | None = None,
+        priority: PriorityEnum = DbPriority.NORMAL,  # type: ignore[valid-type]
     ) -> JobNode:
         ctx = info.context
         actor = ctx.require_actor()
         job = await jobs.analyze_media(
-            resources=ctx.resources, actor=actor, media_id=parse_id(media_id, "media"), analyzers=analyzers
+            resources=ctx.resources,
+            actor=actor,
+            media_id=parse_id(media_id, "media"),
+            analyzers=analyzers,
+            priority=DbPriority(priority),
+        )
+        return JobNode.of(job)
+
+    @strawberry.mutation(
+        description="Analyse every media item of a case: each named analyzer (all installed when omitted) on each "
+        "media item it accepts, in one job."
+    )
+    async def analyze_case(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        analyzers: list[str] | None = None,
+        priority: PriorityEnum = DbPriority.NORMAL,  # type: ignore[valid-type]
+    ) -> JobNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        job = await jobs.analyze_case(
+            resources=ctx.resources,
+            actor=actor,
+            case_id=parse_id(case_id, "case"),
+            analyzers=analyzers,
+            priority=DbPriority(priority),
         )
         return JobNode.of(job)
 

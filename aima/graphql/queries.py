@@ -13,8 +13,12 @@ from aima.graphql.types import (
     AnalyzerNode,
     AuditEntryNode,
     CaseNode,
+    JobConnection,
+    JobEdge,
+    JobFilter,
     JobNode,
     MediaNode,
+    PageInfo,
     ReceivedPartNode,
     UploadStatusNode,
     UserNode,
@@ -68,6 +72,37 @@ class Query:
         actor = ctx.require_actor()
         async with ctx.resources.sessions() as session:
             return JobNode.of(await jobs.get_job(session=session, actor=actor, job_id=parse_id(id, "job")))
+
+    @strawberry.field(
+        description="The job history you may read (every job, for administrators), newest first; pass `after` the "
+        "`endCursor` of the previous page."
+    )
+    async def jobs(
+        self,
+        info: Info[Context, None],
+        filter: JobFilter | None = None,
+        first: int = 20,
+        after: str | None = None,
+    ) -> JobConnection:
+        ctx = info.context
+        actor = ctx.require_actor()
+        wanted = filter or JobFilter()
+        async with ctx.resources.sessions() as session:
+            page = await jobs.list_jobs(
+                session=session,
+                actor=actor,
+                case_id=parse_id(wanted.case_id, "case") if wanted.case_id else None,
+                media_id=parse_id(wanted.media_id, "media") if wanted.media_id else None,
+                state=wanted.state,
+                mine=wanted.mine,
+                first=first,
+                after=after,
+            )
+        edges = [JobEdge(cursor=jobs.job_cursor(row), node=JobNode.of(row)) for row in page.jobs]
+        return JobConnection(
+            edges=edges,
+            page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
+        )
 
     @strawberry.field(description="Which parts of a resumable upload have arrived (after a broken connection).")
     async def upload_status(self, info: Info[Context, None], upload_id: strawberry.ID) -> UploadStatusNode:

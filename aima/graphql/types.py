@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, cast
 
 import strawberry
@@ -28,6 +28,7 @@ CaseRole = strawberry.enum(models.CaseRole, name="CaseRole")
 CaseAccessLevel = strawberry.enum(CaseAccess, name="CaseAccess")
 JobState = strawberry.enum(models.JobState, name="JobState")
 TaskState = strawberry.enum(models.TaskState, name="TaskState")
+PriorityEnum = strawberry.enum(models.Priority, name="Priority")
 
 
 MediaKindEnum = strawberry.enum(MediaKind, name="MediaKind")
@@ -306,6 +307,27 @@ class TaskNode:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    resource: str = strawberry.field(default="cpu", description="What it runs on: cpu, or a model endpoint.")
+    priority: PriorityEnum = strawberry.field(default=models.Priority.NORMAL)  # type: ignore[valid-type]
+    worker: str | None = strawberry.field(default=None, description="The worker that ran it last.")
+    heartbeat_at: datetime | None = None
+    deadline_at: datetime | None = None
+    next_attempt_at: datetime | None = strawberry.field(
+        default=None, description="When a task waiting for its model endpoint is tried again."
+    )
+    depends_on: list[strawberry.ID] = strawberry.field(
+        default_factory=list, description="Tasks that must succeed first (preparations)."
+    )
+
+    @strawberry.field(description="Seconds it waited in the queue before a worker started it.")
+    def queued_s(self) -> float | None:
+        return (self.started_at - self.created_at).total_seconds() if self.started_at else None
+
+    @strawberry.field(description="Seconds it ran (so far, while running).")
+    def run_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or datetime.now(UTC)) - self.started_at).total_seconds()
 
     @classmethod
     def of(cls, row: models.Task) -> TaskNode:
@@ -325,6 +347,13 @@ class TaskNode:
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            resource=row.resource,
+            priority=models.Priority(row.priority),
+            worker=row.worker,
+            heartbeat_at=row.heartbeat_at,
+            deadline_at=row.deadline_at,
+            next_attempt_at=row.next_attempt_at,
+            depends_on=[strawberry.ID(str(t)) for t in row.depends_on or []],
         )
 
 
@@ -332,10 +361,13 @@ class TaskNode:
 class JobNode:
     id: strawberry.ID
     case_id: strawberry.ID
-    media_id: strawberry.ID | None
+    media_id: strawberry.ID | None = strawberry.field(description="The media item analysed; null for a case job.")
     state: JobState  # type: ignore[valid-type]
+    priority: PriorityEnum  # type: ignore[valid-type]
+    created_by: strawberry.ID
     created_at: datetime
     finished_at: datetime | None
+    cancel_requested_at: datetime | None
 
     @classmethod
     def of(cls, row: models.Job) -> JobNode:
@@ -344,8 +376,11 @@ class JobNode:
             case_id=strawberry.ID(str(row.case_id)),
             media_id=strawberry.ID(str(row.media_id)) if row.media_id else None,
             state=row.state,
+            priority=models.Priority(row.priority),
+            created_by=strawberry.ID(str(row.created_by)),
             created_at=row.created_at,
             finished_at=row.finished_at,
+            cancel_requested_at=row.cancel_requested_at,
         )
 
     @strawberry.field
@@ -356,6 +391,32 @@ class JobNode:
             await job_service.get_job(session=session, actor=actor, job_id=uuid.UUID(self.id))
             rows = await job_service.tasks_of_job(session=session, job_id=uuid.UUID(self.id))
         return [TaskNode.of(row) for row in rows]
+
+
+@strawberry.type(name="PageInfo")
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type(name="JobEdge")
+class JobEdge:
+    cursor: str
+    node: JobNode
+
+
+@strawberry.type(name="JobConnection")
+class JobConnection:
+    edges: list[JobEdge]
+    page_info: PageInfo
+
+
+@strawberry.input(name="JobFilter")
+class JobFilter:
+    case_id: strawberry.ID | None = None
+    media_id: strawberry.ID | None = None
+    state: JobState | None = None  # type: ignore[valid-type]
+    mine: bool = strawberry.field(default=False, description="Only jobs the signed-in user started.")
 
 
 @strawberry.type(name="Case")
@@ -426,7 +487,10 @@ class AnalyzerNode:
 
 @strawberry.type(name="JobEvent")
 class JobEventNode:
-    """A change of a job or one of its tasks. The first event of a subscription is the job's current state."""
+    """A change of a job or one of its tasks, or (`snapshot`) the job's whole state with every task.
+
+    The first event of a subscription is a snapshot; after it, changes, numbered without gaps (`seq`).
+    """
 
     job_id: strawberry.ID
     job_state: JobState  # type: ignore[valid-type]
@@ -437,13 +501,34 @@ class JobEventNode:
     message: str
     error_code: str | None
     at: datetime
+    seq: int = strawberry.field(
+        description="The event's number in its stream (the job's for `jobEvents`, the case's for `caseEvents`); a "
+        "snapshot has the number of the last change it includes. Reconnect with the last one seen as `after`."
+    )
+    eta_s: float | None = strawberry.field(
+        description="Seconds until the task (on a job-level event: the job) is expected to end, where progress "
+        "allows an estimate."
+    )
+    case_id: strawberry.ID | None
+    snapshot: bool = strawberry.field(description="Whether this is the job's whole state rather than a change.")
+    resync: bool = strawberry.field(
+        description="A snapshot sent instead of the changes after `after`, which are no longer kept: rebuild the view "
+        "from it."
+    )
     tasks: Annotated[
         list[TaskNode] | None,
-        strawberry.field(description="Every task's state; sent with the first event only."),
+        strawberry.field(description="Every task's state; sent with snapshots only."),
     ] = None
 
     @classmethod
-    def of(cls, event: JobEventData, tasks: list[TaskNode] | None = None) -> JobEventNode:
+    def of(
+        cls,
+        event: JobEventData,
+        tasks: list[TaskNode] | None = None,
+        *,
+        snapshot: bool = False,
+        resync: bool = False,
+    ) -> JobEventNode:
         return cls(
             job_id=strawberry.ID(event.job_id),
             job_state=models.JobState(event.job_state),
@@ -454,6 +539,11 @@ class JobEventNode:
             message=event.message,
             error_code=event.error_code,
             at=datetime.fromisoformat(event.at),
+            seq=event.seq or 0,
+            eta_s=event.eta_s,
+            case_id=strawberry.ID(event.case_id) if event.case_id else None,
+            snapshot=snapshot,
+            resync=resync,
             tasks=tasks,
         )
 

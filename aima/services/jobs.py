@@ -12,13 +12,15 @@ as a task nothing depends on. A preparation whose files are stored already succe
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, case, exists, insert, select
+from sqlalchemy import Select, Table, and_, bindparam, case, exists, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima import queues
@@ -28,7 +30,7 @@ from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput,
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
 from aima.services import artifacts, task_runs
-from aima.services.access import Actor, CaseAccess, case_access, ensure, member_role_of
+from aima.services.access import Actor, CaseAccess, case_access, ensure, member_role_of, readable_cases
 from aima.services.artifacts import Preparation
 from aima.services.cases import get_case
 from aima.services.task_runs import TASK_FUNCTION, arq_job_id
@@ -243,3 +245,55 @@ async def tasks_of_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Task
 async def jobs_of_case(*, session: AsyncSession, case_id: uuid.UUID) -> list[Job]:
     query = select(Job).where(Job.case_id == case_id).order_by(Job.created_at.desc(), Job.id)
     return list((await session.execute(query)).scalars())
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    has_next: bool
+
+
+def job_cursor(job: Job) -> str:
+    """An opaque position in the job history (newest first): creation time and id."""
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("`after` is not a cursor this server gave out.") from exc
+
+
+async def list_jobs(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    case_id: uuid.UUID | None = None,
+    media_id: uuid.UUID | None = None,
+    state: JobState | None = None,
+    mine: bool = False,
+    first: int = 20,
+    after: str | None = None,
+) -> JobPage:
+    """The job history the actor may read (every job, for an administrator), newest first, a page at a time."""
+    if not 1 <= first <= 200:
+        raise InvalidInput("`first` must be between 1 and 200.")
+    query = select(Job).join(Case, Case.id == Job.case_id).where(readable_cases(actor))
+    if case_id is not None:
+        query = query.where(Job.case_id == case_id)
+    if media_id is not None:
+        query = query.where(Job.media_id == media_id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if mine:
+        query = query.where(Job.created_by == actor.user_id)
+    if after is not None:
+        created, job_id = _after(after)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(literal(created), literal(job_id)))
+    rows = list(
+        (await session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(first + 1))).scalars()
+    )
+    return JobPage(jobs=rows[:first], has_next=len(rows) > first)

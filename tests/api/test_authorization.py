@@ -14,7 +14,15 @@ from aima.db.models import Role
 from aima.graphql.schema import create_schema
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
-from graphql import GraphQLField, GraphQLList, GraphQLNonNull, GraphQLObjectType, get_named_type
+from graphql import (
+    GraphQLEnumType,
+    GraphQLField,
+    GraphQLInputObjectType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    get_named_type,
+)
 from tests.api.conftest import People
 from tests.api.test_flow import JOB_EVENTS, new_case
 from tests.gql import PASSWORD, GraphQLClient, run_sync
@@ -36,6 +44,10 @@ def sample_value(type_: Any) -> Any:
         return sample_value(type_.of_type)
     if isinstance(type_, GraphQLList):
         return [sample_value(type_.of_type)]
+    if isinstance(type_, GraphQLInputObjectType):
+        return {}
+    if isinstance(type_, GraphQLEnumType) and type_.name not in ("Role", "CaseRole"):
+        return next(iter(type_.values))
     samples = {
         "ID": str(uuid.uuid4()),
         "String": "sample text value",
@@ -121,6 +133,8 @@ RULES = {
     ("Mutation", "abortUpload"): "self",
     ("Query", "uploadStatus"): "self",
     ("Mutation", "analyzeMedia"): "write",
+    ("Mutation", "analyzeCase"): "write",
+    ("Query", "jobs"): "self",
     ("Mutation", "shareCase"): "manage",
     ("Mutation", "deleteMedia"): "manage",
     ("Mutation", "deleteCase"): "manage",

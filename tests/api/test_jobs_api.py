@@ -1,0 +1,71 @@
+"""Jobs over GraphQL: a whole case in one job, priorities, and the job history page by page."""
+
+from __future__ import annotations
+
+from aima.testing.media import make_jpeg, make_wav
+from tests.api.conftest import People
+from tests.api.test_flow import new_case
+
+ANALYZE_CASE = """
+mutation($c: ID!, $a: [String!], $p: Priority) {
+  analyzeCase(caseId: $c, analyzers: $a, priority: $p) {
+    id mediaId priority state tasks { analyzer mediaId resource priority dependsOn }
+  }
+}
+"""
+HISTORY = """
+query($f: JobFilter, $first: Int, $after: String) {
+  jobs(filter: $f, first: $first, after: $after) {
+    edges { cursor node { id caseId createdAt } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+def code(body: dict[str, object]) -> str | None:
+    errors = body.get("errors")
+    return errors[0]["extensions"]["code"] if isinstance(errors, list) and errors else None  # type: ignore[index]
+
+
+def test_a_case_job_covers_every_media_item(people: People) -> None:
+    case_id = new_case(people.owner, "Whole case")
+    image = people.owner.upload(case_id, make_jpeg(width=50), filename="a.jpg")["data"]["uploadMedia"]["id"]
+    audio = people.owner.upload(case_id, make_wav(seconds=1), filename="b.wav")["data"]["uploadMedia"]["id"]
+    job = people.owner.data(ANALYZE_CASE, {"c": case_id, "a": ["media-probe"], "p": "HIGH"})["analyzeCase"]
+    assert job["mediaId"] is None and job["priority"] == "HIGH"
+    probes = sorted(t["mediaId"] for t in job["tasks"] if t["analyzer"] == "media-probe")
+    assert probes == sorted([image, audio])
+    assert all(t["priority"] == "HIGH" and t["resource"] == "cpu" for t in job["tasks"])
+
+
+def test_case_jobs_need_media_and_write_access(people: People) -> None:
+    empty = new_case(people.owner, "Empty")
+    assert code(people.owner.execute(ANALYZE_CASE, {"c": empty})) == "BAD_USER_INPUT"
+    assert code(people.other.execute(ANALYZE_CASE, {"c": empty})) == "NOT_FOUND"
+    unknown = people.owner.execute(ANALYZE_CASE, {"c": empty, "a": ["no-such-analyzer"]})
+    assert code(unknown) in {"UNKNOWN_ANALYZER", "BAD_USER_INPUT"}
+
+
+def test_job_history_pages_through_every_job_once(people: People) -> None:
+    case_id = new_case(people.owner, "History")
+    media = people.owner.upload(case_id, make_jpeg(width=51), filename="h.jpg")["data"]["uploadMedia"]["id"]
+    started = [
+        people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m, priority: LOW) { id } }", {"m": media})[
+            "analyzeMedia"
+        ]["id"]
+        for _ in range(5)
+    ]
+    seen: list[str] = []
+    after = None
+    while True:
+        page = people.owner.data(HISTORY, {"f": {"caseId": case_id}, "first": 2, "after": after})["jobs"]
+        seen.extend(edge["node"]["id"] for edge in page["edges"])
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == list(reversed(started))  # newest first, each once
+    assert people.other.data(HISTORY, {"f": {"caseId": case_id}})["jobs"]["edges"] == []
+    admin_view = people.admin.data(HISTORY, {"f": {"caseId": case_id}, "first": 10})["jobs"]["edges"]
+    assert len(admin_view) == 5
+    assert code(people.owner.execute(HISTORY, {"after": "garbage"})) == "BAD_USER_INPUT"
