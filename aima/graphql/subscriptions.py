@@ -1,4 +1,9 @@
-"""Live job progress over graphql-transport-ws."""
+"""Live progress over graphql-transport-ws: one job's events (`jobEvents`), or every job's of a case (`caseEvents`).
+
+Both send the current state first (a snapshot), then every change, numbered by the job's (or the case's) event
+stream (`aima.events`). A client that reconnects passes the last number it saw as `after` and gets every change it
+missed, once; when those are no longer kept, a fresh snapshot flagged `resync` replaces them.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,47 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
+from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
 
 from aima.db.models import Job, JobState, Task
-from aima.events import JobEvent, JobEventStream
+from aima.events import EventFeed, EventLog, EventsLost, JobEvent, event_feed, last_event
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
 from aima.graphql.types import JobEventNode, TaskNode
 from aima.metrics import SUBSCRIPTIONS_ACTIVE
-from aima.services import jobs
+from aima.services import cases, jobs
 from aima.services.access import Actor
 
-#: Seconds without an event after which a subscription re-reads the job from PostgreSQL.
+#: Seconds without an event after which a subscription compares its position with the stream (and a job's
+#: subscription re-reads the job from PostgreSQL, in case its final event was lost).
 RECHECK_S = 5.0
 #: How often a subscription checks that its session has not ended (one Redis round trip).
 REVALIDATE_S = 2.0
+
+AFTER = "The number of the last event seen (`seq`): send the changes after it instead of a snapshot."
+
+
+@strawberry.type(name="CaseEvent")
+class CaseEventNode:
+    """A change of one of a case's jobs, or (`snapshot`) the state of the case's active jobs."""
+
+    case_id: strawberry.ID
+    seq: int = strawberry.field(
+        description="The event's number in the case's stream; a snapshot has the number of the last change it "
+        "includes. Reconnect with the last one seen as `after`."
+    )
+    snapshot: bool = strawberry.field(description="Whether this is the case's state rather than a change.")
+    resync: bool = strawberry.field(
+        description="A snapshot sent instead of the changes after `after`, which are no longer kept."
+    )
+    jobs: Annotated[
+        list[JobEventNode] | None,
+        strawberry.field(description="Snapshots only: each job still queued or running, with all its tasks."),
+    ] = None
+    event: Annotated[JobEventNode | None, strawberry.field(description="The change; null on snapshots.")] = None
 
 
 @strawberry.type
@@ -31,42 +60,179 @@ class Subscription:
         description="The job's current state with all its tasks, then every change; completes when the job ends. "
         "It ends with UNAUTHENTICATED when its token expires or its session ends."
     )
-    async def job_events(self, info: Info[Context, None], job_id: strawberry.ID) -> AsyncGenerator[JobEventNode, None]:
+    async def job_events(
+        self,
+        info: Info[Context, None],
+        job_id: strawberry.ID,
+        after: Annotated[int | None, strawberry.argument(description=AFTER)] = None,
+    ) -> AsyncGenerator[JobEventNode, None]:
         ctx = info.context
         actor = ctx.require_actor()
         job_uuid = parse_id(job_id, "job")
-        resources = ctx.resources
+        redis = ctx.resources.redis
+        log = EventLog.of_job(ctx.resources.settings.redis_prefix, str(job_uuid))
+
+        async def snapshot(feed: EventFeed, *, resync: bool) -> tuple[JobEventNode, Job]:
+            seq, _ = await last_event(redis, log)  # before the state: it includes every change up to `seq`
+            async with ctx.refusals_audited("jobEvents"):
+                job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
+            feed.restart(seq)
+            node = JobEventNode.of(
+                _job_snapshot(job, tasks, seq), [TaskNode.of(t) for t in tasks], snapshot=True, resync=resync
+            )
+            return node, job
+
         SUBSCRIPTIONS_ACTIVE.inc()
         try:
-            # Subscribe first, then read the state of record: a change in between arrives as an event.
-            async with JobEventStream(resources.redis, resources.settings.redis_prefix, str(job_uuid)) as stream:
-                async with ctx.refusals_audited("jobEvents"):
-                    job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
-                yield JobEventNode.of(_snapshot(job, tasks), tasks=[TaskNode.of(t) for t in tasks])
-                loop = asyncio.get_running_loop()
-                revalidate_at = recheck_at = loop.time()
-                while not job.state.terminal:
-                    now = loop.time()
-                    if now >= revalidate_at:
-                        await ctx.require_live_session()  # ends the subscription once the session has ended
-                        revalidate_at = now + REVALIDATE_S
-                    event = await stream.next(wait_s=_wait_s(ctx, revalidate_at - now, recheck_at - now))
-                    ctx.require_actor()  # ends the subscription once the token has expired
-                    if event is None:
-                        if loop.time() < recheck_at:
-                            continue
-                        # Quiet for a while: ask the state of record, in case the final event was lost.
-                        recheck_at = loop.time() + RECHECK_S
-                        job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
+            # Follow the stream first, then read the state of record: a change in between arrives as an event.
+            async with event_feed(redis, log) as feed:
+                if after is None:
+                    node, job = await snapshot(feed, resync=False)
+                    yield node
+                    if job.state.terminal:
+                        return
+                else:
+                    seq, last = await last_event(redis, log)
+                    async with ctx.refusals_audited("jobEvents"):
+                        job = await _job(ctx, actor, job_uuid)
+                    if after > seq:  # a number the stream never reached: it was lost (or expired) since
+                        node, job = await snapshot(feed, resync=True)
+                        yield node
                         if job.state.terminal:
-                            yield JobEventNode.of(_snapshot(job, tasks), tasks=[TaskNode.of(t) for t in tasks])
+                            return
+                    elif after == seq and job.state.terminal:
+                        # The client saw every event; the state, if the stream lacks the job's end.
+                        if not _ends_job(last):
+                            node, _ = await snapshot(feed, resync=False)
+                            yield node
+                        return
+                    else:
+                        feed.restart(after)
+                        feed.check()
+                follow = _Follow(ctx, feed)
+                while True:
+                    try:
+                        event = await follow.next()
+                    except EventsLost:
+                        node, job = await snapshot(feed, resync=True)
+                        yield node
+                        if job.state.terminal:
+                            return
                         continue
-                    recheck_at = loop.time() + RECHECK_S
-                    yield JobEventNode.of(event)
-                    if event.task_id is None and JobState(event.job_state).terminal:
+                    if event is not None:
+                        yield JobEventNode.of(event)
+                        if _ends_job(event):
+                            return
+                        continue
+                    # Quiet for a while: events lost on the way are read from the stream; if it has none, the
+                    # state of record says whether the job ended without its final event.
+                    seq, _ = await last_event(redis, log)
+                    if seq != feed.position:
+                        feed.check()
+                        continue
+                    async with ctx.refusals_audited("jobEvents"):
+                        job = await _job(ctx, actor, job_uuid)
+                    if job.state.terminal:
+                        node, _ = await snapshot(feed, resync=False)
+                        yield node
                         return
         finally:
             SUBSCRIPTIONS_ACTIVE.dec()
+
+    @strawberry.subscription(
+        description="The state of the case's active jobs with their tasks, then every change of any of its jobs. "
+        "It stays open; it ends with UNAUTHENTICATED when its token expires or its session ends."
+    )
+    async def case_events(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        after: Annotated[int | None, strawberry.argument(description=AFTER)] = None,
+    ) -> AsyncGenerator[CaseEventNode, None]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        case_uuid = parse_id(case_id, "case")
+        redis = ctx.resources.redis
+        log = EventLog.of_case(ctx.resources.settings.redis_prefix, str(case_uuid))
+
+        async def snapshot(feed: EventFeed, *, resync: bool) -> CaseEventNode:
+            seq, _ = await last_event(redis, log)  # before the state: it includes every change up to `seq`
+            async with ctx.refusals_audited("caseEvents"):
+                active = await _active_jobs(ctx, actor, case_uuid)
+            feed.restart(seq)
+            return CaseEventNode(
+                case_id=strawberry.ID(str(case_uuid)),
+                seq=seq,
+                snapshot=True,
+                resync=resync,
+                jobs=[
+                    JobEventNode.of(_job_snapshot(job, tasks, seq), [TaskNode.of(t) for t in tasks], snapshot=True)
+                    for job, tasks in active
+                ],
+            )
+
+        SUBSCRIPTIONS_ACTIVE.inc()
+        try:
+            async with event_feed(redis, log) as feed:
+                if after is None:
+                    yield await snapshot(feed, resync=False)
+                else:
+                    seq, _ = await last_event(redis, log)
+                    async with ctx.refusals_audited("caseEvents"):
+                        await _case(ctx, actor, case_uuid)
+                    if after > seq:
+                        yield await snapshot(feed, resync=True)
+                    else:
+                        feed.restart(after)
+                        feed.check()
+                follow = _Follow(ctx, feed)
+                while True:
+                    try:
+                        event = await follow.next()
+                    except EventsLost:
+                        yield await snapshot(feed, resync=True)
+                        continue
+                    if event is None:
+                        feed.check()  # quiet for a while: read what the stream has that did not arrive
+                        continue
+                    yield CaseEventNode(
+                        case_id=strawberry.ID(str(case_uuid)),
+                        seq=event.seq or 0,
+                        snapshot=False,
+                        resync=False,
+                        event=JobEventNode.of(event),
+                    )
+        finally:
+            SUBSCRIPTIONS_ACTIVE.dec()
+
+
+class _Follow:
+    """A feed's next events for a subscription that ends with its session (checked every REVALIDATE_S) or token."""
+
+    def __init__(self, ctx: Context, feed: EventFeed) -> None:
+        self._ctx = ctx
+        self._feed = feed
+        loop = asyncio.get_running_loop()
+        self._revalidate_at = self._recheck_at = loop.time()
+
+    async def next(self) -> JobEvent | None:
+        """The next event; None after RECHECK_S without one. Raises `EventsLost` (from the feed) and, once the
+        session has ended or the token expired, `NotAuthenticated`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if now >= self._revalidate_at:
+                await self._ctx.require_live_session()  # ends the subscription once the session has ended
+                self._revalidate_at = now + REVALIDATE_S
+            wait_s = _wait_s(self._ctx, self._revalidate_at - now, self._recheck_at - now)
+            event = await self._feed.next(wait_s=wait_s)
+            self._ctx.require_actor()  # ends the subscription once the token has expired
+            if event is not None:
+                self._recheck_at = loop.time() + RECHECK_S
+                return event
+            if loop.time() >= self._recheck_at:
+                self._recheck_at = loop.time() + RECHECK_S
+                return None
 
 
 def _wait_s(ctx: Context, until_revalidate_s: float, until_recheck_s: float) -> float:
@@ -77,17 +243,49 @@ def _wait_s(ctx: Context, until_revalidate_s: float, until_recheck_s: float) -> 
     return max(wait_s, 0.01)
 
 
+def _ends_job(event: JobEvent | None) -> bool:
+    return event is not None and event.task_id is None and JobState(event.job_state).terminal
+
+
+async def _job(ctx: Context, actor: Actor, job_id: uuid.UUID) -> Job:
+    async with ctx.resources.sessions() as session:
+        return await jobs.get_job(session=session, actor=actor, job_id=job_id)
+
+
 async def _job_with_tasks(ctx: Context, actor: Actor, job_id: uuid.UUID) -> tuple[Job, list[Task]]:
     async with ctx.resources.sessions() as session:
         job = await jobs.get_job(session=session, actor=actor, job_id=job_id)
         return job, await jobs.tasks_of_job(session=session, job_id=job_id)
 
 
-def _snapshot(job: Job, tasks: list[Task]) -> JobEvent:
+async def _case(ctx: Context, actor: Actor, case_id: uuid.UUID) -> None:
+    async with ctx.resources.sessions() as session:
+        await cases.get_case(session=session, actor=actor, case_id=case_id)
+
+
+async def _active_jobs(ctx: Context, actor: Actor, case_id: uuid.UUID) -> list[tuple[Job, list[Task]]]:
+    """The case's jobs still queued or running, each with its tasks (after checking the actor may read the case)."""
+    async with ctx.resources.sessions() as session:
+        await cases.get_case(session=session, actor=actor, case_id=case_id)
+        active = [job for job in await jobs.jobs_of_case(session=session, case_id=case_id) if not job.state.terminal]
+        return [(job, await jobs.tasks_of_job(session=session, job_id=job.id)) for job in reversed(active)]
+
+
+def _job_snapshot(job: Job, tasks: list[Task], seq: int) -> JobEvent:
+    """The job's state as an event: its progress the share of finished tasks, its ETA the time it took so far
+    stretched by what is left (elapsed * (1 - p) / p)."""
     done = sum(1 for t in tasks if t.state.terminal)
+    progress = done / len(tasks) if tasks else 1.0
+    eta_s = None
+    if not job.state.terminal and 0 < progress < 1:
+        elapsed_s = (datetime.now(UTC) - job.created_at).total_seconds()
+        eta_s = round(max(elapsed_s, 0.0) * (1 - progress) / progress, 3)
     return JobEvent(
         job_id=str(job.id),
         job_state=job.state,
-        progress=done / len(tasks) if tasks else 1.0,
+        progress=progress,
         message=f"{done} of {len(tasks)} tasks finished",
+        case_id=str(job.case_id),
+        seq=seq,
+        eta_s=eta_s,
     )
