@@ -62,17 +62,31 @@ def api(
 
 @app.command()
 def worker(
-    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    burst: Annotated[bool, typer.Option(help="Exit once the queues are empty.")] = False,
+    resources: Annotated[
+        str,
+        typer.Option(
+            help="What this worker runs tasks on, comma-separated: cpu and/or model endpoint names (cpu,llava).",
+        ),
+    ] = "cpu",
 ) -> None:
-    """Run an arq worker that executes analysis tasks."""
+    """Run arq workers that execute analysis tasks: one per resource queue, plus the periodic jobs."""
     import uvloop
 
-    from aima.workers.settings import worker_settings
-    from aima.workers.worker import WakeableWorker
+    from aima.workers.process import WorkerProcess
+    from aima.workers.settings import periodic_worker_settings, worker_settings
+    from aima.workers.worker import WakeableWorker, run_workers
 
+    served = list(dict.fromkeys(r.strip() for r in resources.split(",") if r.strip()))
+    if not served:
+        typer.echo("aima: --resources names no resource", err=True)
+        raise typer.Exit(2)
     settings = _settings()
     asyncio.set_event_loop(uvloop.new_event_loop())
-    WakeableWorker(**worker_settings(settings), burst=burst).run()
+    process = WorkerProcess(settings)
+    kwargs = [worker_settings(settings, r, process=process, periodic=False) for r in served]
+    kwargs.append(periodic_worker_settings(settings, process=process))
+    run_workers([WakeableWorker(**{**k, "handle_signals": False}, burst=burst) for k in kwargs])
 
 
 @app.command()

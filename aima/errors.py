@@ -108,3 +108,11 @@ class RateLimited(AimaError):
 class BackendUnavailable(AimaError):
     code = "BACKEND_UNAVAILABLE"
     transient = True
+
+
+class ModelUnavailable(AimaError):
+    """A model endpoint that is down or busy (connection refused, HTTP 429 or 503): the task waits and is tried
+    again later, shown as "waiting for model"."""
+
+    code = "MODEL_UNAVAILABLE"
+    transient = True

@@ -130,8 +130,19 @@ class WorkerSettings(BaseModel):
     idle_poll_s: float = Field(default=0.5, gt=0)
     max_jobs: int = Field(default=4, ge=1)
     job_timeout_s: int = Field(default=3600, ge=1)
-    #: Deliveries of one task before a transient error (a store or model server that is down) fails it.
-    max_tries: int = Field(default=3, ge=1)
+    #: Runs of one task (each claim by a worker counts, also one whose worker vanished) before a transient error (a
+    #: model endpoint or store that is down or busy) fails it.
+    max_tries: int = Field(default=8, ge=1)
+    #: Backoff after a transient error: a random wait up to `retry_base_s` × 2^(runs − 1), at most `retry_cap_s`
+    #: ("full jitter"), during which the task shows as waiting for model.
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_cap_s: float = Field(default=60.0, gt=0)
+    #: How often a worker tells PostgreSQL that its running tasks are alive (and checks whether they were cancelled).
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    #: A running task whose heartbeat is older than this lost its worker: the reconciler runs it again.
+    heartbeat_timeout_s: float = Field(default=15.0, gt=0)
+    #: Seconds between two runs of the reconciler (a divisor of 60: it runs at those seconds of each minute).
+    reconcile_interval_s: int = Field(default=10, ge=1, le=60)
     #: Port of the worker's Prometheus endpoint; 0 turns it off.
     metrics_port: int = 0
 

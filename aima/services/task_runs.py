@@ -9,19 +9,35 @@ The finish of a task with waiting dependents does one more statement in the same
 lock that every finisher of the job takes: a success selects the dependents whose dependencies have now all
 succeeded, which are then enqueued (only the last dependency to succeed sees them ready, so each is enqueued once;
 arq's job id guards a repeat); a failure fails the dependents with `PREPARATION_FAILED` and the reason.
+
+Deliveries: each delivery of a task is its own arq job, named after the task and its *generation* (the number of
+runs the task had when it was enqueued, `arq_job_id`), and the claim only accepts a delivery of the current
+generation of a task that is queued or waiting. A second copy of a delivery, or a stale one (the arq job of a worker
+that vanished, which arq would only hand out again when its lock expires an hour later), finds the task moved on and
+is skipped, so re-enqueueing with a fresh id never has to wait for arq. `attempts` counts the runs (claims); a run
+interrupted because its worker shut down is given back (it does not count).
+
+Cancellation: `request_cancel` marks the job, cancels its queued and waiting tasks in the same transaction and tells
+the workers (Redis channel `cancel_channel`) to stop the running ones; a claim refuses a task of a job whose
+cancellation was requested, and a run that finishes after the request ends cancelled, whatever its outcome.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from redis.exceptions import RedisError
 from sqlalchemy import (
     Boolean,
+    Integer,
     Select,
     Table,
     Uuid,
@@ -34,6 +50,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,10 +68,16 @@ logger = logging.getLogger(__name__)
 TASK_FUNCTION = "run_analysis_task"
 #: The error code of a task whose preparation failed.
 PREPARATION_FAILED = "PREPARATION_FAILED"
+#: The error code of a task that was cancelled with its job.
+JOB_CANCELLED = "JOB_CANCELLED"
+CANCELLED_MESSAGE = "The job was cancelled."
+#: States of a task that waits for a delivery (its arq job) or for its dependencies.
+WAITING_STATES = [TaskState.QUEUED, TaskState.WAITING_FOR_MODEL]
 
 _tasks = cast(Table, Task.__table__)
 _jobs = cast(Table, Job.__table__)
 _media = cast(Table, Media.__table__)
+_JOB_CASE = select(_jobs.c.case_id).where(_jobs.c.id == bindparam("p_job_id"))
 
 
 @dataclass(frozen=True)
@@ -77,9 +100,31 @@ class _TaskRef(Protocol):
     def analyzer(self) -> str: ...
 
 
-def arq_job_id(task_id: uuid.UUID | str) -> str:
-    """One arq job per task: arq refuses a second enqueue of the same id while the first is known."""
-    return f"task:{task_id}"
+def arq_job_id(task_id: uuid.UUID | str, generation: int = 0) -> str:
+    """The arq job of one delivery of a task: its first as ``task:<id>``, later ones (after `generation` runs) with
+    the generation appended. arq refuses a second enqueue of an id while the first is known."""
+    return f"task:{task_id}" if not generation else f"task:{task_id}:{generation}"
+
+
+def cancel_channel(prefix: str) -> str:
+    """Where workers hear ``{"job_id": ...}`` when a job's cancellation was requested."""
+    return f"{prefix}:cancel"
+
+
+class _RunRef(Protocol):
+    """One run of a task: enough to guard a state change to it and to tell subscribers."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def job_id(self) -> uuid.UUID: ...
+
+    @property
+    def analyzer(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -98,18 +143,33 @@ class TaskRun:
 # Bind parameters are prefixed with p_: an UPDATE given a parameter named like one of its columns sets it.
 
 
+def _cancel_requested() -> Any:
+    """Whether the job of the task row in scope was asked to stop."""
+    return exists().where(_jobs.c.id == _tasks.c.job_id, _jobs.c.cancel_requested_at.is_not(None))
+
+
 def _claim_statement() -> Select[Any]:
-    """Mark a task running (a redelivered running task too: its worker is gone) and its job; return the task
-    with its media. Media deletion cascades to tasks, so the inner join finds the media whenever it finds the task."""
+    """Mark a queued or waiting task running and its job; return the task with its media. Only a delivery of the
+    task's current generation (`p_generation`, None: any) claims it, and none of a job being cancelled. Media
+    deletion cascades to tasks, so the inner join finds the media whenever it finds the task."""
+    generation = bindparam("p_generation", type_=Integer)
     claimed = (
         update(_tasks)
-        .where(_tasks.c.id == bindparam("p_task_id"), _tasks.c.state.not_in(TERMINAL_TASK_STATES))
+        .where(
+            _tasks.c.id == bindparam("p_task_id"),
+            _tasks.c.state.in_(WAITING_STATES),
+            func.coalesce(generation, _tasks.c.attempts) == _tasks.c.attempts,
+            ~_cancel_requested(),
+        )
         .values(
             state=TaskState.RUNNING,
             attempts=_tasks.c.attempts + 1,
             worker=bindparam("p_worker"),
             started_at=bindparam("p_now"),
             heartbeat_at=bindparam("p_now"),
+            deadline_at=bindparam("p_deadline"),
+            next_attempt_at=None,
+            finished_at=None,
             progress=0.0,
             error_code=None,
             error_message=None,
@@ -150,9 +210,12 @@ def _finish_statement() -> Select[Any]:
     """Record the end of this run of a task and, when no other task of its job is open, close the job.
 
     The task only changes while it is still this run's (running, same attempt): a stale duplicate cannot
-    overwrite a newer outcome. PostgreSQL runs a data-modifying CTE whether or not anything reads it, and the
-    statement does not see its own CTE's update: "other tasks" exclude this one, and its new state counts apart.
+    overwrite a newer outcome. A run of a job whose cancellation was requested ends cancelled, whatever it reported.
+    PostgreSQL runs a data-modifying CTE whether or not anything reads it, and the statement does not see its own
+    CTE's update: "other tasks" exclude this one, and its new state counts apart.
     """
+    state_type = _tasks.c.state.type
+    cancelled = _cancel_requested()
     finished = (
         update(_tasks)
         .where(
@@ -161,21 +224,27 @@ def _finish_statement() -> Select[Any]:
             _tasks.c.attempts == bindparam("p_attempt"),
         )
         .values(
-            state=bindparam("p_state", type_=_tasks.c.state.type),
+            state=case(
+                (cancelled, literal(TaskState.CANCELLED, state_type)),
+                else_=bindparam("p_state", type_=state_type),
+            ),
             finished_at=bindparam("p_now"),
             heartbeat_at=bindparam("p_now"),
-            error_code=bindparam("p_error_code"),
-            error_message=bindparam("p_error_message"),
-            progress=bindparam("p_progress"),
+            error_code=case((cancelled, literal(JOB_CANCELLED)), else_=bindparam("p_error_code")),
+            error_message=case((cancelled, literal(CANCELLED_MESSAGE)), else_=bindparam("p_error_message")),
+            progress=case((cancelled, literal(0.0)), else_=bindparam("p_progress")),
+            next_attempt_at=None,
         )
-        .returning(_tasks.c.id)
+        .returning(_tasks.c.id, _tasks.c.state)
         .cte("finished")
     )
     closed = _close_job_statement(exists(select(finished.c.id))).cte("closed")
     return select(
         select(func.count()).select_from(finished).scalar_subquery().label("finished"),
+        select(finished.c.state).scalar_subquery().label("task_state"),
         select(closed.c.state).scalar_subquery().label("job_state"),
         select(func.count()).where(_waiting_dependents()).scalar_subquery().label("dependents"),
+        _JOB_CASE.scalar_subquery().label("case_id"),
     )
 
 
@@ -212,7 +281,8 @@ def _fail_dependents_statement() -> Any:
 
 
 def _close_job_statement(also: Any = literal(True)) -> Any:
-    """Close the job `p_job_id` when no task other than `p_task_ids` is open; failed when any failed."""
+    """Close the job `p_job_id` when no task other than `p_task_ids` is open: cancelled when that was requested,
+    else failed when any failed."""
     others = and_(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.id.not_in(bindparam("p_task_ids", expanding=True)))
     others_open = exists().where(others, _tasks.c.state.not_in(TERMINAL_TASK_STATES))
     failed = or_(exists().where(others, _tasks.c.state == TaskState.FAILED), bindparam("p_these_failed", type_=Boolean))
@@ -226,7 +296,11 @@ def _close_job_statement(also: Any = literal(True)) -> Any:
             also,
         )
         .values(
-            state=case((failed, literal(JobState.FAILED, state_type)), else_=literal(JobState.SUCCEEDED, state_type)),
+            state=case(
+                (_jobs.c.cancel_requested_at.is_not(None), literal(JobState.CANCELLED, state_type)),
+                (failed, literal(JobState.FAILED, state_type)),
+                else_=literal(JobState.SUCCEEDED, state_type),
+            ),
             finished_at=bindparam("p_now"),
         )
         .returning(_jobs.c.state)
@@ -241,10 +315,25 @@ _TASK_STATE = select(_tasks.c.job_id, _tasks.c.state).where(_tasks.c.id == bindp
 _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_for_update()
 
 
-async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -> TaskRun | None:
-    """Claim a task for this worker; None when it is unknown or already finished (a late duplicate delivery)."""
+def _this_run(run: _RunRef) -> Any:
+    """The task row while it is still this run's."""
+    return and_(_tasks.c.id == run.id, _tasks.c.state == TaskState.RUNNING, _tasks.c.attempts == run.attempt)
+
+
+async def start_task(
+    *, resources: Resources, task_id: uuid.UUID, worker: str, generation: int | None = None
+) -> TaskRun | None:
+    """Claim a task for this worker; None when it is unknown, finished, running elsewhere, of a job being cancelled,
+    or when this delivery is not of the task's current `generation` (a late or stale duplicate)."""
+    now = datetime.now(UTC)
     async with resources.engine.begin() as conn:
-        params = {"p_task_id": task_id, "p_worker": worker, "p_now": datetime.now(UTC)}
+        params = {
+            "p_task_id": task_id,
+            "p_worker": worker,
+            "p_now": now,
+            "p_deadline": now + timedelta(seconds=resources.settings.worker.job_timeout_s),
+            "p_generation": generation,
+        }
         row = (await conn.execute(_CLAIM, params)).first()
     if row is None:
         return None
@@ -266,47 +355,140 @@ async def start_task(*, resources: Resources, task_id: uuid.UUID, worker: str) -
         attempt=row.attempts,
         media=media,
     )
-    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, 0.0, f"{run.analyzer} started")
+    await _publish(
+        resources,
+        run.job_id,
+        JobState.RUNNING,
+        run,
+        TaskState.RUNNING,
+        0.0,
+        f"{run.analyzer} started",
+        case_id=media.case_id,
+    )
     return run
 
 
 async def requeue_task(*, resources: Resources, run: TaskRun, reason: AimaError) -> None:
-    """Put this run's task back in line (a transient error, or the worker stopping); its next delivery reruns it."""
+    """Give an interrupted run back (its worker is shutting down): the task is queued again and this run does not
+    count, so arq's redelivery of the same job (same generation) runs it on another worker. A task of a job being
+    cancelled ends cancelled instead."""
     async with resources.engine.begin() as conn:
-        await conn.execute(
-            update(_tasks)
-            .where(_tasks.c.id == run.id, _tasks.c.state == TaskState.RUNNING, _tasks.c.attempts == run.attempt)
-            .values(state=TaskState.QUEUED, error_code=reason.code, error_message=reason.message)
-        )
+        requeued = (
+            await conn.execute(
+                update(_tasks)
+                .where(_this_run(run), ~_cancel_requested())
+                .values(
+                    state=TaskState.QUEUED,
+                    attempts=_tasks.c.attempts - 1,
+                    error_code=reason.code,
+                    error_message=reason.message,
+                    heartbeat_at=datetime.now(UTC),
+                )
+                .returning(_tasks.c.id)
+            )
+        ).first()
+    if requeued is None:
+        await finish_task(resources=resources, run=run, state=TaskState.CANCELLED)
+        return
     message = f"{run.analyzer} will run again: {reason.message}"
-    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.QUEUED, 0.0, message, reason.code)
+    await _publish(
+        resources, run.job_id, JobState.RUNNING, run, TaskState.QUEUED, 0.0, message, reason.code, run.media.case_id
+    )
+
+
+def backoff_s(resources: Resources, attempt: int) -> float:
+    """The wait before the next run after the `attempt`-th failed transiently: exponential, with full jitter."""
+    worker = resources.settings.worker
+    return random.uniform(0.0, min(worker.retry_cap_s, worker.retry_base_s * 2 ** max(attempt - 1, 0)))  # noqa: S311
+
+
+async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) -> float | None:
+    """After a transient error: wait (state waiting for model) and run again after a backoff, or, when the task has
+    had `worker.max_tries` runs, fail it with the reason. Returns the wait in seconds, None when it failed (or was
+    cancelled meanwhile)."""
+    max_tries = resources.settings.worker.max_tries
+    if run.attempt >= max_tries:
+        message = f"{reason.message} (gave up after {run.attempt} runs)"
+        await finish_task(
+            resources=resources, run=run, state=TaskState.FAILED, error_code=reason.code, error_message=message
+        )
+        return None
+    delay = backoff_s(resources, run.attempt)
+    now = datetime.now(UTC)
+    async with resources.engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(_tasks)
+                .where(_this_run(run), ~_cancel_requested())
+                .values(
+                    state=TaskState.WAITING_FOR_MODEL,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    heartbeat_at=now,
+                    error_code=reason.code,
+                    error_message=reason.message,
+                    progress=0.0,
+                )
+                .returning(_tasks.c.resource, _tasks.c.priority)
+            )
+        ).first()
+    if row is None:  # cancelled meanwhile (or no longer this run's)
+        await finish_task(resources=resources, run=run, state=TaskState.CANCELLED)
+        return None
+    message = f"{run.analyzer} waiting for model: {reason.message}, next try in {delay:.1f} s"
+    await _publish(
+        resources,
+        run.job_id,
+        JobState.RUNNING,
+        run,
+        TaskState.WAITING_FOR_MODEL,
+        0.0,
+        message,
+        reason.code,
+        run.media.case_id,
+    )
+    try:
+        await enqueue_task(
+            resources=resources,
+            task_id=run.id,
+            resource=row.resource,
+            priority=row.priority,
+            delay=timedelta(seconds=delay),
+            generation=run.attempt,
+        )
+    except (RedisError, OSError):
+        logger.warning("could not enqueue the next run of task %s; the reconciler will", run.id, exc_info=True)
+    return delay
 
 
 async def report_progress(*, resources: Resources, run: TaskRun, progress: float, message: str) -> None:
     """Tell subscribers how far a running task is. Only an event: the task's row records its start and end."""
     progress = min(max(progress, 0.0), 1.0)
-    await _publish(resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, progress, message)
+    await _publish(
+        resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, progress, message, case_id=run.media.case_id
+    )
 
 
 async def finish_task(
     *,
     resources: Resources,
-    run: TaskRun,
+    run: _RunRef,
     state: TaskState,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> bool:
+) -> TaskState | None:
     """Record how this run ended, close the job when it was its last open task, and tell the subscribers.
 
-    A success hands the dependents it was the last dependency of to the workers; a failure fails the dependents.
-    Returns False when the task was no longer this run's (another delivery took it over, or its row is gone):
-    nothing is changed.
+    A run of a job whose cancellation was requested ends cancelled, whatever `state` says. A success hands the
+    dependents it was the last dependency of to the workers; a failure (or cancellation) ends the dependents.
+    Returns the state recorded, or None when the task was no longer this run's (another delivery took it over, or
+    its row is gone): nothing is changed.
     """
     now = datetime.now(UTC)
     ready: list[_TaskRef] = []
     failed: list[_TaskRef] = []
     closed_by_failure: str | None = None
-    reason = f"{run.analyzer} {state}" + (f": {error_message}" if error_message else "")
+    if state is TaskState.CANCELLED:
+        error_code, error_message = JOB_CANCELLED, CANCELLED_MESSAGE
     async with resources.engine.begin() as conn:
         await _lock_job(conn, run.job_id)
         params = {
@@ -322,19 +504,26 @@ async def finish_task(
             "p_these_failed": state is TaskState.FAILED,
         }
         row = (await conn.execute(_FINISH, params)).one()
-        if row.finished and row.dependents:
-            if state is TaskState.SUCCEEDED:
+        recorded = TaskState(row.task_state) if row.finished else None
+        if recorded is TaskState.CANCELLED:
+            error_code, error_message = JOB_CANCELLED, CANCELLED_MESSAGE
+        reason = f"{run.analyzer} {recorded}" + (f": {error_message}" if error_message else "")
+        if recorded is not None and row.dependents:
+            if recorded is TaskState.SUCCEEDED:
                 ready = list((await conn.execute(_READY, params)).all())
             else:
                 failed = list((await conn.execute(_FAIL_DEPENDENTS, {**params, "p_error_message": reason})).all())
                 closed_by_failure = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
-    if not row.finished:
-        return False
+    if recorded is None:
+        return None
     job_state = JobState(row.job_state) if row.job_state is not None else None
     if closed_by_failure is not None:
         job_state = JobState(closed_by_failure)
-    progress = 1.0 if state is TaskState.SUCCEEDED else 0.0
-    await _publish(resources, run.job_id, job_state or JobState.RUNNING, run, state, progress, reason, error_code)
+    progress = 1.0 if recorded is TaskState.SUCCEEDED else 0.0
+    case_id = row.case_id
+    await _publish(
+        resources, run.job_id, job_state or JobState.RUNNING, run, recorded, progress, reason, error_code, case_id
+    )
     for task in failed:
         await _publish(
             resources,
@@ -345,12 +534,13 @@ async def finish_task(
             0.0,
             f"{task.analyzer} failed: {reason}",
             PREPARATION_FAILED,
+            case_id,
         )
     if job_state is not None:
-        await _publish(resources, run.job_id, job_state, None, None, 1.0, f"job {job_state}")
+        await _publish(resources, run.job_id, job_state, None, None, 1.0, f"job {job_state}", case_id=case_id)
     if ready:
         await _hand_over(resources, run.job_id, [task.id for task in ready])
-    return True
+    return recorded
 
 
 async def release_dependents(*, resources: Resources, task_id: uuid.UUID) -> list[uuid.UUID]:
@@ -382,16 +572,27 @@ async def enqueue_task(
     resource: str = queues.CPU,
     priority: str = "normal",
     delay: timedelta | None = None,
+    generation: int = 0,
+    replace: bool = False,
 ) -> None:
-    """Hand one task to the workers of its resource (its own arq job), ordered by priority; call `wake` after the
-    last of a batch."""
+    """Hand one delivery of a task (generation: the runs it had so far) to the workers of its resource, ordered by
+    priority; call `wake` after the last of a batch. `replace` first removes whatever arq still knows of a job of
+    that id (a task retried from the start reuses its first id)."""
+    queue = queues.queue_name(resources.settings, resource)
+    job_id = arq_job_id(task_id, generation)
+    if replace:
+        async with resources.arq.pipeline(transaction=True) as pipe:
+            pipe.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id)
+            pipe.zrem(queue, job_id)
+            await pipe.execute()
     await resources.arq.enqueue_job(
         TASK_FUNCTION,
         str(task_id),
-        _job_id=arq_job_id(task_id),
-        _queue_name=queues.queue_name(resources.settings, resource),
+        generation,
+        _job_id=job_id,
+        _queue_name=queue,
         _defer_until=queues.start_score(priority, delay=delay),
-        _expires=queues.JOB_EXPIRY,
+        _expires=queues.JOB_EXPIRY + (delay or timedelta()),
     )
 
 
@@ -402,7 +603,9 @@ async def wake(resources: Resources, resources_used: Iterable[str] = (queues.CPU
         await wake_workers(resources.redis, resources.settings.redis_prefix, queue)
 
 
-_ROUTING = select(Task.id, Task.resource, Task.priority).where(Task.id.in_(bindparam("p_ids", expanding=True)))
+_ROUTING = select(Task.id, Task.resource, Task.priority, Task.attempts).where(
+    Task.id.in_(bindparam("p_ids", expanding=True))
+)
 
 
 async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid.UUID]) -> None:
@@ -412,7 +615,13 @@ async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uui
         async with resources.engine.connect() as conn:
             rows = list(await conn.execute(_ROUTING, {"p_ids": task_ids}))
         for row in rows:
-            await enqueue_task(resources=resources, task_id=row.id, resource=row.resource, priority=row.priority)
+            await enqueue_task(
+                resources=resources,
+                task_id=row.id,
+                resource=row.resource,
+                priority=row.priority,
+                generation=row.attempts,
+            )
             queued.append(row.id)
         await wake(resources, {row.resource for row in rows})
     except Exception:
@@ -442,8 +651,234 @@ async def fail_unqueued(
                 {"p_job_id": job_id, "p_task_ids": list(task_ids), "p_these_failed": True, "p_now": now},
             )
         ).scalar_one_or_none()
+        case_id = (await conn.execute(_JOB_CASE, {"p_job_id": job_id})).scalar_one_or_none()
     if closed is not None:
-        await _publish(resources, job_id, JobState(closed), None, None, 1.0, f"job {closed}: {reason.message}")
+        message = f"job {closed}: {reason.message}"
+        await _publish(resources, job_id, JobState(closed), None, None, 1.0, message, case_id=case_id)
+
+
+# Heartbeats: one statement per worker process for all its running tasks.
+
+_HEARTBEAT = (
+    update(_tasks)
+    .where(
+        tuple_(_tasks.c.id, _tasks.c.attempts).in_(bindparam("p_runs", expanding=True)),
+        _tasks.c.state == TaskState.RUNNING,
+    )
+    .values(heartbeat_at=bindparam("p_now"))
+    .returning(_tasks.c.id, _cancel_requested().label("cancel_requested"))
+)
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """What a heartbeat learnt: the runs whose job is being cancelled, and those that are no longer this worker's
+    (the reconciler took them over, or the task is gone)."""
+
+    cancelled: frozenset[uuid.UUID]
+    lost: frozenset[uuid.UUID]
+
+
+async def heartbeat(*, resources: Resources, runs: Sequence[_RunRef]) -> Pulse:
+    """Tell PostgreSQL these runs are alive (`heartbeat_at`), and learn which should stop."""
+    if not runs:
+        return Pulse(frozenset(), frozenset())
+    async with resources.engine.begin() as conn:
+        params = {"p_runs": [(run.id, run.attempt) for run in runs], "p_now": datetime.now(UTC)}
+        alive = {row.id: row.cancel_requested for row in await conn.execute(_HEARTBEAT, params)}
+    return Pulse(
+        cancelled=frozenset(task_id for task_id, cancel in alive.items() if cancel),
+        lost=frozenset(run.id for run in runs if run.id not in alive),
+    )
+
+
+# Cancellation and retries, asked for by users through `aima.services.jobs`.
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """The outcome of a cancellation request."""
+
+    #: The job's state afterwards: cancelled, or still running while its running tasks stop (within about 2 s);
+    #: a job that had ended already keeps its state.
+    job_state: JobState
+    #: The tasks that were queued or waiting and are now cancelled.
+    cancelled: list[uuid.UUID]
+    #: How many tasks were running and are being stopped by their workers.
+    stopping: int
+
+
+_REQUEST_CANCEL = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("p_job_id"),
+        _jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
+    )
+    .values(cancel_requested_at=func.coalesce(_jobs.c.cancel_requested_at, bindparam("p_now")))
+    .returning(_jobs.c.case_id)
+)
+_CANCEL_WAITING = (
+    update(_tasks)
+    .where(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state.in_(WAITING_STATES))
+    .values(
+        state=TaskState.CANCELLED,
+        finished_at=bindparam("p_now"),
+        next_attempt_at=None,
+        progress=0.0,
+        error_code=JOB_CANCELLED,
+        error_message=CANCELLED_MESSAGE,
+    )
+    .returning(_tasks.c.id, _tasks.c.analyzer)
+)
+_RUNNING_COUNT = select(func.count()).where(
+    _tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state == TaskState.RUNNING
+)
+_JOB_STATE = select(_jobs.c.state).where(_jobs.c.id == bindparam("p_job_id"))
+
+
+async def request_cancel(*, resources: Resources, job_id: uuid.UUID) -> Cancellation | None:
+    """Cancel a job: in one transaction, mark it, cancel its queued and waiting tasks and, when none is running,
+    close it as cancelled; then tell subscribers, and tell the workers (channel `cancel_channel`) to stop its running
+    tasks, which then end cancelled too. Nothing a cancelled task made is kept. None when the job does not exist;
+    a job that has ended is left as it is. The caller checks that the actor may do this."""
+    now = datetime.now(UTC)
+    params = {"p_job_id": job_id, "p_now": now, "p_task_ids": [], "p_these_failed": False}
+    async with resources.engine.begin() as conn:
+        await _lock_job(conn, job_id)
+        case_id = (await conn.execute(_REQUEST_CANCEL, params)).scalar_one_or_none()
+        if case_id is None:
+            state = (await conn.execute(_JOB_STATE, params)).scalar_one_or_none()
+            return None if state is None else Cancellation(job_state=JobState(state), cancelled=[], stopping=0)
+        cancelled = list((await conn.execute(_CANCEL_WAITING, params)).all())
+        stopping = (await conn.execute(_RUNNING_COUNT, params)).scalar_one()
+        closed = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
+    job_state = JobState(closed) if closed is not None else JobState.RUNNING
+    if stopping:
+        await _notify_workers(resources, job_id)
+    for task in cancelled:
+        message = f"{task.analyzer} cancelled"
+        await _publish(resources, job_id, job_state, task, TaskState.CANCELLED, 0.0, message, JOB_CANCELLED, case_id)
+    message = f"job {closed}" if closed is not None else f"job cancelling: {stopping} running tasks stop"
+    await _publish(resources, job_id, job_state, None, None, 1.0 if closed else 0.0, message, case_id=case_id)
+    logger.info("job %s: cancellation requested; %d tasks cancelled, %d stopping", job_id, len(cancelled), stopping)
+    return Cancellation(job_state=job_state, cancelled=[task.id for task in cancelled], stopping=stopping)
+
+
+async def _notify_workers(resources: Resources, job_id: uuid.UUID) -> None:
+    """Best effort: a worker that misses the message sees the request at its next heartbeat."""
+    try:
+        channel = cancel_channel(resources.settings.redis_prefix)
+        await resources.redis.publish(channel, json.dumps({"job_id": str(job_id)}))
+    except (RedisError, OSError):
+        logger.warning("could not tell the workers to stop job %s; their heartbeats will", job_id, exc_info=True)
+
+
+_RETRY = (
+    update(_tasks)
+    .where(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state.in_([TaskState.FAILED, TaskState.CANCELLED]))
+    .values(
+        state=TaskState.QUEUED,
+        attempts=0,
+        progress=0.0,
+        error_code=None,
+        error_message=None,
+        worker=None,
+        started_at=None,
+        finished_at=None,
+        deadline_at=None,
+        next_attempt_at=None,
+        heartbeat_at=bindparam("p_now"),
+    )
+    .returning(_tasks.c.id, _tasks.c.analyzer, _tasks.c.resource, _tasks.c.priority, _tasks.c.depends_on)
+)
+_REOPEN = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("p_job_id"))
+    .values(
+        state=case(
+            (_jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]), _jobs.c.state),
+            else_=literal(JobState.QUEUED, _jobs.c.state.type),
+        ),
+        finished_at=None,
+        cancel_requested_at=None,
+    )
+    .returning(_jobs.c.state, _jobs.c.case_id)
+)
+_SUCCEEDED_AMONG = select(_tasks.c.id).where(
+    _tasks.c.id.in_(bindparam("p_ids", expanding=True)), _tasks.c.state == TaskState.SUCCEEDED
+)
+
+
+async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.UUID]:
+    """Run the failed and cancelled tasks of a job again, from the start: each gets a fresh set of
+    `worker.max_tries` runs (attempts back to 0; the earlier errors are dropped), the job is reopened (a
+    cancellation request is withdrawn), and the tasks whose dependencies have succeeded are enqueued (the others
+    when their dependencies succeed). Returns the ids of the tasks queued again (none: nothing to retry). The
+    caller checks that the actor may do this."""
+    now = datetime.now(UTC)
+    params = {"p_job_id": job_id, "p_now": now}
+    async with resources.engine.begin() as conn:
+        await _lock_job(conn, job_id)
+        retried = list((await conn.execute(_RETRY, params)).all())
+        if not retried:
+            return []
+        job = (await conn.execute(_REOPEN, params)).one()
+        dependencies = {dep for task in retried for dep in task.depends_on}
+        succeeded = set()
+        if dependencies:
+            succeeded = set((await conn.execute(_SUCCEEDED_AMONG, {"p_ids": list(dependencies)})).scalars())
+    ready = [task for task in retried if set(task.depends_on) <= succeeded]
+    job_state = JobState(job.state)
+    for task in retried:
+        await _publish(
+            resources,
+            job_id,
+            job_state,
+            task,
+            TaskState.QUEUED,
+            0.0,
+            f"{task.analyzer} queued again",
+            case_id=job.case_id,
+        )
+    await _publish(
+        resources,
+        job_id,
+        job_state,
+        None,
+        None,
+        0.0,
+        f"job {job_state}: {len(retried)} tasks run again",
+        case_id=job.case_id,
+    )
+    queued: list[uuid.UUID] = []
+    try:
+        for task in ready:
+            await enqueue_task(
+                resources=resources, task_id=task.id, resource=task.resource, priority=task.priority, replace=True
+            )
+            queued.append(task.id)
+        await wake(resources, {task.resource for task in ready})
+    except Exception:
+        logger.exception("could not enqueue the retried tasks of job %s", job_id)
+        unavailable = BackendUnavailable("The task queue was unavailable; the task was not started.")
+        unqueued = [task.id for task in ready if task.id not in queued]
+        await fail_unqueued(resources=resources, job_id=job_id, task_ids=unqueued, reason=unavailable)
+        raise BackendUnavailable("The task queue is unavailable; not every task was queued again. Try again.") from None
+    logger.info("job %s: %d tasks run again", job_id, len(retried))
+    return [task.id for task in retried]
+
+
+async def publish_task_event(
+    resources: Resources,
+    job_id: uuid.UUID,
+    task: _TaskRef,
+    task_state: TaskState,
+    message: str,
+    error_code: str | None = None,
+    case_id: uuid.UUID | None = None,
+) -> None:
+    """Tell subscribers about a change to one task of a running job made outside this module (the reconciler)."""
+    await _publish(resources, job_id, JobState.RUNNING, task, task_state, 0.0, message, error_code, case_id)
 
 
 async def _lock_job(conn: AsyncConnection, job_id: uuid.UUID) -> None:
@@ -460,11 +895,11 @@ async def _publish(
     progress: float,
     message: str,
     error_code: str | None = None,
+    case_id: uuid.UUID | None = None,
 ) -> None:
-    await publish(
-        resources.redis,
-        resources.settings.redis_prefix,
-        JobEvent(
+    """Tell subscribers; best effort (PostgreSQL holds the state; a subscriber that missed an event reads it)."""
+    try:
+        event = JobEvent(
             job_id=str(job_id),
             job_state=job_state,
             task_id=str(run.id) if run else None,
@@ -473,5 +908,8 @@ async def _publish(
             progress=progress,
             message=message,
             error_code=error_code,
-        ),
-    )
+            case_id=str(case_id) if case_id is not None else None,
+        )
+        await publish(resources.redis, resources.settings.redis_prefix, event)
+    except (RedisError, OSError) as exc:
+        logger.warning("could not publish an event of job %s (%s): %s", job_id, message, exc)

@@ -1,28 +1,41 @@
-"""The arq worker configuration, built from `Settings` when a worker starts (nothing connects at import)."""
+"""The arq worker configuration, built from `Settings` when a worker starts (nothing connects at import).
+
+A worker process runs one arq worker per resource it serves (`aima worker --resources cpu,llava`), each on that
+resource's queue (`aima.queues`), and one more for the periodic jobs (the reconciler and the sweeps) on a queue of
+their own: arq gives a periodic job the score of its start time, and queued tasks sort before it (their priority
+moves their score back by hours), so on a busy task queue it would wait for the whole backlog. They share one
+`WorkerProcess` (clients, heartbeats, cancellation).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
-import socket
 from typing import Any
 
 from arq.cron import CronJob, cron
 from arq.worker import func
-from prometheus_client import start_http_server
 
-from aima.config_sync import ConfigSync
+from aima import queues
 from aima.events import wake_channel
-from aima.resources import Resources, open_resources, redis_settings
-from aima.services import deletion, uploads
-from aima.services.jobs import TASK_FUNCTION
+from aima.resources import Resources, redis_settings
+from aima.services import deletion, reconcile, uploads
+from aima.services.task_runs import TASK_FUNCTION
 from aima.settings import Settings
+from aima.workers.process import WorkerProcess
 from aima.workers.serialization import deserialize, serialize
 from aima.workers.tasks import run_analysis_task, scratch_dir
 
 logger = logging.getLogger(__name__)
+
+#: The queue of the periodic jobs (not a resource any task runs on).
+PERIODIC = "_periodic"
+#: arq's own limit on deliveries of one arq job. PostgreSQL counts a task's runs (`worker.max_tries`), and a run
+#: interrupted by a worker's shutdown is redelivered by arq under the same job id without counting, so arq's limit
+#: only stops a job that keeps killing its workers.
+ARQ_MAX_TRIES = 100
+#: Longest one run of the reconciler may take.
+RECONCILE_TIMEOUT_S = 120
 
 #: Minutes of each hour at which the retention sweep runs, and the one at which the orphan sweep runs.
 RETENTION_MINUTES = frozenset(range(0, 60, 10))
@@ -54,53 +67,95 @@ async def upload_sweep(ctx: dict[str, Any]) -> str:
     return f"aborted {await uploads.sweep_abandoned_uploads(resources)}"
 
 
-def cron_jobs() -> list[CronJob]:
-    """The periodic jobs every worker schedules; arq runs each tick once across all workers (unique job ids)."""
+async def reconcile_queues(ctx: dict[str, Any]) -> str:
+    """arq cron job: re-enqueue tasks whose worker vanished or whose arq job Redis lost (`aima.services.reconcile`)."""
+    resources: Resources = ctx["resources"]
+    return str(await reconcile.reconcile(resources))
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """The periodic jobs every worker process schedules; arq runs each tick once across all workers (unique ids)."""
+    every = settings.worker.reconcile_interval_s
     return [
+        cron(
+            reconcile_queues,
+            name="reconcile",
+            second=set(range(0, 60, every)),
+            timeout=RECONCILE_TIMEOUT_S,
+            max_tries=1,
+        ),
         cron(retention_sweep, name="retention_sweep", minute=set(RETENTION_MINUTES), timeout=SWEEP_TIMEOUT_S),
         cron(orphan_sweep, name="orphan_sweep", minute=ORPHAN_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
         cron(upload_sweep, name="upload_sweep", minute=UPLOAD_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
     ]
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `WakeableWorker` (arq's `Worker` plus its wake-up channel); `aima worker` runs them."""
-    exit_stack = contextlib.AsyncExitStack()
-    analysis = func(run_analysis_task, name=TASK_FUNCTION, max_tries=settings.worker.max_tries)
+def worker_settings(
+    settings: Settings,
+    resource: str = queues.CPU,
+    *,
+    process: WorkerProcess | None = None,
+    periodic: bool = True,
+) -> dict[str, Any]:
+    """Keyword arguments for a `WakeableWorker` (arq's `Worker` plus its wake-up channel) on one resource's queue.
 
-    def follow_runtime_settings(current: Settings) -> None:
-        # arq reads the limit from the function object for each delivery.
-        analysis.max_tries = current.worker.max_tries
+    Workers of one process pass the same `process`; without one, the worker has a process of its own. `periodic`:
+    the worker also schedules the periodic jobs (on its own queue; `aima worker` gives them a worker of their own).
+    """
+    process = process or WorkerProcess(settings)
+    queue = queues.queue_name(settings, resource)
+    analysis = func(run_analysis_task, name=TASK_FUNCTION, max_tries=ARQ_MAX_TRIES)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        resources = await exit_stack.enter_async_context(open_resources(settings, prepare=False))
-        ctx["resources"] = resources
-        ctx["config_sync"] = await exit_stack.enter_async_context(
-            ConfigSync(resources, role="worker", listeners=[follow_runtime_settings])
-        )
-        ctx["worker_name"] = f"{socket.gethostname()}:{os.getpid()}"
-        if settings.worker.metrics_port:
-            start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
-        logger.info("worker %s ready on queue %s", ctx["worker_name"], settings.worker.queue_name)
-
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        await exit_stack.aclose()
-        shutil.rmtree(scratch_dir(), ignore_errors=True)
+        ctx["resources"] = await process.acquire()
+        ctx["process"] = process
+        ctx["worker_name"] = process.name
+        logger.info("worker %s ready on queue %s", process.name, queue)
 
     return {
+        **_common(settings, process, on_startup),
         "functions": [analysis],
-        "cron_jobs": cron_jobs(),
+        "cron_jobs": cron_jobs(settings) if periodic else [],
+        "queue_name": queue,
+        "wake_channel": wake_channel(settings.redis_prefix, queue),
+        "max_jobs": settings.worker.max_jobs,
+        "job_timeout": settings.worker.job_timeout_s,
+    }
+
+
+def periodic_worker_settings(settings: Settings, *, process: WorkerProcess) -> dict[str, Any]:
+    """Keyword arguments for the process's worker of periodic jobs (the reconciler, the sweeps)."""
+    queue = queues.queue_name(settings, PERIODIC)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["resources"] = await process.acquire()
+        ctx["process"] = process
+        ctx["worker_name"] = process.name
+
+    return {
+        **_common(settings, process, on_startup),
+        "functions": [],
+        "cron_jobs": cron_jobs(settings),
+        "queue_name": queue,
+        "wake_channel": wake_channel(settings.redis_prefix, queue),
+        "max_jobs": 4,
+        "job_timeout": SWEEP_TIMEOUT_S,
+    }
+
+
+def _common(settings: Settings, process: WorkerProcess, on_startup: Any) -> dict[str, Any]:
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if await process.release():
+            shutil.rmtree(scratch_dir(), ignore_errors=True)
+
+    return {
         "redis_settings": redis_settings(settings.redis_url),
-        "queue_name": settings.worker.queue_name,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "poll_delay": settings.worker.poll_delay_s,
-        "wake_channel": wake_channel(settings.redis_prefix, settings.worker.queue_name),
         "idle_poll_s": settings.worker.idle_poll_s,
-        "max_jobs": settings.worker.max_jobs,
-        "job_timeout": settings.worker.job_timeout_s,
         # PostgreSQL keeps each task's outcome; arq's result records would only be extra writes.
         "keep_result": 0,
         "health_check_interval": 30,

@@ -5,6 +5,12 @@ A task whose row vanished while it ran (its media, case or job was deleted) leav
 result the worker checks that the row is still there and deletes the result document if not; a preparation's files
 are deleted again by `ensure_artifacts` when the media row is gone. The deletion itself sweeps the stores only after
 its rows are gone, so between the two nothing stays.
+
+Outcomes: a permanent error (an `AimaError` that is not transient: unreadable media, ...) fails the task at once
+with its reason; a transient one (`ModelUnavailable`, `BackendUnavailable`) makes it wait for model and run again
+after a backoff, until `worker.max_tries` runs (`task_runs.retry_later`). A run stopped because its job was
+cancelled ends cancelled and its result, if it stored one, is deleted (a preparation's derived files are the
+media's, shared by every job, and stay). A run interrupted because the worker stops is given back to the queue.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from arq import Retry
 from pydantic import BaseModel
 
 from aima.analysis import AnalysisInput, Analyzer, Keyframe, Need
@@ -32,6 +37,7 @@ from aima.services import artifacts, task_runs
 from aima.services.artifacts import Preparation, SourceMedia
 from aima.services.results import upsert_result
 from aima.services.task_runs import TaskRun
+from aima.workers.process import Running, StopReason, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -40,35 +46,56 @@ INTERNAL_ERROR_CODE = "ANALYZER_CRASHED"
 PROGRESS_INTERVAL_S = 0.5
 
 
-async def run_analysis_task(ctx: dict[str, Any], task_id: str) -> str:
-    """arq entry point. Safe to run twice: a finished task is skipped, a result is upserted, not added."""
+async def run_analysis_task(ctx: dict[str, Any], task_id: str, generation: int | None = None) -> str:
+    """arq entry point for one delivery of a task (`generation`: the runs it had when it was enqueued; None: any).
+
+    Safe to run twice: a delivery that is not the task's current one is skipped, a result is upserted, not added.
+    """
     resources: Resources = ctx["resources"]
+    process: WorkerProcess | None = ctx.get("process")
     with log_context(task_id=task_id):
-        run = await task_runs.start_task(resources=resources, task_id=uuid.UUID(task_id), worker=ctx["worker_name"])
+        run = await task_runs.start_task(
+            resources=resources, task_id=uuid.UUID(task_id), worker=ctx["worker_name"], generation=generation
+        )
         if run is None:
-            logger.info("task %s is unknown or already finished; skipped", task_id)
+            logger.info("task %s is unknown, finished, cancelled or taken by a newer delivery; skipped", task_id)
             # Its worker may have stopped between its success and handing over the tasks that waited for it.
             await task_runs.release_dependents(resources=resources, task_id=uuid.UUID(task_id))
             return "skipped"
         with log_context(job_id=str(run.job_id)):
-            return await _run(resources, run, job_try=int(ctx.get("job_try", 1)))
+            if process is None:
+                return await _run(resources, run, None)
+            with process.running(run) as running:
+                return await _run(resources, run, running)
 
 
-async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
+async def _run(resources: Resources, task: TaskRun, running: Running | None) -> str:
+    """Do the work in an asyncio task of its own, which the process stops when the job is cancelled (or the run
+    is no longer this worker's); store its result outside it, so that a stop never interrupts a write."""
     started = time.perf_counter()
     TASKS_RUNNING.labels(analyzer=task.analyzer).inc()
     # Our own deadline, inside arq's: a timeout then fails the task, while a cancellation (the worker shutting
     # down) puts it back in line for the next worker.
     deadline = max(1.0, resources.settings.worker.job_timeout_s - 5.0)
     preparation = artifacts.preparation_of_task(task.analyzer)
-    stored_result = False
+    work = asyncio.ensure_future(_work(resources, task, preparation, deadline))
+    if running is not None:
+        running.attach(work)
     try:
-        if preparation is not None:
-            async with asyncio.timeout(deadline):
-                await _prepare(resources, task, preparation)
-        else:
-            async with asyncio.timeout(deadline):
-                payload = await _analyze(resources, task)
+        try:
+            payload = await work
+        except asyncio.CancelledError:
+            if running is None or running.stop_reason is None or _shutting_down():
+                interrupted = AimaError("The worker stopped while the task ran.", code="TASK_INTERRUPTED")
+                await asyncio.shield(task_runs.requeue_task(resources=resources, run=task, reason=interrupted))
+                raise
+            return await _stopped(resources, task, running, started)
+        except Exception as exc:
+            if running is not None and running.stop_reason is not None:
+                return await _stopped(resources, task, running, started)
+            return await _failed(resources, task, exc, started, deadline)
+        stored_result = False
+        if payload is not None and (running is None or running.stop_reason is None):
             await upsert_result(
                 resources.results,
                 media_id=task.media_id,
@@ -79,45 +106,80 @@ async def _run(resources: Resources, task: TaskRun, *, job_try: int) -> str:
                 payload=payload,
             )
             stored_result = True
-    except AimaError as exc:
-        if exc.transient and job_try < resources.settings.worker.max_tries:
-            logger.warning("task %s hit a transient error (%s); retrying", task.id, exc.message)
-            await task_runs.requeue_task(resources=resources, run=task, reason=exc)
-            raise Retry(defer=min(2**job_try, 30)) from exc
-        await _finish(resources, task, TaskState.FAILED, started, exc.code, exc.message)
-        return "failed"
-    except TimeoutError:
-        await _finish(
-            resources, task, TaskState.FAILED, started, "TASK_TIMEOUT", f"The task ran longer than {deadline:g} s."
-        )
-        return "failed"
-    except asyncio.CancelledError:
-        interrupted = AimaError("The worker stopped while the task ran.", code="TASK_INTERRUPTED")
-        await asyncio.shield(task_runs.requeue_task(resources=resources, run=task, reason=interrupted))
-        raise
-    except Exception:
-        logger.exception("analyzer %s crashed on task %s", task.analyzer, task.id)
-        await _finish(
-            resources,
-            task,
-            TaskState.FAILED,
-            started,
-            INTERNAL_ERROR_CODE,
-            f"The analyzer failed unexpectedly; the worker log has the details for task {task.id}.",
-        )
-        return "failed"
+        if running is not None and running.stop_reason is not None:
+            return await _stopped(resources, task, running, started)
     finally:
         TASKS_RUNNING.labels(analyzer=task.analyzer).dec()
-    finished = await _finish(resources, task, TaskState.SUCCEEDED, started)
-    if not finished and stored_result and not await task_runs.task_exists(resources=resources, task_id=task.id):
+    state = await _finish(resources, task, TaskState.SUCCEEDED, started)
+    if state is TaskState.CANCELLED:  # the job's cancellation came in while the result was stored
+        await _discard_result(resources, task)
+        return "cancelled"
+    if state is None and stored_result and not await task_runs.task_exists(resources=resources, task_id=task.id):
         await _discard_result(resources, task)
         return "discarded"
     return "succeeded"
 
 
+async def _work(
+    resources: Resources, task: TaskRun, preparation: Preparation | None, deadline: float
+) -> dict[str, Any] | None:
+    """The analysis (its result's payload, to store) or the preparation (stored as it is made: None)."""
+    async with asyncio.timeout(deadline):
+        if preparation is not None:
+            await _prepare(resources, task, preparation)
+            return None
+        return await _analyze(resources, task)
+
+
+def _shutting_down() -> bool:
+    """Whether this arq job itself is being cancelled (the worker is stopping), not only the work inside it."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+async def _stopped(resources: Resources, task: TaskRun, running: Running, started: float) -> str:
+    """The process stopped this run: the job was cancelled (nothing it made is kept), or another worker has the
+    task now (its row is not this run's to change)."""
+    if running.stop_reason == StopReason.LOST:
+        logger.warning("task %s: run %d stopped; another worker runs the task now", task.id, task.attempt)
+        return "lost"
+    await _discard_result(resources, task)
+    state = await _finish(resources, task, TaskState.CANCELLED, started)
+    logger.info("task %s cancelled with its job after %.3f s", task.id, time.perf_counter() - started)
+    return "cancelled" if state is not None else "skipped"
+
+
+async def _failed(resources: Resources, task: TaskRun, exc: Exception, started: float, deadline: float) -> str:
+    if isinstance(exc, AimaError):
+        if exc.transient:
+            delay = await task_runs.retry_later(resources=resources, run=task, reason=exc)
+            if delay is None:
+                return "failed"
+            logger.warning("task %s hit a transient error (%s); next try in %.1f s", task.id, exc.message, delay)
+            TASKS.labels(analyzer=task.analyzer, state=TaskState.WAITING_FOR_MODEL.value).inc()
+            return "waiting"
+        await _finish(resources, task, TaskState.FAILED, started, exc.code, exc.message)
+        return "failed"
+    if isinstance(exc, TimeoutError):
+        message = f"The task ran longer than {deadline:g} s."
+        await _finish(resources, task, TaskState.FAILED, started, "TASK_TIMEOUT", message)
+        return "failed"
+    logger.error("analyzer %s crashed on task %s", task.analyzer, task.id, exc_info=exc)
+    await _finish(
+        resources,
+        task,
+        TaskState.FAILED,
+        started,
+        INTERNAL_ERROR_CODE,
+        f"The analyzer failed unexpectedly; the worker log has the details for task {task.id}.",
+    )
+    return "failed"
+
+
 async def _discard_result(resources: Resources, task: TaskRun) -> None:
-    """The task's row went (its media, case or job was deleted) while it ran: its result goes too."""
-    await resources.results.delete_one(
+    """The task's row went (its media, case or job was deleted) or its job was cancelled while it ran: its result
+    goes too (results are keyed by task, so this removes nothing another task stored)."""
+    deleted = await resources.results.delete_one(
         {
             "media_id": str(task.media_id),
             "analyzer": task.analyzer,
@@ -125,7 +187,8 @@ async def _discard_result(resources: Resources, task: TaskRun) -> None:
             "task_id": str(task.id),
         }
     )
-    logger.info("task %s was deleted while it ran; its result was discarded", task.id)
+    if deleted.deleted_count:
+        logger.info("task %s was deleted or cancelled while it ran; its result was discarded", task.id)
 
 
 async def _finish(
@@ -135,14 +198,14 @@ async def _finish(
     started: float,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> bool:
-    finished = await task_runs.finish_task(
+) -> TaskState | None:
+    recorded = await task_runs.finish_task(
         resources=resources, run=task, state=state, error_code=error_code, error_message=error_message
     )
-    TASKS.labels(analyzer=task.analyzer, state=state.value).inc()
+    TASKS.labels(analyzer=task.analyzer, state=(recorded or state).value).inc()
     TASK_DURATION.labels(analyzer=task.analyzer).observe(time.perf_counter() - started)
-    logger.info("task %s (%s) %s in %.3f s", task.id, task.analyzer, state, time.perf_counter() - started)
-    return finished
+    logger.info("task %s (%s) %s in %.3f s", task.id, task.analyzer, recorded or state, time.perf_counter() - started)
+    return recorded
 
 
 async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:

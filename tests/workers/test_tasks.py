@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from arq import Retry
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -20,6 +19,7 @@ from aima.errors import AimaError, BackendUnavailable, CorruptMedia
 from aima.events import JobEventStream
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources
+from aima.services.task_runs import arq_job_id
 from aima.testing.media import make_jpeg
 from aima.workers import tasks as tasks_module
 from aima.workers.tasks import run_analysis_task
@@ -157,15 +157,23 @@ async def test_a_crash_is_masked_and_logged(scripted: Resources, caplog: pytest.
     assert "secret internals" in caplog.text
 
 
-async def test_a_transient_error_is_retried(scripted: Resources) -> None:
+async def test_a_transient_error_waits_and_runs_again(scripted: Resources) -> None:
     task = await new_task(scripted, "flaky")
-    with pytest.raises(Retry):
-        await run_analysis_task(ctx(scripted, job_try=1), str(task.id))
+    assert await run_analysis_task(ctx(scripted), str(task.id), 0) == "waiting"
     stored, _ = await reload(scripted, task)
-    assert (stored.state, stored.error_code) == (TaskState.QUEUED, "BACKEND_UNAVAILABLE")
-    assert await run_analysis_task(ctx(scripted, job_try=2), str(task.id)) == "succeeded"
+    assert (stored.state, stored.error_code) == (TaskState.WAITING_FOR_MODEL, "BACKEND_UNAVAILABLE")
+    assert stored.next_attempt_at is not None
+    # Its next run is a delivery of its next generation; the first one, delivered again, is refused.
+    assert await scripted.arq.exists(f"arq:job:{arq_job_id(task.id, 1)}")
+    assert await run_analysis_task(ctx(scripted), str(task.id), 0) == "skipped"
+    assert await run_analysis_task(ctx(scripted), str(task.id), 1) == "succeeded"
     stored, job = await reload(scripted, task)
-    assert (stored.state, stored.attempts, job.state) == (TaskState.SUCCEEDED, 2, JobState.SUCCEEDED)
+    assert (stored.state, stored.attempts, stored.error_code, job.state) == (
+        TaskState.SUCCEEDED,
+        2,
+        None,
+        JobState.SUCCEEDED,
+    )
 
 
 async def test_a_task_whose_media_was_deleted_is_skipped(scripted: Resources) -> None:
@@ -208,8 +216,15 @@ async def test_a_stale_run_cannot_overwrite_a_newer_outcome(scripted: Resources)
     task = await new_task(scripted, "ok")
     stale = await task_runs.start_task(resources=scripted, task_id=task.id, worker="stale-worker")
     assert stale is not None
-    # The stale worker vanished; the task was delivered again and succeeded.
-    assert await run_analysis_task(ctx(scripted), str(task.id)) == "succeeded"
+    # A running task is not claimed again while it is running.
+    assert await run_analysis_task(ctx(scripted), str(task.id)) == "skipped"
+    # The stale worker vanished; the reconciler queued the task again and it succeeded.
+    async with scripted.sessions() as session:
+        row = await session.get(Task, task.id)
+        assert row is not None
+        row.state = TaskState.QUEUED
+        await session.commit()
+    assert await run_analysis_task(ctx(scripted), str(task.id), 1) == "succeeded"
     assert not await task_runs.finish_task(
         resources=scripted, run=stale, state=TaskState.FAILED, error_code="LATE", error_message="late"
     )
