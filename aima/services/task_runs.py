@@ -61,6 +61,7 @@ from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, Tas
 from aima.errors import AimaError, BackendUnavailable
 from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
+from aima.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -396,9 +397,8 @@ async def requeue_task(*, resources: Resources, run: TaskRun, reason: AimaError)
     )
 
 
-def backoff_s(resources: Resources, attempt: int) -> float:
+def backoff_s(worker: WorkerSettings, attempt: int) -> float:
     """The wait before the next run after the `attempt`-th failed transiently: exponential, with full jitter."""
-    worker = resources.settings.worker
     return random.uniform(0.0, min(worker.retry_cap_s, worker.retry_base_s * 2 ** max(attempt - 1, 0)))  # noqa: S311
 
 
@@ -413,7 +413,7 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
             resources=resources, run=run, state=TaskState.FAILED, error_code=reason.code, error_message=message
         )
         return None
-    delay = backoff_s(resources, run.attempt)
+    delay = backoff_s(resources.settings.worker, run.attempt)
     now = datetime.now(UTC)
     async with resources.engine.begin() as conn:
         row = (

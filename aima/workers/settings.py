@@ -73,17 +73,18 @@ async def reconcile_queues(ctx: dict[str, Any]) -> str:
     return str(await reconcile.reconcile(resources))
 
 
-def cron_jobs(settings: Settings) -> list[CronJob]:
+def cron_jobs(settings: Settings, *, reconcile: bool = True) -> list[CronJob]:
     """The periodic jobs every worker process schedules; arq runs each tick once across all workers (unique ids)."""
     every = settings.worker.reconcile_interval_s
+    reconciler = cron(
+        reconcile_queues,
+        name="reconcile",
+        second=set(range(0, 60, every)),
+        timeout=RECONCILE_TIMEOUT_S,
+        max_tries=1,
+    )
     return [
-        cron(
-            reconcile_queues,
-            name="reconcile",
-            second=set(range(0, 60, every)),
-            timeout=RECONCILE_TIMEOUT_S,
-            max_tries=1,
-        ),
+        *([reconciler] if reconcile else []),
         cron(retention_sweep, name="retention_sweep", minute=set(RETENTION_MINUTES), timeout=SWEEP_TIMEOUT_S),
         cron(orphan_sweep, name="orphan_sweep", minute=ORPHAN_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
         cron(upload_sweep, name="upload_sweep", minute=UPLOAD_SWEEP_MINUTE, timeout=SWEEP_TIMEOUT_S),
@@ -96,11 +97,14 @@ def worker_settings(
     *,
     process: WorkerProcess | None = None,
     periodic: bool = True,
+    reconcile: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for a `WakeableWorker` (arq's `Worker` plus its wake-up channel) on one resource's queue.
 
     Workers of one process pass the same `process`; without one, the worker has a process of its own. `periodic`:
-    the worker also schedules the periodic jobs (on its own queue; `aima worker` gives them a worker of their own).
+    the worker also schedules the sweeps on its own queue (`aima worker` gives the periodic jobs a worker of their
+    own instead), and with `reconcile` the reconciler too. The reconciler takes every task in the database for one
+    of this deployment's (this Redis prefix's) queues, so only whole deployments run it: `aima worker` does.
     """
     process = process or WorkerProcess(settings)
     queue = queues.queue_name(settings, resource)
@@ -115,7 +119,7 @@ def worker_settings(
     return {
         **_common(settings, process, on_startup),
         "functions": [analysis],
-        "cron_jobs": cron_jobs(settings) if periodic else [],
+        "cron_jobs": cron_jobs(settings, reconcile=reconcile) if periodic else [],
         "queue_name": queue,
         "wake_channel": wake_channel(settings.redis_prefix, queue),
         "max_jobs": settings.worker.max_jobs,
