@@ -401,6 +401,32 @@ class Mutation:
         )
         return JobNode.of(job)
 
+    @strawberry.mutation(
+        description="Cancel a job: its queued tasks never start and its running ones stop within seconds; "
+        "nothing a cancelled task made is kept."
+    )
+    async def cancel_job(self, info: Info[Context, None], job_id: strawberry.ID) -> JobNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        job = await jobs.cancel_job(resources=ctx.resources, actor=actor, job_id=parse_id(job_id, "job"))
+        await ctx.audit(
+            AuditAction.JOB_CANCEL, target_type="job", target_id=job.id, details={"case_id": str(job.case_id)}
+        )
+        return JobNode.of(job)
+
+    @strawberry.mutation(description="Run the failed and cancelled tasks of a job again.")
+    async def retry_job(self, info: Info[Context, None], job_id: strawberry.ID) -> JobNode:
+        ctx = info.context
+        actor = ctx.require_actor()
+        job, count = await jobs.retry_job(resources=ctx.resources, actor=actor, job_id=parse_id(job_id, "job"))
+        await ctx.audit(
+            AuditAction.JOB_RETRY,
+            target_type="job",
+            target_id=job.id,
+            details={"case_id": str(job.case_id), "tasks": count},
+        )
+        return JobNode.of(job)
+
 
 async def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:
     return _payload(await signin.sign_in(ctx.resources, user, client_address=ctx.client_address, now=now))

@@ -53,6 +53,8 @@ class AuditAction(enum.StrEnum):
     MEDIA_DELETE = "media.delete"
     MEDIA_VERIFY_FAILED = "media.verify_failed"
     RESULTS_READ = "media.results_read"
+    JOB_CANCEL = "job.cancel"
+    JOB_RETRY = "job.retry"
     DOSSIER_READ = "dossier.read"
     DOSSIER_EXPORT = "dossier.export"
     ACCESS_DENIED = "access.denied"

@@ -297,3 +297,30 @@ async def list_jobs(
         (await session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(first + 1))).scalars()
     )
     return JobPage(jobs=rows[:first], has_next=len(rows) > first)
+
+
+async def cancel_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) -> Job:
+    """Stop a job: queued tasks never start, running ones stop within seconds (whoever may start analyses in its
+    case may cancel it)."""
+    await _job_for_change(resources, actor, job_id, "cancel its jobs")
+    await task_runs.request_cancel(resources=resources, job_id=job_id)
+    async with resources.sessions() as session:
+        return await get_job(session=session, actor=actor, job_id=job_id)
+
+
+async def retry_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) -> tuple[Job, int]:
+    """Run a job's failed and cancelled tasks again; returns the job and how many tasks were queued again."""
+    await _job_for_change(resources, actor, job_id, "retry its jobs")
+    retried = await task_runs.retry_failed(resources=resources, job_id=job_id)
+    async with resources.sessions() as session:
+        return await get_job(session=session, actor=actor, job_id=job_id), len(retried)
+
+
+async def _job_for_change(resources: Resources, actor: Actor, job_id: uuid.UUID, what: str) -> None:
+    async with resources.sessions() as session:
+        query = select(Job.case_id, Case.owner_id, member_role_of(actor)).join(Case, Job.case_id == Case.id)
+        row = (await session.execute(query.where(Job.id == job_id))).first()
+    access = case_access(actor, row[1], row[2]) if row is not None else CaseAccess.NONE
+    if row is None or access is CaseAccess.NONE:
+        raise NotFound("Job", job_id)
+    ensure(access, CaseAccess.EDITOR, what)

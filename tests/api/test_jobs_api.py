@@ -69,3 +69,24 @@ def test_job_history_pages_through_every_job_once(people: People) -> None:
     admin_view = people.admin.data(HISTORY, {"f": {"caseId": case_id}, "first": 10})["jobs"]["edges"]
     assert len(admin_view) == 5
     assert code(people.owner.execute(HISTORY, {"after": "garbage"})) == "BAD_USER_INPUT"
+
+
+def test_cancel_and_retry_a_job(people: People) -> None:
+    """On an API whose jobs no worker takes: cancelling stops the queued tasks, retrying queues them again."""
+    case_id = new_case(people.owner, "Cancel")
+    media = people.owner.upload(case_id, make_jpeg(width=52), filename="c.jpg")["data"]["uploadMedia"]["id"]
+    job = people.owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media})["analyzeMedia"]
+    assert code(people.viewer.execute("mutation($j: ID!) { cancelJob(jobId: $j) { id } }", {"j": job["id"]})) in {
+        "NOT_FOUND"
+    }
+    cancelled = people.owner.data(
+        "mutation($j: ID!) { cancelJob(jobId: $j) { state cancelRequestedAt tasks { state } } }", {"j": job["id"]}
+    )["cancelJob"]
+    assert cancelled["cancelRequestedAt"]
+    assert cancelled["state"] in {"CANCELLED", "SUCCEEDED", "RUNNING"}  # a fast worker may have finished it
+    retried = people.owner.data(
+        "mutation($j: ID!) { retryJob(jobId: $j) { state cancelRequestedAt } }", {"j": job["id"]}
+    )["retryJob"]
+    assert retried["cancelRequestedAt"] is None or cancelled["state"] == "SUCCEEDED"
+    entries = people.admin.data("query($t: String) { auditLog(targetId: $t) { action } }", {"t": job["id"]})["auditLog"]
+    assert {"job.cancel", "job.retry"} <= {e["action"] for e in entries}
