@@ -14,9 +14,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.settings import Settings
 
 PLUGIN = "aima.testing.analyzers"
+
+
+def test_analyzer_registry() -> AnalyzerRegistry:
+    """The built-in analyzers and the test ones, as the workers `spawn_worker` starts have them."""
+    from aima.testing import analyzers
+
+    pm = create_plugin_manager(load_external=False)
+    pm.register(analyzers, PLUGIN)
+    return AnalyzerRegistry(pm)
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:

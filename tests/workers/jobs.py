@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,20 +18,18 @@ from sqlalchemy import select
 from aima import queues
 from aima.db.models import Case, Job, JobState, Media, Priority, Role, Task, User
 from aima.events import EventLog, JobEvent, events_after, wake_channel
-from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
 from aima.services import jobs
 from aima.services.access import Actor
 from aima.settings import Settings
-from aima.testing.workers import PLUGIN
+from aima.testing.workers import test_analyzer_registry
 from tests.conftest import Servers, settings_for
 
 
 def registry_with_test_analyzers() -> AnalyzerRegistry:
     """The built-in analyzers and the test ones (noop, sleeper, remote-model)."""
-    pm = create_plugin_manager(load_external=False)
-    pm.register(importlib.import_module(PLUGIN), PLUGIN)
-    return AnalyzerRegistry(pm)
+    return test_analyzer_registry()
 
 
 def with_test_analyzers(resources: Resources) -> Resources:
