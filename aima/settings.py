@@ -133,7 +133,7 @@ class WorkerSettings(BaseModel):
     #: Runs of one task (each claim by a worker counts, also one whose worker vanished) before a transient error (a
     #: model endpoint or store that is down or busy) fails it.
     max_tries: int = Field(default=8, ge=1)
-    #: Backoff after a transient error: a random wait up to `retry_base_s` × 2^(runs − 1), at most `retry_cap_s`
+    #: Backoff after a transient error: a random wait up to `retry_base_s` * 2^(runs - 1), at most `retry_cap_s`
     #: ("full jitter"), during which the task shows as waiting for model.
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)
