@@ -615,12 +615,15 @@ async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uui
         async with resources.engine.connect() as conn:
             rows = list(await conn.execute(_ROUTING, {"p_ids": task_ids}))
         for row in rows:
+            # Replacing: no delivery of a task waiting for its dependencies can be legitimate (a leftover of an
+            # earlier round of the task, before `retry_failed`, would otherwise block its id).
             await enqueue_task(
                 resources=resources,
                 task_id=row.id,
                 resource=row.resource,
                 priority=row.priority,
                 generation=row.attempts,
+                replace=True,
             )
             queued.append(row.id)
         await wake(resources, {row.resource for row in rows})

@@ -56,6 +56,23 @@ class WakeableWorker(Worker):
             return  # busy: poll again after arq's short delay
         await self._wait_for_wakeup()
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, one job at a time, giving back the slot that a Redis error midway took: arq counts a job as started
+        before it talks to Redis, and keeps the count when that fails (a worker would lose a slot per Redis
+        failure)."""
+        for job_id in job_ids:
+            if self.job_counter >= self.max_jobs:
+                return
+            key = job_id.decode()
+            before = self.tasks.get(key)
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                if self.tasks.get(key) is before:  # no task was started for it: the slot is still taken
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
     async def _wait_for_wakeup(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.idle_poll_s
