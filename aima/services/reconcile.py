@@ -71,6 +71,7 @@ class _LostRun:
     job_id: uuid.UUID
     analyzer: str
     attempt: int
+    started_at: datetime
 
 
 _LOST_RUNS = (
@@ -79,6 +80,7 @@ _LOST_RUNS = (
         _tasks.c.job_id,
         _tasks.c.analyzer,
         _tasks.c.attempts,
+        _tasks.c.started_at,
         _tasks.c.resource,
         _tasks.c.priority,
         _jobs.c.cancel_requested_at,
@@ -169,7 +171,9 @@ async def _recover_lost_runs(resources: Resources, report: Report, now: datetime
     max_tries = resources.settings.worker.max_tries
     woken: set[str] = set()
     for row in lost:
-        run = _LostRun(id=row.id, job_id=row.job_id, analyzer=row.analyzer, attempt=row.attempts)
+        run = _LostRun(
+            id=row.id, job_id=row.job_id, analyzer=row.analyzer, attempt=row.attempts, started_at=row.started_at
+        )
         if row.cancel_requested_at is not None:
             if await task_runs.finish_task(resources=resources, run=run, state=TaskState.CANCELLED):
                 report.cancelled.append(run.id)

@@ -127,10 +127,15 @@ class _RunRef(Protocol):
     @property
     def attempt(self) -> int: ...
 
+    @property
+    def started_at(self) -> datetime: ...
+
 
 @dataclass(frozen=True)
 class TaskRun:
-    """A task a worker has claimed (its `attempt`-th run), with the facts of its media it needs."""
+    """A task a worker has claimed (its `attempt`-th run, started at `started_at`), with the facts of its media it
+    needs. The pair fences the run: a task retried from the start counts its runs from 0 again, its start time
+    tells a new run from an old one."""
 
     id: uuid.UUID
     job_id: uuid.UUID
@@ -138,6 +143,7 @@ class TaskRun:
     analyzer_version: str
     media_id: uuid.UUID
     attempt: int
+    started_at: datetime
     media: MediaFacts
 
 
@@ -182,6 +188,7 @@ def _claim_statement() -> Select[Any]:
             _tasks.c.analyzer,
             _tasks.c.analyzer_version,
             _tasks.c.attempts,
+            _tasks.c.started_at,
         )
         .cte("claimed")
     )
@@ -223,6 +230,7 @@ def _finish_statement() -> Select[Any]:
             _tasks.c.id == bindparam("p_task_id"),
             _tasks.c.state == TaskState.RUNNING,
             _tasks.c.attempts == bindparam("p_attempt"),
+            _tasks.c.started_at == bindparam("p_started"),
         )
         .values(
             state=case(
@@ -318,7 +326,12 @@ _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_f
 
 def _this_run(run: _RunRef) -> Any:
     """The task row while it is still this run's."""
-    return and_(_tasks.c.id == run.id, _tasks.c.state == TaskState.RUNNING, _tasks.c.attempts == run.attempt)
+    return and_(
+        _tasks.c.id == run.id,
+        _tasks.c.state == TaskState.RUNNING,
+        _tasks.c.attempts == run.attempt,
+        _tasks.c.started_at == run.started_at,
+    )
 
 
 async def start_task(
@@ -354,6 +367,7 @@ async def start_task(
         analyzer_version=row.analyzer_version,
         media_id=row.media_id,
         attempt=row.attempts,
+        started_at=row.started_at,
         media=media,
     )
     await _publish(
@@ -495,6 +509,7 @@ async def finish_task(
             "p_task_id": run.id,
             "p_task_ids": [run.id],
             "p_attempt": run.attempt,
+            "p_started": run.started_at,
             "p_job_id": run.job_id,
             "p_state": state,
             "p_now": now,
@@ -665,7 +680,7 @@ async def fail_unqueued(
 _HEARTBEAT = (
     update(_tasks)
     .where(
-        tuple_(_tasks.c.id, _tasks.c.attempts).in_(bindparam("p_runs", expanding=True)),
+        tuple_(_tasks.c.id, _tasks.c.attempts, _tasks.c.started_at).in_(bindparam("p_runs", expanding=True)),
         _tasks.c.state == TaskState.RUNNING,
     )
     .values(heartbeat_at=bindparam("p_now"))
@@ -687,7 +702,7 @@ async def heartbeat(*, resources: Resources, runs: Sequence[_RunRef]) -> Pulse:
     if not runs:
         return Pulse(frozenset(), frozenset())
     async with resources.engine.begin() as conn:
-        params = {"p_runs": [(run.id, run.attempt) for run in runs], "p_now": datetime.now(UTC)}
+        params = {"p_runs": [(run.id, run.attempt, run.started_at) for run in runs], "p_now": datetime.now(UTC)}
         alive = {row.id: row.cancel_requested for row in await conn.execute(_HEARTBEAT, params)}
     return Pulse(
         cancelled=frozenset(task_id for task_id, cancel in alive.items() if cancel),

@@ -127,7 +127,7 @@ async def test_out_of_tries_a_lost_run_fails(servers: Servers, database_url: str
     case = await new_case(resources)
     job_id = await analyze(resources, case, ["sleeper"])
     [task] = await job_tasks(resources, job_id)
-    await vanished_worker_took(resources, task.id)
+    ghost = await vanished_worker_took(resources, task.id)
     async with open_resources(strict, analyzers=registry_with_test_analyzers()) as own:
         report = await reconcile(own)
     assert report.failed == [task.id]
@@ -135,6 +135,15 @@ async def test_out_of_tries_a_lost_run_fails(servers: Servers, database_url: str
     assert (task.state, task.error_code) == (TaskState.FAILED, WORKER_LOST)
     assert "stopped responding" in (task.error_message or "")
     assert (await job_row(resources, job_id)).state is JobState.FAILED
+
+    # Retried from the start, the task counts its runs from 0 again: its new first run is not the ghost's.
+    assert await task_runs.retry_failed(resources=resources, job_id=job_id) == [task.id]
+    new = await task_runs.start_task(resources=resources, task_id=task.id, worker="w:2", generation=0)
+    assert new is not None and new.attempt == ghost.attempt == 1
+    assert await task_runs.finish_task(resources=resources, run=ghost, state=TaskState.FAILED) is None
+    assert (await task_runs.heartbeat(resources=resources, runs=[ghost])).lost == {task.id}
+    assert await task_runs.finish_task(resources=resources, run=new, state=TaskState.SUCCEEDED) is TaskState.SUCCEEDED
+    assert (await job_row(resources, job_id)).state is JobState.SUCCEEDED
 
 
 async def test_a_lost_run_of_a_cancelled_job_ends_cancelled(resources: Resources) -> None:
