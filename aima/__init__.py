@@ -4,11 +4,12 @@ from aima.analysis import (
     AnalysisInput,
     Analyzer,
     BlockingAnalyzer,
+    Keyframe,
     MediaKind,
     Need,
     ProgressCallback,
 )
-from aima.errors import AimaError, AnalyzerNotApplicable, CorruptMedia, UnsupportedMedia
+from aima.errors import AimaError, AnalyzerNotApplicable, CorruptMedia, ModelUnavailable, UnsupportedMedia
 from aima.hookspecs import hookimpl
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "AnalyzerNotApplicable",
     "BlockingAnalyzer",
     "CorruptMedia",
+    "Keyframe",
     "MediaKind",
+    "ModelUnavailable",
     "Need",
     "ProgressCallback",
     "UnsupportedMedia",
