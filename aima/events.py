@@ -349,17 +349,17 @@ class EventHub:
             raise
 
     async def leave(self, feed: EventFeed) -> None:
+        # Forgotten before the first await: a subscription cancelled while it leaves leaves nothing behind.
+        channel = self._forget(feed)
         async with self._lock:
-            channel = self._forget(feed)
-            if channel is not None:
+            if channel is not None and channel not in self._feeds:  # unless another feed joined it meanwhile
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.unsubscribe(channel)
             if not self._feeds and self._reader is not None:
                 # Nobody listens: end the reader and hand the connection back (the next `join` takes one again).
                 reader, self._reader = self._reader, None
                 reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await reader
+                await asyncio.wait([reader], timeout=1)
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -382,9 +382,9 @@ class EventHub:
             try:
                 # A timeout, so the connection's health check (a PING every few seconds) runs while it is quiet.
                 message = await self._pubsub.get_message(timeout=5.0)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the connection, mostly: it reconnects on the next read
                 failures += 1
-                logger.warning("event hub: lost the Redis connection (%s); reconnecting", exc)
+                logger.warning("event hub: lost the Redis connection (%s: %s); reconnecting", type(exc).__name__, exc)
                 # Redis re-subscribes on reconnection; each confirmation then has the feeds check their streams.
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
