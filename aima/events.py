@@ -225,9 +225,9 @@ _CHECK = _Check()
 class EventFeed:
     """One subscriber's events of one stream, each once and in order from `position` + 1.
 
-    Enter it before reading the state the events change (`async with hub.feed(log) as feed`): from then on nothing
-    published is missed. Then set `position` to the number that state is current at (`last_event`, read before the
-    state), or to the last number a client saw; `next` continues from there.
+    Enter it before reading the state the events change (`async with event_feed(redis, log) as feed`): from then on
+    nothing published is missed. Then `restart` it at the number that state is current at (`last_event`, read before
+    the state), or at the last number a client saw followed by a `check`; `next` continues from there.
     """
 
     def __init__(self, redis: Redis, hub: EventHub, log: EventLog) -> None:
