@@ -109,9 +109,14 @@ def servers() -> Iterator[Servers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: The Redis key prefixes this session's settings use, removed at its end.
+_SESSION_PREFIXES: list[str] = []
+
+
 def settings_for(servers: Servers, **overrides: object) -> Settings:
     """Settings pointing at this session's servers, with a key prefix and queue of its own."""
     prefix = f"aima-test-{uuid.uuid4().hex[:8]}"
+    _SESSION_PREFIXES.append(prefix)
     values: dict[str, object] = {
         "environment": "test",
         "database_url": servers.database_url,
@@ -152,13 +157,13 @@ async def resources(settings: Settings, analyzers: AnalyzerRegistry) -> AsyncIte
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_redis_prefix() -> Iterator[None]:
+    """Remove this session's keys (and only those: other sessions may share this Redis)."""
     yield
     client = redis_sync.Redis.from_url(REDIS_URL)
     try:
-        for key in client.scan_iter(match="aima-test-*"):
-            client.delete(key)
-        for key in client.scan_iter(match="arq:*"):
-            client.delete(key)
+        for prefix in _SESSION_PREFIXES:
+            for key in client.scan_iter(match=f"{prefix}*"):
+                client.delete(key)
     finally:
         client.close()
 
