@@ -206,6 +206,7 @@ def call_on(client: GraphQLClient, root: str, name: str, target: dict[str, str],
     if "Upload" in query:
         return client.upload(target["case"], make_jpeg(width=31))
     if root == "Subscription":
+        variables = {**variables, **({"after": None} if "after" in variables else {})}  # from the start
         return next(iter(client.subscribe(query, variables)))
     return client.execute(query, variables)
 
