@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import time
@@ -29,13 +28,8 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aima.cli import create_account
-from aima.db.migrate import upgrade
 from aima.db.models import Role
-from aima.devserver import with_stack
-from aima.embedded import DevStack, StackPorts
-from aima.embedded.base import make_runtime_root
-from aima.settings import Settings
-from aima.testing.processes import free_port, spawn, stop, wait_ready
+from aima.testing.stack import local_aima
 
 PASSWORD = "benchmark password"  # noqa: S105 - a throwaway account of the benchmark
 LOGIN = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken refreshToken } }"
@@ -120,31 +114,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
 
-    root = make_runtime_root("aima-bench-auth-")
-    stack = DevStack(root / "servers", StackPorts.free())
-    api = None
-    try:
-        stack.start()
-        settings = with_stack(Settings(environment="test", data_dir=root / "data", log_level="WARNING"), stack.urls)
-        upgrade(settings.database_url)
+    with local_aima("aima-bench-auth-") as aima:
         for email in ("owner@example.org", "viewer@example.org", "login@example.org"):
-            asyncio.run(create_account(settings, email, PASSWORD, Role.USER))
-        port = free_port()
-        api = spawn(["api", "--port", str(port)], settings, root / "logs" / "api.log")
-        wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
-        figures = uvloop.run(measure(f"http://127.0.0.1:{port}", args.samples))
-        print(f"accounts and access, one API process, {args.samples} sequential samples each")
-        for name, value in figures:
-            print(f"  {name}: {value}")
-    except Exception:
-        for log in sorted((root / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-        raise
-    finally:
-        if api is not None:
-            stop(api)
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+            asyncio.run(create_account(aima.settings, email, PASSWORD, Role.USER))
+        base_url, _ = aima.start_api()
+        figures = uvloop.run(measure(base_url, args.samples))
+    print(f"accounts and access, one API process, {args.samples} sequential samples each")
+    for name, value in figures:
+        print(f"  {name}: {value}")
 
 
 if __name__ == "__main__":

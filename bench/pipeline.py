@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -32,15 +31,11 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aima.cli import create_account
-from aima.db.migrate import upgrade
 from aima.db.models import Role
-from aima.devserver import with_stack
-from aima.embedded import DevStack, StackPorts
-from aima.embedded.base import make_runtime_root
 from aima.events import JobEvent, job_channel
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
-from aima.testing.processes import free_port, spawn, stop, wait_ready
+from aima.testing.stack import local_aima
 
 EMAIL, PASSWORD = "bench@example.org", "benchmark password"
 ANALYZE = 'mutation($m: ID!) { analyzeMedia(mediaId: $m, analyzers: ["media-probe"]) { id } }'
@@ -185,35 +180,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    root = make_runtime_root("aima-bench-")
-    stack = DevStack(root / "servers", StackPorts.free())
-    processes = []
-    try:
-        stack.start()
-        settings = with_stack(Settings(environment="test", data_dir=root / "data", log_level="WARNING"), stack.urls)
-        upgrade(settings.database_url)
-        asyncio.run(create_account(settings, EMAIL, PASSWORD, Role.USER))
-        port = free_port()
-        api = spawn(["api", "--port", str(port)], settings, root / "logs" / "api.log")
-        processes.append(api)
-        processes.extend(spawn(["worker"], settings, root / "logs" / f"worker-{i}.log") for i in range(args.workers))
-        wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
-        figures = uvloop.run(measure(settings, f"http://127.0.0.1:{port}", args.media, args.concurrency))
-        print(f"media-probe pipeline, API + {args.workers} workers, {args.media} media")
-        print(f"  throughput: {figures['tasks_per_s']:.1f} tasks/s")
-        print(
-            f"  analyzeMedia -> stored result (idle, {figures['latency_samples']:.0f} samples): "
-            f"median {figures['latency_median_ms']:.1f} ms, p95 {figures['latency_p95_ms']:.1f} ms"
-        )
-    except Exception:
-        for log in sorted((root / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-        raise
-    finally:
-        for process in processes:
-            stop(process)
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with local_aima("aima-bench-") as aima:
+        asyncio.run(create_account(aima.settings, EMAIL, PASSWORD, Role.USER))
+        aima.start_workers(args.workers)
+        base_url, _ = aima.start_api()
+        figures = uvloop.run(measure(aima.settings, base_url, args.media, args.concurrency))
+    print(f"media-probe pipeline, API + {args.workers} workers, {args.media} media")
+    print(f"  throughput: {figures['tasks_per_s']:.1f} tasks/s")
+    print(
+        f"  analyzeMedia -> stored result (idle, {figures['latency_samples']:.0f} samples): "
+        f"median {figures['latency_median_ms']:.1f} ms, p95 {figures['latency_p95_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

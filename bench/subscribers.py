@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -31,15 +30,11 @@ from websockets.asyncio.client import ClientConnection, connect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aima.cli import create_account
-from aima.db.migrate import upgrade
 from aima.db.models import Role
-from aima.devserver import with_stack
-from aima.embedded import DevStack, StackPorts
-from aima.embedded.base import make_runtime_root
 from aima.events import JobEvent, publish
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
-from aima.testing.processes import free_port, spawn, stop, wait_ready
+from aima.testing.stack import local_aima
 
 EMAIL, PASSWORD = "bench@example.org", "benchmark password"
 SUBSCRIBE = "subscription($j: ID!) { jobEvents(jobId: $j) { seq taskState progress etaS message } }"
@@ -195,45 +190,21 @@ def main() -> None:
     parser.add_argument("--no-deflate", action="store_true", help="subscribers do not offer permessage-deflate")
     args = parser.parse_args()
 
-    root = make_runtime_root("aima-bench-subscribers-")
-    stack = DevStack(root / "servers", StackPorts.free())
-    api = None
-    try:
-        stack.start()
-        settings = with_stack(Settings(environment="test", data_dir=root / "data", log_level="WARNING"), stack.urls)
-        upgrade(settings.database_url)
-        asyncio.run(create_account(settings, EMAIL, PASSWORD, Role.USER))
-        port = free_port()
-        api = spawn(["api", "--port", str(port)], settings, root / "logs" / "api.log")
-        wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
+    with local_aima("aima-bench-subscribers-") as aima:
+        asyncio.run(create_account(aima.settings, EMAIL, PASSWORD, Role.USER))
+        base_url, _ = aima.start_api()
         print(
             f"live progress: one API process, {args.subscribers} websocket subscribers to one job, "
             f"{args.events} events {args.interval * 1000:.0f} ms apart, "
             f"permessage-deflate {'not offered' if args.no_deflate else 'offered'}"
         )
         figures = uvloop.run(
-            measure(
-                settings,
-                f"http://127.0.0.1:{port}",
-                args.subscribers,
-                args.events,
-                args.interval,
-                deflate=not args.no_deflate,
-            )
+            measure(aima.settings, base_url, args.subscribers, args.events, args.interval, deflate=not args.no_deflate)
         )
-        print(
-            f"  publication -> arrival over {figures['deliveries']:.0f} deliveries ({figures['missing']:.0f} missing): "
-            f"median {figures['median_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms"
-        )
-    except Exception:
-        for log in sorted((root / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-        raise
-    finally:
-        if api is not None:
-            stop(api)
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"  publication -> arrival over {figures['deliveries']:.0f} deliveries ({figures['missing']:.0f} missing): "
+        f"median {figures['median_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

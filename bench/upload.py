@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import struct
 import sys
 import time
@@ -36,13 +35,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aima.cli import create_account
-from aima.db.migrate import upgrade
 from aima.db.models import Role
-from aima.devserver import with_stack
-from aima.embedded import DevStack, StackPorts
-from aima.embedded.base import make_runtime_root
 from aima.settings import Settings
-from aima.testing.processes import free_port, spawn, stop, wait_ready
+from aima.testing.stack import local_aima
 
 EMAIL = "bench-upload@example.org"
 PASSWORD = "benchmark password"  # noqa: S105 - a throwaway account of the benchmark
@@ -236,39 +231,15 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024)
     args = parser.parse_args()
 
-    root = make_runtime_root("aima-bench-upload-")
-    stack = DevStack(root / "servers", StackPorts.free())
-    api = None
-    try:
-        stack.start()
-        settings = with_stack(
-            Settings(environment="test", data_dir=root / "data", log_level="WARNING", max_upload_bytes=64 * 1024**3),
-            stack.urls,
-        )
-        upgrade(settings.database_url)
+    with local_aima("aima-bench-upload-", max_upload_bytes=64 * 1024**3) as aima:
+        settings = aima.settings
         asyncio.run(create_account(settings, EMAIL, PASSWORD, Role.USER))
-        path = root / "big.wav"
+        path = aima.root / "big.wav"
         sha256 = write_wav(path, args.size_mb)
-        port = free_port()
-        api = spawn(
-            ["api", "--port", str(port)],
-            settings,
-            root / "logs" / "api.log",
-            AIMA_MAX_UPLOAD_BYTES=str(settings.max_upload_bytes),
-        )
-        wait_ready(f"http://127.0.0.1:{port}/readyz", api, timeout=60)
-        lines = asyncio.run(measure(settings, f"http://127.0.0.1:{port}", path, sha256, api.pid))
-        print(f"one {args.size_mb} MiB WAV file, API and S3 (SeaweedFS) on this machine")
-        print("\n".join(lines))
-    except Exception:
-        for log in sorted((root / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-        raise
-    finally:
-        if api is not None:
-            stop(api)
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        base_url, api = aima.start_api(AIMA_MAX_UPLOAD_BYTES=str(settings.max_upload_bytes))
+        lines = asyncio.run(measure(settings, base_url, path, sha256, api.pid))
+    print(f"one {args.size_mb} MiB WAV file, API and S3 (SeaweedFS) on this machine")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
