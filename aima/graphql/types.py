@@ -124,7 +124,6 @@ class MediaNode:
         description="In the answer to an upload: true when the case already held these exact bytes, so this is "
         "the media registered first.",
     )
-    row: strawberry.Private[models.Media | None] = None
 
     @classmethod
     def of(cls, row: models.Media, *, duplicate: bool = False) -> MediaNode:
@@ -140,7 +139,6 @@ class MediaNode:
             probe=cast(JSON, row.probe),
             created_at=row.created_at,
             duplicate=duplicate,
-            row=row,
         )
 
     @strawberry.field(description="The chain-of-custody record of the original.")

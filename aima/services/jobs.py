@@ -227,11 +227,21 @@ def _choose_analyzers(registry: AnalyzerRegistry, kind: MediaKind, names: Sequen
     return chosen
 
 
-async def get_job(*, session: AsyncSession, actor: Actor, job_id: uuid.UUID) -> Job:
+async def get_job(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    job_id: uuid.UUID,
+    needed: CaseAccess = CaseAccess.VIEWER,
+    what: str = "change its jobs",
+) -> Job:
+    """The job, if the actor may do what `needed` allows in its case; a missing and a hidden job look the same."""
     query = select(Job, Case.owner_id, member_role_of(actor)).join(Case, Job.case_id == Case.id).where(Job.id == job_id)
     row = (await session.execute(query)).first()
-    if row is None or case_access(actor, row[1], row[2]) is CaseAccess.NONE:
+    access = case_access(actor, row[1], row[2]) if row is not None else CaseAccess.NONE
+    if row is None or access is CaseAccess.NONE:
         raise NotFound("Job", job_id)
+    ensure(access, needed, what)
     job: Job = row[0]
     return job
 
@@ -302,7 +312,8 @@ async def list_jobs(
 async def cancel_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) -> Job:
     """Stop a job: queued tasks never start, running ones stop within seconds (whoever may start analyses in its
     case may cancel it)."""
-    await _job_for_change(resources, actor, job_id, "cancel its jobs")
+    async with resources.sessions() as session:
+        await get_job(session=session, actor=actor, job_id=job_id, needed=CaseAccess.EDITOR, what="cancel its jobs")
     await task_runs.request_cancel(resources=resources, job_id=job_id)
     async with resources.sessions() as session:
         return await get_job(session=session, actor=actor, job_id=job_id)
@@ -310,17 +321,8 @@ async def cancel_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) -
 
 async def retry_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) -> tuple[Job, int]:
     """Run a job's failed and cancelled tasks again; returns the job and how many tasks were queued again."""
-    await _job_for_change(resources, actor, job_id, "retry its jobs")
+    async with resources.sessions() as session:
+        await get_job(session=session, actor=actor, job_id=job_id, needed=CaseAccess.EDITOR, what="retry its jobs")
     retried = await task_runs.retry_failed(resources=resources, job_id=job_id)
     async with resources.sessions() as session:
         return await get_job(session=session, actor=actor, job_id=job_id), len(retried)
-
-
-async def _job_for_change(resources: Resources, actor: Actor, job_id: uuid.UUID, what: str) -> None:
-    async with resources.sessions() as session:
-        query = select(Job.case_id, Case.owner_id, member_role_of(actor)).join(Case, Job.case_id == Case.id)
-        row = (await session.execute(query.where(Job.id == job_id))).first()
-    access = case_access(actor, row[1], row[2]) if row is not None else CaseAccess.NONE
-    if row is None or access is CaseAccess.NONE:
-        raise NotFound("Job", job_id)
-    ensure(access, CaseAccess.EDITOR, what)
