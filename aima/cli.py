@@ -113,7 +113,8 @@ def plugins() -> None:
     """List the installed plugins and the analyzers each provides."""
     from aima.plugins import AnalyzerRegistry, create_plugin_manager
 
-    registry = AnalyzerRegistry(create_plugin_manager())
+    settings = _settings(json_logs=False)
+    registry = AnalyzerRegistry(create_plugin_manager(), settings.plugins)
     analyzers = {a.name: a for a in registry.all()}
     for info in registry.plugins():
         typer.echo(f"{info.name} {info.version or ''}".rstrip())
@@ -121,6 +122,8 @@ def plugins() -> None:
             a = analyzers[name]
             kinds = ",".join(sorted(a.media_kinds))
             typer.echo(f"  {a.name} {a.version}  [{kinds}] on {a.runs_on}  {a.description}")
+    for embedder in registry.embedders():
+        typer.echo(f"embedder {embedder.name} ({embedder.dimension}-d)")
 
 
 @app.command()

@@ -11,12 +11,14 @@ import importlib
 import importlib.metadata
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
 from aima import hookspecs
-from aima.analysis import Analyzer
+from aima.analysis import Analyzer, Embedder, PluginConfig
 from aima.errors import UnknownAnalyzer
 
 logger = logging.getLogger(__name__)
@@ -55,12 +57,14 @@ class PluginInfo:
 
 
 class AnalyzerRegistry:
-    """The analyzers every loaded plugin registered, by name."""
+    """The analyzers (and text embedders) every loaded plugin registered, by name."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, config: PluginConfig | None = None) -> None:
         self._pm = pm
         self._analyzers: dict[str, Analyzer] = {}
         self._owners: dict[str, str] = {}
+        self._embedders: dict[str, Embedder] = {}
+        plugin_config: Mapping[str, Mapping[str, Any]] = config or {}
         for impl in pm.hook.register_analyzers.get_hookimpls():
             owner = pm.get_name(impl.plugin) or impl.plugin_name
 
@@ -70,7 +74,22 @@ class AnalyzerRegistry:
                 self._analyzers[analyzer.name] = analyzer
                 self._owners[analyzer.name] = _owner
 
-            impl.function(register=register)
+            impl.function(**_arguments(impl, register=register, config=plugin_config))
+        for impl in pm.hook.register_embedders.get_hookimpls():
+
+            def register_embedder(embedder: Embedder) -> None:
+                if embedder.name in self._embedders:
+                    raise ValueError(f"embedder {embedder.name!r} registered twice")
+                self._embedders[embedder.name] = embedder
+
+            impl.function(**_arguments(impl, register=register_embedder, config=plugin_config))
+
+    def embedder(self) -> Embedder | None:
+        """The text embedder: the first registered (by name), or None when no plugin offers one."""
+        return self._embedders[min(self._embedders)] if self._embedders else None
+
+    def embedders(self) -> list[Embedder]:
+        return [self._embedders[name] for name in sorted(self._embedders)]
 
     def get(self, name: str) -> Analyzer:
         try:
@@ -93,6 +112,11 @@ class AnalyzerRegistry:
             version = versions.get(name) or _builtin_version(name)
             infos.append(PluginInfo(name=name, version=version, analyzers=analyzers))
         return sorted(infos, key=lambda info: info.name)
+
+
+def _arguments(impl: pluggy.HookImpl, **offered: Any) -> dict[str, Any]:
+    """The hook's arguments that this implementation takes (pluggy lets an implementation leave some out)."""
+    return {name: value for name, value in offered.items() if name in impl.argnames}
 
 
 def _builtin_version(name: str) -> str | None:

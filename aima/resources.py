@@ -183,7 +183,7 @@ async def open_resources(
             store=store,
             arq=arq,
             redis=redis,
-            analyzers=analyzers or AnalyzerRegistry(create_plugin_manager()),
+            analyzers=analyzers or AnalyzerRegistry(create_plugin_manager(), settings.plugins),
             password_hasher=hasher,
             authenticator=Authenticator(hasher),
             inspector=inspector,

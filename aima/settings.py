@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     #: derived files, results and vectors; 0 keeps everything. (A number, not None, so that administrators can set
     #: and read it at runtime: runtime values are non-null JSON.)
     retention_days: int = Field(default=0, ge=0)
+    #: Each plugin's own settings by plugin name: ``[plugins.whisper]`` in aima.toml or
+    #: ``AIMA_PLUGINS__WHISPER__MODEL``; each plugin validates its table itself (`aima.analysis.PluginConfig`).
+    plugins: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def settings_customise_sources(
