@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
@@ -68,6 +69,9 @@ class JobEvent:
     seq: int | None = None
     #: Seconds until the task (or, without a task, the job) is expected to end, where that can be estimated.
     eta_s: float | None = None
+    #: Names the stream the event was numbered in: a stream made anew (Redis lost its data) has another, so a
+    #: feed can tell its number 7 from the old stream's number 7. None before it is published.
+    epoch: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -113,7 +117,8 @@ class EventLog:
 # Appends one event to the job's stream (and the case's), numbering it there, and publishes it, atomically.
 # KEYS: job stream, the job's task start times, [case stream]
 # ARGV: event JSON without "seq" (nor "eta_s" unless given), keep, ttl_s, job channel, case channel,
-#       task id, "start" | "eta" | "", the event's time (epoch seconds), progress
+#       task id, "start" | "eta" | "", the event's time (epoch seconds), progress, a new stream's epoch
+# A stream's epoch is set by its first entry and copied into every later one (field "x").
 _APPEND = """
 local body = ARGV[1]
 if ARGV[7] == 'start' then
@@ -130,10 +135,18 @@ elseif ARGV[7] == 'eta' then
 end
 local function append(stream, channel)
   local seq = 1
+  local epoch = ARGV[10]
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if #last > 0 then seq = tonumber(string.match(last[1][1], '^%d+')) + 1 end
-  local payload = '{"seq": ' .. string.format('%d', seq) .. ', ' .. string.sub(body, 2)
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'e', payload)
+  if #last > 0 then
+    seq = tonumber(string.match(last[1][1], '^%d+')) + 1
+    epoch = 'old'
+    local fields = last[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'x' then epoch = fields[i + 1] end
+    end
+  end
+  local payload = '{"seq": ' .. string.format('%d', seq) .. ', "epoch": "' .. epoch .. '", ' .. string.sub(body, 2)
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'e', payload, 'x', epoch)
   redis.call('EXPIRE', stream, ARGV[3])
   redis.call('PUBLISH', channel, payload)
   return seq
@@ -155,7 +168,7 @@ async def publish(redis: Redis, prefix: str, event: JobEvent, *, keep: int = KEE
     case_log = EventLog.of_case(prefix, event.case_id) if event.case_id else None
     if case_log is not None:
         keys.append(case_log.stream)
-    body = {k: v for k, v in asdict(event).items() if k != "seq" and not (k == "eta_s" and v is None)}
+    body = {k: v for k, v in asdict(event).items() if k not in ("seq", "epoch") and not (k == "eta_s" and v is None)}
     mode = ""
     if event.task_id is not None and event.task_state == "running" and event.eta_s is None:
         mode = "start" if event.progress <= 0 else "eta" if event.progress < 1 else ""
@@ -170,6 +183,7 @@ async def publish(redis: Redis, prefix: str, event: JobEvent, *, keep: int = KEE
         mode,
         repr(at),
         repr(event.progress),
+        uuid.uuid4().hex[:16],
     ]
     seqs: list[int] = await redis.register_script(_APPEND)(keys=keys, args=args)
     return int(seqs[0])
@@ -234,6 +248,8 @@ class EventFeed:
         self.log = log
         #: The number of the last event delivered (or that the state sent instead was current at).
         self.position = 0
+        #: The epoch of the stream `position` counts in; None until known (the stream was empty).
+        self.epoch: str | None = None
         self._redis = redis
         self._hub = hub
         self._stored: deque[JobEvent] = deque()
@@ -262,10 +278,21 @@ class EventFeed:
         self._live.append(_CHECK)
         self._arrived.set()
 
-    def restart(self, position: int) -> None:
-        """Continue after `position` (the number a fresh state was current at), forgetting what was read ahead."""
+    def restart(self, position: int, epoch: str | None = None) -> None:
+        """Continue after `position` of the stream of `epoch` (the number a fresh state was current at, and the
+        epoch of `last_event`; None for an empty stream or where unknown), forgetting what was read ahead."""
         self.position = position
+        self.epoch = epoch
         self._stored.clear()
+
+    def _follows(self, event: JobEvent) -> bool:
+        """Whether the event continues this feed's stream; adopts the stream's epoch when not known yet."""
+        if event.epoch is None or event.epoch == self.epoch:
+            return True
+        if self.epoch is None:
+            self.epoch = event.epoch
+            return True
+        return False
 
     async def next(self, wait_s: float) -> JobEvent | None:
         """The event after `position`, or None when none came within `wait_s` seconds.
@@ -277,6 +304,8 @@ class EventFeed:
         while True:
             while self._stored:
                 event = self._stored.popleft()
+                if not self._follows(event):
+                    raise EventsLost(f"{self.log.stream} was made anew: the events after {self.position} are gone")
                 if event.seq is not None and event.seq > self.position:
                     if event.seq != self.position + 1:
                         raise EventsLost(f"{self.log.stream}: {self.position + 1} to {event.seq - 1} are gone")
@@ -288,6 +317,8 @@ class EventFeed:
                     await self._read_stored()
                     break
                 if (item.seq or 0) == self.position + 1:
+                    if not self._follows(item):
+                        raise EventsLost(f"{self.log.stream} was made anew: the events after {self.position} are gone")
                     self.position += 1
                     return item
             else:
@@ -308,8 +339,8 @@ class EventFeed:
                 raise EventsLost(f"{self.log.stream} begins at {events[0].seq}, after {self.position} was asked for")
             self._stored.extend(events)
             return
-        last, _ = await last_event(self._redis, self.log)
-        if last < self.position:
+        last, event = await last_event(self._redis, self.log)
+        if last < self.position or (event is not None and not self._follows(event)):
             raise EventsLost(f"{self.log.stream} ends at {last}, before {self.position}: its events were lost")
 
 

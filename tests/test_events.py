@@ -131,6 +131,39 @@ async def test_a_feed_says_when_the_events_it_needs_are_gone(redis: Redis, setti
             await feed.next(wait_s=1)
 
 
+async def test_a_feed_tells_a_stream_made_anew_from_its_own(redis: Redis, settings: Settings) -> None:
+    """Redis lost its data and the job went on: the new stream counts from 1 again, and its number 3 is not the
+    old number 3. Whether the feed reads it live or from the stream, it reports the old events as lost."""
+    prefix, job_id = settings.redis_prefix, new_id()
+    log = EventLog.of_job(prefix, job_id)
+    for n in range(2):
+        await publish(redis, prefix, event(job_id, n))
+    seq, last = await last_event(redis, log)
+    assert last is not None and last.epoch
+    for live in (True, False):
+        async with event_feed(redis, log) as feed:
+            feed.restart(seq, last.epoch)
+            await redis.delete(log.stream)
+            for n in range(3):
+                await publish(redis, prefix, event(job_id, 10 + n))
+            if not live:
+                feed.restart(seq, last.epoch)  # forget what arrived live: read the stream
+                feed.check()
+            with pytest.raises(EventsLost):
+                await feed.next(wait_s=1)
+            new_seq, new_last = await last_event(redis, log)
+            assert new_last is not None and new_last.epoch != last.epoch
+            feed.restart(new_seq, new_last.epoch)
+            await publish(redis, prefix, event(job_id, 20))
+            follow_up = await feed.next(wait_s=1)
+            assert follow_up is not None and follow_up.message == "step 20" and follow_up.epoch == new_last.epoch
+        await redis.delete(log.stream)
+        for n in range(2):
+            await publish(redis, prefix, event(job_id, n))
+        seq, last = await last_event(redis, log)
+        assert last is not None
+
+
 async def test_a_slow_subscriber_reads_what_overflowed_from_the_stream(
     redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,8 @@
 - a worker killed with SIGKILL in the middle of a task: the task runs again on another worker, and the case ends
   with exactly one result per (media, analyzer);
 - Redis restarting (and losing its data) while a case is analysed: the workers carry on, the reconciler rebuilds
-  the queues from PostgreSQL, events flow again and the case completes;
+  the queues from PostgreSQL, events flow again, a live `jobEvents` subscription of an API follows the job to its
+  end, and the case completes;
 - a model endpoint that answers 503 for 20 s, then works: the task waits for the model (recorded, and announced),
   then succeeds. Its 20 s run while the other tests of this module do, so they cost no extra time;
 - cancelling a case being analysed by real workers stops it within 2 s.
@@ -15,20 +16,26 @@ task of their database.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 import pytest
 from redis.exceptions import RedisError
+from starlette.testclient import TestClient
 
-from aima.db.models import JobState, TaskState
+from aima.app import create_app
+from aima.cli import create_account
+from aima.db.models import JobState, Role, TaskState
 from aima.embedded.redis import EmbeddedRedis
 from aima.events import JobEvent
 from aima.resources import Resources, open_resources
@@ -38,6 +45,7 @@ from aima.testing.analyzers import ENDPOINT, ENDPOINT_ENV, SLEEP_ENV
 from aima.testing.processes import free_port, stop
 from aima.testing.workers import spawn_worker
 from tests.conftest import Servers
+from tests.gql import PASSWORD, login
 from tests.isolation import fresh_database
 from tests.workers.jobs import (
     ModelEndpoint,
@@ -245,6 +253,9 @@ async def test_redis_restarting_while_a_case_is_analysed(
                 return any(t.state is TaskState.SUCCEEDED for t in await job_tasks(resources, job_id))
 
             await eventually(some_done, 60, "the analysis is under way")
+            follower = LiveFollower(settings, job_id)
+            follower.start()
+            await eventually(follower.following, 30, "the subscription sent the job's state")
             # Redis goes down and comes back empty (a restart without persistence).
             redis_server.stop()
             (redis_server.data_dir / "dump.rdb").unlink(missing_ok=True)
@@ -253,7 +264,12 @@ async def test_redis_restarting_while_a_case_is_analysed(
             restarted = time.monotonic()
 
             assert await job_ends(resources, job_id, 60) is JobState.SUCCEEDED
-            logger.info("the case completed %.1f s after Redis came back", time.monotonic() - restarted)
+            ended = time.monotonic()
+            logger.info("the case completed %.1f s after Redis came back", ended - restarted)
+            # The API's subscription, opened before the restart, follows the job to its end and completes.
+            await asyncio.to_thread(follower.join, 20)
+            follower.check(after=restarted)
+            logger.info("the live subscription ended %.1f s after the job", follower.completed_at - ended)
             assert all(worker.poll() is None for worker in workers)
             await one_result_per_media(resources, case, "sleeper")
 
@@ -270,6 +286,51 @@ async def test_redis_restarting_while_a_case_is_analysed(
             codes = [stop(worker) for worker in own.workers]
     assert codes == [0, 0], {name: own.log(name)[-3000:] for name in ("cpu-1", "cpu-2")}
     assert "Redis failed" in own.log("cpu-1") + own.log("cpu-2")
+
+
+class LiveFollower(threading.Thread):
+    """An API of the deployment (its own process's clients) with one `jobEvents` subscription, read in a thread."""
+
+    QUERY = "subscription($j: ID!) { jobEvents(jobId: $j) { seq jobState taskState snapshot resync } }"
+
+    def __init__(self, settings: Settings, job_id: uuid.UUID) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.job_id = job_id
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        self.completed_at = 0.0
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            email = f"follower-{uuid.uuid4().hex[:8]}@example.org"
+            asyncio.run(create_account(self.settings, email, PASSWORD, Role.ADMIN))
+            with TestClient(create_app(self.settings)) as http:
+                client = login(http, email)
+                for payload in client.subscribe(self.QUERY, {"j": str(self.job_id)}):
+                    self.received.append((time.monotonic(), payload))
+            self.completed_at = time.monotonic()
+        except BaseException as exc:  # reported by `check`
+            self.failure = exc
+
+    async def following(self) -> bool:
+        if self.failure is not None:
+            raise self.failure
+        return bool(self.received)
+
+    def check(self, *, after: float) -> None:
+        assert self.failure is None, self.failure
+        assert not self.is_alive(), "the subscription did not complete after the job ended"
+        payloads = [payload for _, payload in self.received]
+        assert all(not p.get("errors") for p in payloads), payloads
+        events = [p["data"]["jobEvents"] for p in payloads]
+        assert events[0]["snapshot"] and events[-1]["jobState"] == "SUCCEEDED"
+        assert any(at > after for at, _ in self.received), "nothing arrived after Redis came back"
+        # Numbered without gaps or repeats, except where a snapshot (after the restart: a resync) takes over.
+        for before, event in itertools.pairwise(events):
+            assert event["snapshot"] or event["seq"] == before["seq"] + 1, events
+        received = [(e["seq"], e["taskState"], e["snapshot"], e["resync"]) for e in events]
+        logger.info("the subscription received %s", received)
 
 
 async def test_a_model_endpoint_down_for_20_s(deployment: Deployment, outage: Outage) -> None:

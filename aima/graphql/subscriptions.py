@@ -73,10 +73,10 @@ class Subscription:
         log = EventLog.of_job(ctx.resources.settings.redis_prefix, str(job_uuid))
 
         async def snapshot(feed: EventFeed, *, resync: bool) -> tuple[JobEventNode, Job]:
-            seq, _ = await last_event(redis, log)  # before the state: it includes every change up to `seq`
+            seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("jobEvents"):
                 job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
-            feed.restart(seq)
+            feed.restart(seq, last.epoch if last else None)
             node = JobEventNode.of(
                 _job_snapshot(job, tasks, seq), [TaskNode.of(t) for t in tasks], snapshot=True, resync=resync
             )
@@ -107,7 +107,7 @@ class Subscription:
                             yield node
                         return
                     else:
-                        feed.restart(after)
+                        feed.restart(after, last.epoch if last else None)
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
@@ -156,10 +156,10 @@ class Subscription:
         log = EventLog.of_case(ctx.resources.settings.redis_prefix, str(case_uuid))
 
         async def snapshot(feed: EventFeed, *, resync: bool) -> CaseEventNode:
-            seq, _ = await last_event(redis, log)  # before the state: it includes every change up to `seq`
+            seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("caseEvents"):
                 active = await _active_jobs(ctx, actor, case_uuid)
-            feed.restart(seq)
+            feed.restart(seq, last.epoch if last else None)
             return CaseEventNode(
                 case_id=strawberry.ID(str(case_uuid)),
                 seq=seq,
@@ -177,13 +177,13 @@ class Subscription:
                 if after is None:
                     yield await snapshot(feed, resync=False)
                 else:
-                    seq, _ = await last_event(redis, log)
+                    seq, last = await last_event(redis, log)
                     async with ctx.refusals_audited("caseEvents"):
                         await _case(ctx, actor, case_uuid)
                     if after > seq:
                         yield await snapshot(feed, resync=True)
                     else:
-                        feed.restart(after)
+                        feed.restart(after, last.epoch if last else None)
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
