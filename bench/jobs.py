@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,16 +31,12 @@ from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aima.db.migrate import upgrade
 from aima.db.models import Case, Job, JobState, Media, Role, Task, TaskState, User
-from aima.devserver import with_stack
-from aima.embedded import DevStack, StackPorts
-from aima.embedded.base import make_runtime_root
 from aima.resources import Resources, open_resources
 from aima.services import jobs, task_runs
 from aima.services.access import Actor
 from aima.settings import Settings
-from aima.testing.processes import stop
+from aima.testing.stack import local_aima
 from aima.testing.workers import spawn_worker, test_analyzer_registry
 
 
@@ -159,35 +153,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    root = make_runtime_root("aima-bench-")
-    stack = DevStack(root / "servers", StackPorts.free())
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        stack.start()
-        settings = with_stack(Settings(environment="test", data_dir=root / "data", log_level="WARNING"), stack.urls)
-        upgrade(settings.database_url)
-        workers = [spawn_worker(settings, root / "logs" / f"worker-{i}.log") for i in range(args.workers)]
+    with local_aima("aima-bench-jobs-") as aima:
+        settings = aima.settings
+        logs = aima.root / "logs"
+        aima.processes.extend(spawn_worker(settings, logs / f"worker-{i}.log") for i in range(args.workers))
         figures, delays = uvloop.run(measure(settings, args.tasks, args.samples))
-        delays.sort()
-        print(f"no-op tasks through {args.workers} worker processes (max_jobs {settings.worker.max_jobs} each)")
-        print(
-            f"  throughput: {figures['tasks']:.0f} tasks in {figures['elapsed_s']:.2f} s from the first enqueue: "
-            f"{figures['tasks_per_s']:.1f} tasks/s ({figures['tasks_per_s_running']:.1f} tasks/s from the first "
-            f"start; analyze_case queued them in {figures['enqueue_s']:.2f} s)"
-        )
-        print(
-            f"  enqueue -> start on an idle queue ({len(delays)} samples): median {statistics.median(delays):.1f} ms, "
-            f"p95 {delays[int(0.95 * (len(delays) - 1))]:.1f} ms, max {delays[-1]:.1f} ms"
-        )
-    except Exception:
-        for log in sorted((root / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-        raise
-    finally:
-        for worker in workers:
-            stop(worker)
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    delays.sort()
+    print(f"no-op tasks through {args.workers} worker processes (max_jobs {settings.worker.max_jobs} each)")
+    print(
+        f"  throughput: {figures['tasks']:.0f} tasks in {figures['elapsed_s']:.2f} s from the first enqueue: "
+        f"{figures['tasks_per_s']:.1f} tasks/s ({figures['tasks_per_s_running']:.1f} tasks/s from the first "
+        f"start; analyze_case queued them in {figures['enqueue_s']:.2f} s)"
+    )
+    print(
+        f"  enqueue -> start on an idle queue ({len(delays)} samples): median {statistics.median(delays):.1f} ms, "
+        f"p95 {delays[int(0.95 * (len(delays) - 1))]:.1f} ms, max {delays[-1]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":
