@@ -147,6 +147,18 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 0
 
 
+class IdentitySettings(BaseModel):
+    """How faces and speaker turns are grouped into the persons and voices of a case (`aima.services.identities`)."""
+
+    #: Cosine similarity from which a face joins a person: ArcFace embeddings of one person mostly score above 0.5,
+    #: of two people below 0.3.
+    face_threshold: float = Field(default=0.45, ge=-1.0, le=1.0)
+    #: The same for voices (GE2E speaker embeddings, 256-d): one speaker mostly above 0.8, two below 0.7.
+    voice_threshold: float = Field(default=0.75, ge=-1.0, le=1.0)
+    #: Nearest earlier members of the case fetched for each new face or voice to find its cluster.
+    neighbours: int = Field(default=32, ge=1, le=1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AIMA_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -178,6 +190,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = []
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     uploads: UploadSettings = UploadSettings()
+    identities: IdentitySettings = IdentitySettings()
     log_level: str = "INFO"
     log_json: bool = True
     #: Seconds each readiness check may take before its backend counts as down.

@@ -314,3 +314,115 @@ class AuditEntry(Base):
         Index("ix_audit_action_at", "action", "at"),
         Index("ix_audit_target", "target_type", "target_id"),
     )
+
+
+class IdentityKind(enum.StrEnum):
+    """What a cluster gathers: faces (a person) or speaker turns (a voice)."""
+
+    FACE = "face"
+    VOICE = "voice"
+
+
+class Assignment(enum.StrEnum):
+    """Who put a member in its cluster: automation moves only its own assignments, never a user's."""
+
+    AUTO = "auto"
+    USER = "user"
+
+
+class IdentityCluster(Base):
+    """A person (faces) or a voice (speaker turns) found across the media of one case; users may name it."""
+
+    __tablename__ = "identity_clusters"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind, "identity_kind"), nullable=False)
+    #: The analyzer whose embeddings the members are: vectors of different models are not comparable.
+    analyzer: Mapped[str] = mapped_column(String(100), nullable=False)
+    #: Numbers clusters of one kind within the case ("Person 3") for display until a user names them.
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    label: Mapped[str | None] = mapped_column(String(200))
+    labelled_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (
+        UniqueConstraint("case_id", "kind", "number", name="uq_identity_clusters_case_kind_number"),
+        Index("ix_identity_clusters_case_kind", "case_id", "kind", "analyzer"),
+    )
+
+
+class IdentityMember(Base):
+    """One face or speaker turn (an analyzer's embedding, by media, analyzer and key) in its cluster."""
+
+    __tablename__ = "identity_members"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=False)
+    cluster_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("identity_clusters.id", ondelete="CASCADE"), nullable=False
+    )
+    media_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind, "identity_kind"), nullable=False)
+    analyzer: Mapped[str] = mapped_column(String(100), nullable=False)
+    key: Mapped[str] = mapped_column(String(200), nullable=False)
+    #: The Milvus row id of the embedding.
+    vector_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: A face's keyframe time, or a turn's start, in seconds from the start of the media.
+    start_s: Mapped[float | None] = mapped_column()
+    #: A turn's end; None for faces.
+    end_s: Mapped[float | None] = mapped_column()
+    #: The keyframe a face was found in (two faces of one keyframe are two people).
+    keyframe: Mapped[int | None] = mapped_column(Integer)
+    #: The speaker label diarization gave a turn within its media ("S1").
+    speaker: Mapped[str | None] = mapped_column(String(50))
+    #: A face's box [x1, y1, x2, y2] in pixels of its keyframe.
+    box: Mapped[list[float] | None] = mapped_column(JSONB)
+    #: The detector's confidence in a face.
+    det_score: Mapped[float | None] = mapped_column()
+    #: Cosine similarity to the cluster when automation placed it there (None: it opened the cluster, or a user).
+    similarity: Mapped[float | None] = mapped_column()
+    assigned_by: Mapped[Assignment] = mapped_column(_enum(Assignment, "identity_assignment"), nullable=False)
+    assigned_by_user: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    assigned_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (
+        UniqueConstraint("media_id", "analyzer", "key", name="uq_identity_members_media_analyzer_key"),
+        Index("ix_identity_members_cluster", "cluster_id"),
+        Index("ix_identity_members_case_vector", "case_id", "vector_id"),
+    )
+
+
+class IdentityExclusion(Base):
+    """"Not this person": a user said the member does not belong to the cluster; automation never puts it back."""
+
+    __tablename__ = "identity_exclusions"
+
+    member_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("identity_members.id", ondelete="CASCADE"), primary_key=True
+    )
+    cluster_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("identity_clusters.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (Index("ix_identity_exclusions_cluster", "cluster_id"),)
+
+
+class IdentityCorrection(Base):
+    """A user's correction of the clusters of a case (rename, merge, split, move, remove, recluster), kept as
+    provenance: which groupings are a person's judgement rather than the model's."""
+
+    __tablename__ = "identity_corrections"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind, "identity_kind"), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    details: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, default=dict)
+    at: Mapped[datetime] = _now_column()
+
+    __table_args__ = (Index("ix_identity_corrections_case_at", "case_id", "at"),)
