@@ -1,0 +1,173 @@
+"""The ``speakers`` analyzer: who speaks when in audio and video, with a voice embedding per turn."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from aima.analysis import (
+    AnalysisInput,
+    AnalysisOutput,
+    BlockingAnalyzer,
+    Embedding,
+    LazyModel,
+    MediaKind,
+    ModelNotInstalled,
+    Need,
+    PluginConfig,
+    RegisterAnalyzer,
+)
+from aima.errors import AimaError
+from aima.hookspecs import hookimpl
+from aima_speakers.audio import read_wav, speech_regions
+from aima_speakers.diarization import cluster, cut_windows, mean_direction, merge_turns
+from aima_speakers.encoder import VoiceEncoder, bundled_weights_path, volume_gain
+from aima_speakers.mel import SAMPLE_RATE
+from aima_speakers.results import Speaker, SpeakerSettings, SpeakersResult, SpeakerTurn
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "speakers"
+COLLECTION = "voice_embeddings"
+INSTALL_COMMAND = "pip install --no-deps Resemblyzer==0.1.4"
+#: VAD: pauses shorter than this stay inside a region; regions get this much context on each side.
+MIN_SILENCE_S = 0.3
+SPEECH_PAD_S = 0.1
+
+
+class InvalidSpeakerSettings(AimaError):
+    code = "INVALID_PLUGIN_SETTINGS"
+
+
+def _model_name() -> str:
+    try:
+        return f"resemblyzer-{version('Resemblyzer')} GE2E voice encoder (numpy)"
+    except PackageNotFoundError:
+        return "resemblyzer GE2E voice encoder (numpy)"
+
+
+class SpeakersAnalyzer(BlockingAnalyzer):
+    name = "speakers"
+    version = "1.0.0"
+    description = (
+        "Speaker diarization: speech found by silero VAD, a 256-d Resemblyzer voice embedding per 1.6 s window, "
+        "windows clustered into speakers (S1, S2, …) and merged into timed turns, one voice embedding per turn."
+    )
+    media_kinds = frozenset({MediaKind.AUDIO, MediaKind.VIDEO})
+    needs = frozenset({Need.AUDIO_TRACK})
+    runs_on = "cpu"
+    result_model = SpeakersResult
+
+    def __init__(self, settings: SpeakerSettings | None = None) -> None:
+        self.settings = settings or SpeakerSettings()
+        self._encoder = LazyModel(lambda: VoiceEncoder.load(self._weights_path(), self.settings.threads))
+
+    def _weights_path(self) -> Path:
+        if self.settings.weights_path:
+            return Path(self.settings.weights_path)
+        return bundled_weights_path() or Path("resemblyzer/pretrained.pt")
+
+    def check(self) -> None:
+        path = self._weights_path()
+        if not path.is_file():
+            raise ModelNotInstalled(
+                f"the Resemblyzer voice encoder weights ({path}) are missing; install them with: {INSTALL_COMMAND}"
+            )
+
+    def analyze_blocking(self, item: AnalysisInput) -> AnalysisOutput:
+        settings = self.settings
+        if item.audio_track_path is None:
+            return self._result([], [], duration_s=0.0, speech_s=0.0)
+        item.report_progress(0.0, "reading the audio track")
+        samples = read_wav(item.audio_track_path)
+        duration_s = len(samples) / SAMPLE_RATE
+        item.report_progress(0.05, "finding speech")
+        regions = speech_regions(
+            samples,
+            threshold=settings.vad_threshold,
+            min_speech_s=settings.min_segment_s,
+            min_silence_s=MIN_SILENCE_S,
+            pad_s=SPEECH_PAD_S,
+        )
+        windows = cut_windows(regions, settings.window_s, settings.min_segment_s)
+        speech_s = sum(r.duration_s for r in regions if r.duration_s >= settings.min_segment_s)
+        if not windows:
+            item.report_progress(1.0, "no speech")
+            return self._result([], [], duration_s=duration_s, speech_s=speech_s)
+        item.report_progress(0.15, f"embedding {len(windows)} windows of speech")
+        encoder = self._encoder.get()
+        # Resemblyzer levels the whole file; here the level of the speech alone, so long silences do not inflate it.
+        gain = np.float32(volume_gain(np.concatenate([samples[r.start : r.end] for r in regions])))
+        vectors = encoder.embed_utterances([samples[w.start : w.end] * gain for w in windows])
+        item.report_progress(0.85, "clustering voices")
+        labels = cluster(vectors, settings.threshold, settings.max_speakers)
+        turns = merge_turns(windows, labels, settings.max_gap_s)
+        centroids = [mean_direction(vectors[labels == s]) for s in range(int(labels.max()) + 1)]
+        speakers: list[Speaker] = []
+        for index in range(len(centroids)):
+            own = [t for t in turns if t.speaker == index]
+            speakers.append(
+                Speaker(
+                    label=f"S{index + 1}",
+                    total_speech_s=round(sum(t.end_s - t.start_s for t in own), 3),
+                    turn_count=len(own),
+                    first_s=round(own[0].start_s, 3),
+                    last_s=round(own[-1].end_s, 3),
+                )
+            )
+        result_turns: list[SpeakerTurn] = []
+        embeddings: list[Embedding] = []
+        for number, turn in enumerate(turns, start=1):
+            vector = mean_direction(vectors[list(turn.windows)])
+            label = f"S{turn.speaker + 1}"
+            key = f"turn-{number}"
+            start_s, end_s = round(turn.start_s, 3), round(turn.end_s, 3)
+            result_turns.append(
+                SpeakerTurn(
+                    key=key,
+                    start_s=start_s,
+                    end_s=end_s,
+                    speaker=label,
+                    confidence=round(float(vector @ centroids[turn.speaker]), 4),
+                    window_count=len(turn.windows),
+                )
+            )
+            fields = {"start_s": start_s, "end_s": end_s, "speaker": label}
+            embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
+        item.report_progress(1.0, f"{len(speakers)} speakers in {len(turns)} turns")
+        return self._result(speakers, result_turns, duration_s=duration_s, speech_s=speech_s, embeddings=embeddings)
+
+    def _result(
+        self,
+        speakers: list[Speaker],
+        turns: list[SpeakerTurn],
+        *,
+        duration_s: float,
+        speech_s: float,
+        embeddings: list[Embedding] | None = None,
+    ) -> AnalysisOutput:
+        result = SpeakersResult(
+            speakers=speakers,
+            turns=turns,
+            duration_s=round(duration_s, 3),
+            speech_s=round(speech_s, 3),
+            model=_model_name(),
+            settings=self.settings,
+        )
+        return AnalysisOutput(result, embeddings=embeddings or [])
+
+
+def load_settings(config: PluginConfig) -> SpeakerSettings:
+    try:
+        return SpeakerSettings.model_validate(dict(config.get(PLUGIN_NAME, {})))
+    except ValidationError as exc:
+        raise InvalidSpeakerSettings(f"Invalid [plugins.{PLUGIN_NAME}] settings: {exc}") from exc
+
+
+@hookimpl
+def register_analyzers(register: RegisterAnalyzer, config: PluginConfig) -> None:
+    register(SpeakersAnalyzer(load_settings(config)))
