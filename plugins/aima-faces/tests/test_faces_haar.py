@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -68,3 +69,12 @@ def test_large_frames_are_scaled_for_the_cascade_and_boxes_come_back_in_frame_pi
     assert 400 < x1 < 500 and 125 < y1 < 225 and 625 < x2 < 725 and 360 < y2 < 460
     crop = decode(output.files[0].data)
     assert crop.shape == (96, 96, 3)
+
+
+async def test_concurrent_tasks_share_one_detector(keyframe: KeyframeWriter, item: ItemFactory) -> None:
+    analyzer = FacesAnalyzer(FaceSettings())
+    kf = keyframe(picture("astronaut"), 0.0)
+    outputs = await asyncio.gather(*(analyzer.analyze(item([kf])) for _ in range(3)))
+    results = [output.result for output in outputs if isinstance(output, AnalysisOutput)]
+    boxes = [[f.box for f in result.faces] for result in results if isinstance(result, FacesResult)]
+    assert len(boxes) == 3 and boxes[0] == boxes[1] == boxes[2] and len(boxes[0]) == 1

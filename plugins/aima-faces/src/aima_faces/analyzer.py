@@ -3,11 +3,15 @@ recognition model is installed, an identity embedding that the core groups into 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 from aima.analysis import (
     AnalysisInput,
     AnalysisOutput,
     BlockingAnalyzer,
     Embedding,
+    Keyframe,
     LazyModel,
     MediaKind,
     Need,
@@ -57,73 +61,62 @@ class FacesAnalyzer(BlockingAnalyzer):
             require_pack(self.settings.pack_dir)
 
     def analyze_blocking(self, item: AnalysisInput) -> AnalysisOutput:
-        item.report_progress(0.0, "loading face models")
+        item.report_progress(0.0, "detecting faces")
         engine = self._engine.get()
-        faces: list[DetectedFace] = []
-        frames: list[FrameFaces] = []
-        embeddings: list[Embedding] = []
-        files: list[OutputFile] = []
+        found = _Found()
         total = len(item.keyframes)
         for index, keyframe in enumerate(item.keyframes):
-            image = read_keyframe(keyframe, index)
-            height, width = image.shape[:2]
-            found = self._faces_in(engine, image, width, height)
-            vectors = engine.embed(image, found)
-            for n, (detection, vector) in enumerate(zip(found, vectors, strict=True)):
-                key = f"face-{index}-{n}"
-                box = _rounded(detection.box)
-                files.append(
-                    OutputFile(
-                        f"{key}.jpg",
-                        crop_jpeg(image, detection.box, size=self.settings.crop_size, margin=self.settings.crop_margin),
-                        "image/jpeg",
-                    )
-                )
-                if vector is not None:
-                    fields = {
-                        "timestamp_s": keyframe.timestamp_s,
-                        "keyframe": index,
-                        "box": list(box),
-                        "det_score": round(detection.score, 4),
-                    }
-                    embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
-                faces.append(
-                    DetectedFace(
-                        key=key,
-                        keyframe=index,
-                        timestamp_s=keyframe.timestamp_s,
-                        box=box,
-                        landmarks=None
-                        if detection.landmarks is None
-                        else [(round(float(x), 1), round(float(y), 1)) for x, y in detection.landmarks],
-                        det_score=round(detection.score, 4),
-                        crop=f"{key}.jpg",
-                        has_embedding=vector is not None,
-                        alignment=None
-                        if engine.recognizer is None
-                        else ("landmarks" if detection.landmarks is not None else "box"),
-                    )
-                )
-            frames.append(
-                FrameFaces(
-                    keyframe=index,
-                    timestamp_s=keyframe.timestamp_s,
-                    width=width,
-                    height=height,
-                    scene_change=keyframe.scene_change,
-                    faces=len(found),
-                )
-            )
-            item.report_progress((index + 1) / total, f"keyframe {index + 1}/{total}: {len(found)} faces")
+            faces = self._keyframe(engine, index, keyframe, found)
+            item.report_progress((index + 1) / total, f"keyframe {index + 1}/{total}: {faces} faces")
         result = FacesResult(
-            faces=faces,
-            frames=frames,
-            face_count=len(faces),
-            frames_with_faces=sum(1 for frame in frames if frame.faces),
+            faces=found.faces,
+            frames=found.frames,
+            face_count=len(found.faces),
+            frames_with_faces=sum(1 for frame in found.frames if frame.faces),
             model=self._model_info(engine),
             notes=self._notes(engine),
         )
-        return AnalysisOutput(result, embeddings=embeddings, files=files)
+        return AnalysisOutput(result, embeddings=found.embeddings, files=found.files)
+
+    def _keyframe(self, engine: FaceEngine, index: int, keyframe: Keyframe, found: _Found) -> int:
+        """Adds one keyframe's faces, crops and embeddings to `found`; returns how many faces it holds."""
+        image = read_keyframe(keyframe, index)
+        height, width = image.shape[:2]
+        detections = self._faces_in(engine, image, width, height)
+        vectors = engine.embed(image, detections)
+        for n, (detection, vector) in enumerate(zip(detections, vectors, strict=True)):
+            key = f"face-{index}-{n}"
+            box = _rounded(detection.box)
+            score = round(detection.score, 4)
+            crop = crop_jpeg(image, detection.box, size=self.settings.crop_size, margin=self.settings.crop_margin)
+            found.files.append(OutputFile(f"{key}.jpg", crop, "image/jpeg"))
+            if vector is not None:
+                fields = {"timestamp_s": keyframe.timestamp_s, "keyframe": index, "box": list(box), "det_score": score}
+                found.embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
+            found.faces.append(
+                DetectedFace(
+                    key=key,
+                    keyframe=index,
+                    timestamp_s=keyframe.timestamp_s,
+                    box=box,
+                    landmarks=_points(detection.landmarks),
+                    det_score=score,
+                    crop=f"{key}.jpg",
+                    has_embedding=vector is not None,
+                    alignment=_alignment(engine, detection),
+                )
+            )
+        found.frames.append(
+            FrameFaces(
+                keyframe=index,
+                timestamp_s=keyframe.timestamp_s,
+                width=width,
+                height=height,
+                scene_change=keyframe.scene_change,
+                faces=len(detections),
+            )
+        )
+        return len(detections)
 
     def _faces_in(self, engine: FaceEngine, image: Image, width: int, height: int) -> list[Detection]:
         """The detector's faces large enough to keep, clipped to the frame, from left to right (stable keys)."""
@@ -158,6 +151,24 @@ class FacesAnalyzer(BlockingAnalyzer):
             if engine.recognizer is not None:
                 notes.append(BOX_ALIGNMENT_NOTE)
         return notes
+
+
+@dataclass
+class _Found:
+    faces: list[DetectedFace] = field(default_factory=list)
+    frames: list[FrameFaces] = field(default_factory=list)
+    embeddings: list[Embedding] = field(default_factory=list)
+    files: list[OutputFile] = field(default_factory=list)
+
+
+def _points(landmarks: FloatArray | None) -> list[tuple[float, float]] | None:
+    return None if landmarks is None else [(round(float(x), 1), round(float(y), 1)) for x, y in landmarks]
+
+
+def _alignment(engine: FaceEngine, detection: Detection) -> Literal["landmarks", "box"] | None:
+    if engine.recognizer is None:
+        return None
+    return "landmarks" if detection.landmarks is not None else "box"
 
 
 def _rounded(box: FloatArray) -> tuple[float, float, float, float]:
