@@ -1,1 +1,1 @@
-"""AIMA speakers plugin: who speaks when, with Resemblyzer's voice encoder run in numpy (no torch)."""
+"""AIMA speakers plugin: who speaks when, with Resemblyzer's voice encoder run without torch (onnxruntime)."""

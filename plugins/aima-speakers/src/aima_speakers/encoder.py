@@ -17,15 +17,15 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from aima_speakers.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, mel_spectrogram
+from aima_speakers.mel import HOP_LENGTH, N_MELS, SAMPLE_RATE, mel_spectrograms
 from aima_speakers.torch_weights import CheckpointUnreadable, load_state_dict
 
 PARTIAL_FRAMES = 160
 EMBEDDING_SIZE = 256
 INT16_MAX = 2**15 - 1
 NORM_TARGET_DBFS = -30.0
-#: Partial utterances fed through the LSTM at once; bounds memory on long media.
-BATCH = 128
+#: Waveforms (windows) embedded at once: their mel spectrograms share one matrix product, their partials one run.
+BATCH = 64
 
 Array = npt.NDArray[np.float32]
 
@@ -94,23 +94,21 @@ class VoiceEncoder:
 
     def embed_utterances(self, wavs: Sequence[Array], rate: float = 1.3, min_coverage: float = 0.75) -> Array:
         """One embedding per waveform: its partial utterances' embeddings, averaged and normalised
-        (`VoiceEncoder.embed_utterance`); all partials go through the network in shared batches."""
-        owners: list[int] = []
-        partials: list[Array] = []
-        for index, wav in enumerate(wavs):
-            slices = partial_slices(len(wav), rate, min_coverage)
-            needed = slices[-1].stop * HOP_LENGTH
-            padded = np.pad(wav, (0, max(0, needed - len(wav))))
-            mel = mel_spectrogram(padded)
-            partials.extend(mel[s] for s in slices)
-            owners.extend([index] * len(slices))
-        sums = np.zeros((len(wavs), EMBEDDING_SIZE), dtype=np.float64)
-        owner_ids = np.asarray(owners)
-        for start in range(0, len(partials), BATCH):
-            batch = self.embed_mels(np.stack(partials[start : start + BATCH]))
-            np.add.at(sums, owner_ids[start : start + BATCH], batch)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        embeddings: Array = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        (`VoiceEncoder.embed_utterance`). Waveforms go through in batches, so memory stays bounded on long media."""
+        embeddings = np.zeros((len(wavs), EMBEDDING_SIZE), dtype=np.float32)
+        for first in range(0, len(wavs), BATCH):
+            chunk = wavs[first : first + BATCH]
+            slices = [partial_slices(len(wav), rate, min_coverage) for wav in chunk]
+            padded = [
+                np.pad(w, (0, max(0, s[-1].stop * HOP_LENGTH - len(w)))) for w, s in zip(chunk, slices, strict=True)
+            ]
+            mels = mel_spectrograms(padded)
+            partials = np.stack([mel[part] for mel, parts in zip(mels, slices, strict=True) for part in parts])
+            owners = np.repeat(np.arange(len(chunk)), [len(parts) for parts in slices])
+            sums = np.zeros((len(chunk), EMBEDDING_SIZE), dtype=np.float64)
+            np.add.at(sums, owners, self.embed_mels(partials))
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            embeddings[first : first + len(chunk)] = sums / np.maximum(norms, 1e-12)
         return embeddings
 
 

@@ -8,6 +8,7 @@ normalisation. The encoder's input scale depends on every one of these choices, 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -64,7 +65,17 @@ def _hann(n_fft: int) -> npt.NDArray[np.float64]:
 
 def mel_spectrogram(wav: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Frames (1 + len(wav) // 160, 40) of mel power, as Resemblyzer's `wav_to_mel_spectrogram` makes them."""
-    padded = np.pad(wav.astype(np.float64, copy=False), N_FFT // 2, mode="constant")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
-    power = np.abs(np.fft.rfft(frames * _hann(N_FFT), axis=1)) ** 2
-    return (power.astype(np.float32) @ mel_filterbank().T).astype(np.float32)
+    return mel_spectrograms([wav])[0]
+
+
+def mel_spectrograms(wavs: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+    """`mel_spectrogram` of each waveform; their frames share one FFT call and one product with the filterbank
+    (many small BLAS products are slow when the worker's other threads hold the cores)."""
+    framed = [
+        np.lib.stride_tricks.sliding_window_view(np.pad(w.astype(np.float64), N_FFT // 2), N_FFT)[::HOP_LENGTH]
+        for w in wavs
+    ]
+    power = np.abs(np.fft.rfft(np.concatenate(framed) * _hann(N_FFT), axis=1)) ** 2
+    mel = power.astype(np.float32) @ mel_filterbank().T
+    bounds = np.cumsum([len(f) for f in framed])[:-1]
+    return [np.ascontiguousarray(part) for part in np.split(mel, bounds)]

@@ -45,9 +45,9 @@ class InvalidSpeakerSettings(AimaError):
 
 def _model_name() -> str:
     try:
-        return f"resemblyzer-{version('Resemblyzer')} GE2E voice encoder (numpy)"
+        return f"resemblyzer-{version('Resemblyzer')} GE2E voice encoder (onnxruntime)"
     except PackageNotFoundError:
-        return "resemblyzer GE2E voice encoder (numpy)"
+        return "resemblyzer GE2E voice encoder (onnxruntime)"
 
 
 class SpeakersAnalyzer(BlockingAnalyzer):
