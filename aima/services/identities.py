@@ -1,0 +1,953 @@
+"""Persons and voices across a case: faces and speaker turns grouped into clusters, and users' corrections of them.
+
+Analyzers store one embedding per face (``face_embeddings``) and per speaker turn (``voice_embeddings``) in Milvus;
+the worker then calls `cluster_media` for the media item. Each embedding becomes a *member* (PostgreSQL), placed in a
+*cluster* of the case: a person for faces, a voice for turns. Placement (`aima.services.clustering`) compares the
+item's members with their nearest neighbours among the case's other members, found by a Milvus search filtered by
+case, and with each other (a video shows one person on many keyframes); thresholds are in `IdentitySettings`.
+
+Corrections are users' statements and automation never contradicts them: a member a user placed (move, split,
+merge) stays where it is; "not this person" (move, remove) is kept as an exclusion the member is never placed
+against again; two faces of one keyframe are never one person. Every change to the clusters of a case and kind
+happens under one PostgreSQL advisory lock, so several workers finishing media of one case, and users correcting
+it, take turns. Running `cluster_media` again re-places only that item's automatic members, into the same clusters
+when nothing else changed; `recluster_case` re-places every automatic member of the case.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pymilvus import AsyncMilvusClient
+from pymilvus.exceptions import MilvusException
+from sqlalchemy import delete, distinct, exists, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aima.db.models import (
+    Assignment,
+    IdentityCluster,
+    IdentityCorrection,
+    IdentityExclusion,
+    IdentityKind,
+    IdentityMember,
+    Media,
+)
+from aima.errors import AimaError, BackendUnavailable, InvalidInput, NotFound
+from aima.resources import Resources
+from aima.services.access import Actor, CaseAccess, ensure
+from aima.services.cases import case_with_access
+from aima.services.clustering import Placement, Unit, Vectors, normalised
+from aima.settings import IdentitySettings
+
+logger = logging.getLogger(__name__)
+
+#: The Milvus collection each kind of member comes from.
+COLLECTIONS: Mapping[IdentityKind, str] = {
+    IdentityKind.FACE: "face_embeddings",
+    IdentityKind.VOICE: "voice_embeddings",
+}
+_DIMENSIONS: Mapping[IdentityKind, int] = {IdentityKind.FACE: 512, IdentityKind.VOICE: 256}
+#: What a row of those collections may carry beside its vector (faces: keyframe and box; turns: time and speaker).
+_ROW_FIELDS = ["id", "vector", "key", "timestamp_s", "keyframe", "box", "det_score", "start_s", "end_s", "speaker"]
+#: Most embeddings read for one media item and analyzer (Milvus's query window).
+MAX_ROWS_PER_MEDIA = 16384
+#: Query vectors per Milvus search request.
+_SEARCH_BATCH = 64
+#: Analyzer names go into Milvus filter expressions: only these characters.
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+class IdentityConflict(AimaError):
+    """A correction that would put two faces of one keyframe into one person."""
+
+    code = "IDENTITY_CONFLICT"
+
+
+def threshold(settings: IdentitySettings, kind: IdentityKind) -> float:
+    return settings.face_threshold if kind is IdentityKind.FACE else settings.voice_threshold
+
+
+def display_name(cluster: IdentityCluster) -> str:
+    """The user's label, else "Person 3" or "Voice 2"."""
+    return cluster.label or f"{'Person' if cluster.kind is IdentityKind.FACE else 'Voice'} {cluster.number}"
+
+
+def _checked_name(analyzer: str) -> str:
+    if not _NAME.match(analyzer):
+        raise InvalidInput(f"{analyzer!r} is not a valid analyzer name.")
+    return analyzer
+
+
+async def _lock(session: AsyncSession, case_id: uuid.UUID, kind: IdentityKind) -> None:
+    """Serialize every change to the clusters of one case and kind (released with the transaction)."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"identities:{case_id}:{kind}"}
+    )
+
+
+# --- Embeddings in Milvus ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    """One stored embedding of a media item with the facts the analyzer kept beside it."""
+
+    vector_id: str
+    analyzer: str
+    key: str
+    vector: Vectors
+    start_s: float | None
+    end_s: float | None
+    keyframe: int | None
+    speaker: str | None
+    box: list[float] | None
+    det_score: float | None
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], analyzer: str) -> EmbeddingRow:
+        start = raw.get("start_s", raw.get("timestamp_s"))
+        box = raw.get("box")
+        keyframe = raw.get("keyframe")
+        return cls(
+            vector_id=str(raw["id"]),
+            analyzer=str(raw.get("analyzer", analyzer)),
+            key=str(raw["key"])[:200],
+            vector=normalised(np.asarray(raw["vector"], dtype=np.float32)[None, :])[0],
+            start_s=_number(start),
+            end_s=_number(raw.get("end_s")),
+            keyframe=int(keyframe) if isinstance(keyframe, int | float) else None,
+            speaker=str(raw["speaker"])[:50] if raw.get("speaker") is not None else None,
+            box=[float(v) for v in box] if isinstance(box, list) and len(box) == 4 else None,
+            det_score=_number(raw.get("det_score")),
+        )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+async def _milvus_query(milvus: AsyncMilvusClient, collection: str, expression: str) -> list[dict[str, Any]]:
+    try:
+        rows: list[dict[str, Any]] = await milvus.query(
+            collection,
+            filter=expression,
+            output_fields=[*_ROW_FIELDS, "analyzer"],
+            limit=MAX_ROWS_PER_MEDIA,
+            consistency_level="Strong",
+        )
+    except (MilvusException, OSError) as exc:
+        raise BackendUnavailable("The vector store is unavailable.") from exc
+    if len(rows) >= MAX_ROWS_PER_MEDIA:
+        logger.warning(
+            "%s: %s matched %d rows or more; only the first are clustered", collection, expression, len(rows)
+        )
+    return rows
+
+
+async def media_embeddings(
+    milvus: AsyncMilvusClient, kind: IdentityKind, media_id: uuid.UUID, analyzer: str | None = None
+) -> list[EmbeddingRow]:
+    """The media item's embeddings of this kind (of one analyzer, or of all), in key order."""
+    expression = f'media_id == "{media_id}"'
+    if analyzer is not None:
+        expression += f' and analyzer == "{_checked_name(analyzer)}"'
+    raw = await _milvus_query(milvus, COLLECTIONS[kind], expression)
+    rows = [EmbeddingRow.of(row, analyzer or "") for row in raw if row.get("vector") is not None and row.get("key")]
+    return sorted(rows, key=lambda row: (row.analyzer, row.key))
+
+
+async def _neighbours(
+    milvus: AsyncMilvusClient,
+    kind: IdentityKind,
+    centres: Sequence[Vectors],
+    *,
+    case_id: uuid.UUID,
+    media_id: uuid.UUID,
+    analyzer: str,
+    limit: int,
+) -> list[list[tuple[str, float]]]:
+    """For each vector, the nearest embeddings of the case's other media (made by the same analyzer)."""
+    expression = f'case_id == "{case_id}" and analyzer == "{_checked_name(analyzer)}" and media_id != "{media_id}"'
+    found: list[list[tuple[str, float]]] = []
+    for start in range(0, len(centres), _SEARCH_BATCH):
+        batch = [vector.tolist() for vector in centres[start : start + _SEARCH_BATCH]]
+        try:
+            answer = await milvus.search(
+                COLLECTIONS[kind], data=batch, filter=expression, limit=limit, consistency_level="Strong"
+            )
+        except (MilvusException, OSError) as exc:
+            raise BackendUnavailable("The vector store is unavailable.") from exc
+        found.extend([(str(hit["id"]), float(hit["distance"])) for hit in hits] for hits in answer)
+    return found
+
+
+# --- Placement ---------------------------------------------------------------------------------------------------
+
+
+def _face_tokens(member: IdentityMember) -> frozenset[str]:
+    if member.keyframe is not None:
+        return frozenset({f"{member.media_id}:frame:{member.keyframe}"})
+    if member.start_s is not None:
+        return frozenset({f"{member.media_id}:time:{member.start_s:.3f}"})
+    return frozenset()
+
+
+def _units(
+    kind: IdentityKind,
+    members: Sequence[IdentityMember],
+    vectors: Mapping[uuid.UUID, Vectors],
+    excluded: Mapping[uuid.UUID, frozenset[uuid.UUID]],
+    previous: Mapping[uuid.UUID, uuid.UUID | None],
+) -> list[Unit]:
+    """Automatic members grouped into what moves as a whole, in a stable order (time, then key).
+
+    A face is a unit of its own. A speaker's turns in one media item are one unit, except the turns a user excluded
+    from some cluster, which go with the turns excluded from exactly the same clusters.
+    """
+    groups: dict[tuple[str, frozenset[uuid.UUID]], list[IdentityMember]] = defaultdict(list)
+    for member in sorted(members, key=lambda m: (str(m.media_id), m.start_s or 0.0, m.key)):
+        if kind is IdentityKind.FACE or member.speaker is None:
+            owner = f"member:{member.id}"
+        else:
+            owner = f"{member.media_id}:speaker:{member.speaker}"
+        groups[(owner, excluded.get(member.id, frozenset()))].append(member)
+    units = []
+    for (owner, excluded_from), group in groups.items():
+        # A face holds its keyframe; a speaker holds the one voice of its media item.
+        tokens = _face_tokens(group[0]) if kind is IdentityKind.FACE else frozenset({f"{group[0].media_id}:voice"})
+        before = Counter(previous[m.id] for m in group if previous.get(m.id) is not None).most_common(1)
+        units.append(
+            Unit(
+                members=tuple(m.id for m in group),
+                vectors=np.stack([vectors[m.id] for m in group]),
+                owner=owner,
+                tokens=tokens,
+                excluded=excluded_from,
+                previous=before[0][0] if before else None,
+            )
+        )
+    return units
+
+
+@dataclass
+class _Run:
+    """One placement run over members of one case, kind and analyzer, and what it changed."""
+
+    case_id: uuid.UUID
+    kind: IdentityKind
+    analyzer: str
+    #: Clusters that may have lost members: dropped at the end when empty.
+    touched: set[uuid.UUID]
+    new_members: set[uuid.UUID]
+    moved: int = 0
+
+
+async def _exclusions(session: AsyncSession, member_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, frozenset[uuid.UUID]]:
+    ids = list(member_ids)
+    if not ids:
+        return {}
+    found: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    query = select(IdentityExclusion.member_id, IdentityExclusion.cluster_id).where(
+        IdentityExclusion.member_id.in_(ids)
+    )
+    for member_id, cluster_id in await session.execute(query):
+        found[member_id].add(cluster_id)
+    return {member: frozenset(clusters) for member, clusters in found.items()}
+
+
+async def _barred(
+    session: AsyncSession, clusters: set[uuid.UUID], in_run: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """For clusters with members outside the run: the clusters those members were excluded from."""
+    if not clusters:
+        return {}
+    query = (
+        select(IdentityMember.cluster_id, IdentityExclusion.cluster_id)
+        .join(IdentityExclusion, IdentityExclusion.member_id == IdentityMember.id)
+        .where(IdentityMember.cluster_id.in_(clusters), IdentityMember.id.not_in(list(in_run)))
+    )
+    barred: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    for cluster, excluded_from in await session.execute(query):
+        barred[cluster].add(excluded_from)
+    return barred
+
+
+async def _unshared_clusters(
+    session: AsyncSession, clusters: set[uuid.UUID], movable: Iterable[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Of these clusters, those with no member other than the movable ones: a run may reuse them."""
+    if not clusters:
+        return set()
+    held = (
+        select(IdentityMember.cluster_id)
+        .where(IdentityMember.cluster_id.in_(clusters), IdentityMember.id.not_in(list(movable)))
+        .distinct()
+    )
+    return clusters - set((await session.execute(held)).scalars())
+
+
+async def _sync(
+    session: AsyncSession,
+    existing: Sequence[IdentityMember],
+    rows: Sequence[EmbeddingRow],
+    *,
+    media_id: uuid.UUID,
+    run: _Run,
+) -> tuple[list[IdentityMember], dict[uuid.UUID, Vectors]]:
+    """Members as the stored embeddings now are: those whose key is gone are removed, new ones made (and added to
+    the session once placed); the facts of the others are refreshed."""
+    by_key = {row.key: row for row in rows}
+    kept = {}
+    for member in existing:
+        if member.key in by_key:
+            kept[member.key] = member
+        else:
+            run.touched.add(member.cluster_id)
+            await session.delete(member)
+    members, vectors = [], {}
+    for row in rows:
+        found = kept.get(row.key)
+        if found is not None:
+            member = found
+        else:
+            member = IdentityMember(
+                id=uuid.uuid4(),
+                case_id=run.case_id,
+                media_id=media_id,
+                kind=run.kind,
+                analyzer=run.analyzer,
+                key=row.key,
+                assigned_by=Assignment.AUTO,
+            )
+            run.new_members.add(member.id)
+        member.vector_id = row.vector_id
+        member.start_s, member.end_s, member.keyframe = row.start_s, row.end_s, row.keyframe
+        member.speaker, member.box, member.det_score = row.speaker, row.box, row.det_score
+        members.append(member)
+        vectors[member.id] = row.vector
+    return members, vectors
+
+
+async def _place(
+    session: AsyncSession,
+    milvus: AsyncMilvusClient,
+    settings: IdentitySettings,
+    run: _Run,
+    members: Sequence[IdentityMember],
+    vectors: Mapping[uuid.UUID, Vectors],
+    *,
+    media_id: uuid.UUID | None,
+) -> None:
+    """Place the automatic members among the clusters. With `media_id`, the members are that media item's and the
+    rest of the case is reached through a nearest-neighbour search; without, `members` are the whole case's."""
+    auto = [m for m in members if m.assigned_by is Assignment.AUTO]
+    fixed = [m for m in members if m.assigned_by is Assignment.USER]
+    in_run = [m.id for m in members]
+    previous = {m.id: None if m.id in run.new_members else m.cluster_id for m in auto}
+    excluded = await _exclusions(session, [m for m in in_run if m not in run.new_members])
+    units = _units(run.kind, auto, vectors, excluded, previous)
+    before = {cluster for cluster in previous.values() if cluster is not None}
+    run.touched |= before
+    found: list[list[tuple[str, float]]] = []
+    clusters: dict[str, uuid.UUID] = {}
+    if media_id is not None and units:
+        found = await _neighbours(
+            milvus,
+            run.kind,
+            [unit.centre for unit in units],
+            case_id=run.case_id,
+            media_id=media_id,
+            analyzer=run.analyzer,
+            limit=settings.neighbours,
+        )
+        clusters = await _clusters_of_vectors(session, run, media_id, {vid for hits in found for vid, _ in hits})
+        units = [_with_neighbours(unit, hits, clusters) for unit, hits in zip(units, found, strict=True)]
+    outside = set(clusters.values()) | before
+    reusable = await _unshared_clusters(session, before, in_run)
+    placement = Placement(
+        threshold(settings, run.kind),
+        len(next(iter(vectors.values()))) if vectors else _DIMENSIONS[run.kind],
+        staying=before - reusable,
+        reusable=reusable,
+        barred=await _barred(session, outside, in_run),
+    )
+    for member in fixed:
+        placement.seed(
+            member.cluster_id,
+            vectors[member.id],
+            owner=f"member:{member.id}",
+            tokens=_face_tokens(member) if run.kind is IdentityKind.FACE else frozenset(),
+            excluded=excluded.get(member.id, frozenset()),
+        )
+    now = datetime.now(UTC)
+    changed: set[uuid.UUID] = set()
+    placed = {member_id: placement.place(unit) for unit in units for member_id in unit.members}
+    if placement.created:
+        top = await session.scalar(
+            select(func.max(IdentityCluster.number)).where(
+                IdentityCluster.case_id == run.case_id, IdentityCluster.kind == run.kind
+            )
+        )
+        for offset, cluster_id in enumerate(placement.created, start=1):
+            session.add(
+                IdentityCluster(
+                    id=cluster_id, case_id=run.case_id, kind=run.kind, analyzer=run.analyzer, number=(top or 0) + offset
+                )
+            )
+        await session.flush()
+    for member in auto:
+        where = placed[member.id]
+        if member.id in run.new_members:
+            member.cluster_id, member.assigned_at = where.cluster, now
+            session.add(member)
+            changed.add(where.cluster)
+        elif member.cluster_id != where.cluster:
+            changed |= {member.cluster_id, where.cluster}
+            member.cluster_id, member.assigned_at = where.cluster, now
+            run.moved += 1
+        member.similarity = where.similarity
+    await session.flush()
+    await _settle(session, run.touched, changed, now)
+
+
+def _with_neighbours(unit: Unit, found: Sequence[tuple[str, float]], clusters: Mapping[str, uuid.UUID]) -> Unit:
+    best: dict[uuid.UUID, float] = {}
+    for vector_id, similarity in found:
+        cluster = clusters.get(vector_id)
+        if cluster is not None and similarity > best.get(cluster, -2.0):
+            best[cluster] = similarity
+    return Unit(unit.members, unit.vectors, unit.owner, unit.tokens, unit.excluded, unit.previous, best)
+
+
+async def _clusters_of_vectors(
+    session: AsyncSession, run: _Run, media_id: uuid.UUID, vector_ids: set[str]
+) -> dict[str, uuid.UUID]:
+    """The clusters of the members these Milvus rows are (rows not clustered yet have none)."""
+    if not vector_ids:
+        return {}
+    query = select(IdentityMember.vector_id, IdentityMember.cluster_id).where(
+        IdentityMember.case_id == run.case_id,
+        IdentityMember.vector_id.in_(vector_ids),
+        IdentityMember.kind == run.kind,
+        IdentityMember.analyzer == run.analyzer,
+        IdentityMember.media_id != media_id,
+    )
+    return {vector_id: cluster_id for vector_id, cluster_id in await session.execute(query)}
+
+
+async def _settle(session: AsyncSession, touched: set[uuid.UUID], changed: set[uuid.UUID], now: datetime) -> None:
+    """Drop the clusters left without members; mark those that changed."""
+    dropped: set[uuid.UUID] = set()
+    if touched:
+        emptied = (
+            delete(IdentityCluster)
+            .where(
+                IdentityCluster.id.in_(touched),
+                ~exists().where(IdentityMember.cluster_id == IdentityCluster.id),
+            )
+            .returning(IdentityCluster.id)
+            .execution_options(synchronize_session=False)
+        )
+        dropped = set((await session.execute(emptied)).scalars())
+    alive = changed - dropped
+    if alive:
+        await session.execute(
+            update(IdentityCluster)
+            .where(IdentityCluster.id.in_(alive))
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+# --- Runs: one media item, a whole case ----------------------------------------------------------------------------
+
+
+async def cluster_media(
+    resources: Resources, *, case_id: uuid.UUID, media_id: uuid.UUID, analyzer: str, kind: str
+) -> None:
+    """Place the faces (kind "face") or speaker turns ("voice") that `analyzer` stored for a media item among the
+    case's clusters. The worker calls it after storing the embeddings; running it again re-places only the item's
+    automatic members."""
+    identity_kind = IdentityKind(kind)
+    _checked_name(analyzer)
+    async with resources.sessions() as session, session.begin():
+        await _lock(session, case_id, identity_kind)
+        await _cluster_media_locked(
+            session, resources, case_id=case_id, media_id=media_id, analyzer=analyzer, kind=identity_kind
+        )
+
+
+async def _cluster_media_locked(
+    session: AsyncSession,
+    resources: Resources,
+    *,
+    case_id: uuid.UUID,
+    media_id: uuid.UUID,
+    analyzer: str,
+    kind: IdentityKind,
+) -> _Run | None:
+    if await session.scalar(select(Media.case_id).where(Media.id == media_id)) != case_id:
+        logger.info("media %s is not in case %s (any more): nothing to cluster", media_id, case_id)
+        return None
+    rows = await media_embeddings(resources.milvus, kind, media_id, analyzer)
+    existing = await session.scalars(
+        select(IdentityMember).where(
+            IdentityMember.media_id == media_id, IdentityMember.analyzer == analyzer, IdentityMember.kind == kind
+        )
+    )
+    run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, touched=set(), new_members=set())
+    members, vectors = await _sync(session, list(existing), rows, media_id=media_id, run=run)
+    await _place(session, resources.milvus, resources.settings.identities, run, members, vectors, media_id=media_id)
+    logger.info(
+        "clustered %d %s embeddings of media %s (%s): %d new, %d moved",
+        len(members),
+        kind,
+        media_id,
+        analyzer,
+        len(run.new_members),
+        run.moved,
+    )
+    return run
+
+
+@dataclass(frozen=True)
+class ReclusterSummary:
+    members: int
+    clusters: int
+    #: Automatic members that changed cluster.
+    moved: int
+
+
+async def recluster_case(
+    resources: Resources, *, case_id: uuid.UUID, kind: IdentityKind, actor: Actor | None = None
+) -> ReclusterSummary:
+    """Place every automatic member of the case again, media by media in upload order, as if they had arrived in
+    that order; users' placements and exclusions hold. It also picks up media whose clustering failed, and drops
+    members whose embeddings are gone. With `actor`, an editor of the case asked for it (and it is recorded)."""
+    async with resources.sessions() as session, session.begin():
+        if actor is not None:
+            await _ensure_access(session, actor, case_id, NotFound("Case", case_id))
+        await _lock(session, case_id, kind)
+        media_ids = list(
+            await session.scalars(select(Media.id).where(Media.case_id == case_id).order_by(Media.created_at, Media.id))
+        )
+        rows: dict[tuple[str, uuid.UUID], list[EmbeddingRow]] = defaultdict(list)
+        for media_id in media_ids:
+            for row in await media_embeddings(resources.milvus, kind, media_id):
+                rows[(row.analyzer, media_id)].append(row)
+        existing: dict[tuple[str, uuid.UUID], list[IdentityMember]] = defaultdict(list)
+        stored = await session.scalars(
+            select(IdentityMember).where(IdentityMember.case_id == case_id, IdentityMember.kind == kind)
+        )
+        for member in stored:
+            existing[(member.analyzer, member.media_id)].append(member)
+        total = moved = 0
+        for analyzer in sorted({a for a, _ in rows} | {a for a, _ in existing}):
+            run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, touched=set(), new_members=set())
+            members: list[IdentityMember] = []
+            vectors: dict[uuid.UUID, Vectors] = {}
+            for media_id in media_ids:
+                found = await _sync(
+                    session, existing[(analyzer, media_id)], rows[(analyzer, media_id)], media_id=media_id, run=run
+                )
+                members.extend(found[0])
+                vectors.update(found[1])
+            await _place(session, resources.milvus, resources.settings.identities, run, members, vectors, media_id=None)
+            total, moved = total + len(members), moved + run.moved
+        clusters = await session.scalar(
+            select(func.count()).where(IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
+        )
+        summary = ReclusterSummary(members=total, clusters=clusters or 0, moved=moved)
+        if actor is not None:
+            _record(session, case_id, kind, "recluster", actor, {"members": total, "moved": moved})
+    logger.info("reclustered the %s members of case %s: %s", kind, case_id, summary)
+    return summary
+
+
+# --- Corrections -------------------------------------------------------------------------------------------------
+
+
+async def _ensure_access(
+    session: AsyncSession,
+    actor: Actor,
+    case_id: uuid.UUID,
+    missing: NotFound,
+    needed: CaseAccess = CaseAccess.EDITOR,
+) -> None:
+    """The actor may do what `needed` allows in the case; an unreadable case answers `missing` (the object asked
+    for), so that ids of other cases cannot be probed."""
+    try:
+        _, access = await case_with_access(session=session, actor=actor, case_id=case_id)
+    except NotFound:
+        raise missing from None
+    ensure(access, needed, "correct its persons and voices" if needed >= CaseAccess.EDITOR else "read it")
+
+
+async def _locked_cluster(session: AsyncSession, actor: Actor, cluster_id: uuid.UUID) -> IdentityCluster:
+    """The cluster, checked for the actor (editor), under its case's lock, as it is once the lock is held."""
+    cluster = await session.get(IdentityCluster, cluster_id)
+    if cluster is None:
+        raise NotFound("Cluster", cluster_id)
+    await _ensure_access(session, actor, cluster.case_id, NotFound("Cluster", cluster_id))
+    await _lock(session, cluster.case_id, cluster.kind)
+    cluster = await session.get(IdentityCluster, cluster_id, populate_existing=True)
+    if cluster is None:  # merged away while we waited
+        raise NotFound("Cluster", cluster_id)
+    return cluster
+
+
+async def _locked_member(session: AsyncSession, actor: Actor, member_id: uuid.UUID) -> IdentityMember:
+    member = await session.get(IdentityMember, member_id)
+    if member is None:
+        raise NotFound("Member", member_id)
+    await _ensure_access(session, actor, member.case_id, NotFound("Member", member_id))
+    await _lock(session, member.case_id, member.kind)
+    member = await session.get(IdentityMember, member_id, populate_existing=True)
+    if member is None:
+        raise NotFound("Member", member_id)
+    return member
+
+
+async def _case_cluster(session: AsyncSession, cluster_id: uuid.UUID, case_id: uuid.UUID) -> IdentityCluster:
+    """A cluster named beside another one: it must be of the same case (else it does not exist for this call)."""
+    cluster = await session.get(IdentityCluster, cluster_id, populate_existing=True)
+    if cluster is None or cluster.case_id != case_id:
+        raise NotFound("Cluster", cluster_id)
+    return cluster
+
+
+def _record(
+    session: AsyncSession, case_id: uuid.UUID, kind: IdentityKind, action: str, actor: Actor, details: dict[str, Any]
+) -> None:
+    session.add(IdentityCorrection(case_id=case_id, kind=kind, action=action, actor_id=actor.user_id, details=details))
+
+
+def _clean_label(label: str | None) -> str | None:
+    cleaned = " ".join("".join(ch for ch in (label or "") if ch.isprintable()).split())
+    if len(cleaned) > 200:
+        raise InvalidInput("A label must have at most 200 characters.")
+    return cleaned or None
+
+
+async def rename_cluster(
+    *, resources: Resources, actor: Actor, cluster_id: uuid.UUID, label: str | None
+) -> IdentityCluster:
+    """Name a person or voice ("Alice"); an empty label gives back the number ("Person 3")."""
+    cleaned = _clean_label(label)
+    async with resources.sessions() as session, session.begin():
+        cluster = await _locked_cluster(session, actor, cluster_id)
+        before = cluster.label
+        cluster.label, cluster.labelled_by, cluster.updated_at = cleaned, actor.user_id, datetime.now(UTC)
+        _record(
+            session,
+            cluster.case_id,
+            cluster.kind,
+            "rename",
+            actor,
+            {"cluster_id": str(cluster.id), "from": before, "to": cleaned},
+        )
+    return cluster
+
+
+async def _members(session: AsyncSession, cluster_ids: Iterable[uuid.UUID]) -> list[IdentityMember]:
+    query = select(IdentityMember).where(IdentityMember.cluster_id.in_(list(cluster_ids)))
+    return list(await session.scalars(query.order_by(IdentityMember.media_id, IdentityMember.key)))
+
+
+async def _refuse_frame_clash(session: AsyncSession, members: Iterable[IdentityMember]) -> None:
+    """Two faces of one keyframe in one cluster would be one person seen twice in one picture: refused."""
+    seen: dict[str, IdentityMember] = {}
+    for member in members:
+        for token in _face_tokens(member):
+            other = seen.setdefault(token, member)
+            if other.id != member.id:
+                filename = await session.scalar(select(Media.filename).where(Media.id == member.media_id))
+                where = f"keyframe {member.keyframe}" if member.keyframe is not None else f"{member.start_s} s"
+                raise IdentityConflict(
+                    f"Faces {other.key} and {member.key} are both in {where} of {filename!r}: two faces of one "
+                    "picture are two people. Move one of them out first."
+                )
+
+
+async def merge_clusters(
+    *, resources: Resources, actor: Actor, into_id: uuid.UUID, from_ids: Sequence[uuid.UUID]
+) -> IdentityCluster:
+    """Make several clusters one (a user says they are the same person): the members of `from_ids` join `into_id`,
+    placed by the user from then on; exclusions from the merged clusters now hold for `into_id`."""
+    sources = list(dict.fromkeys(c for c in from_ids if c != into_id))
+    if not sources:
+        raise InvalidInput("Name at least one other cluster to merge.")
+    now = datetime.now(UTC)
+    async with resources.sessions() as session, session.begin():
+        into = await _locked_cluster(session, actor, into_id)
+        merged = [await _case_cluster(session, cluster_id, into.case_id) for cluster_id in sources]
+        if any(c.kind is not into.kind or c.analyzer != into.analyzer for c in merged):
+            raise InvalidInput("Only clusters of one kind, made by one analyzer, can be merged.")
+        members = await _members(session, [into.id, *sources])
+        if into.kind is IdentityKind.FACE:
+            await _refuse_frame_clash(session, members)
+        moving = [m for m in members if m.cluster_id != into.id]
+        for member in moving:
+            member.cluster_id, member.assigned_by = into.id, Assignment.USER
+            member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
+        await session.flush()
+        # A member excluded from one of the merged clusters is now excluded from the merged whole, unless it is in
+        # it: the user's latest statement wins.
+        await session.execute(
+            insert(IdentityExclusion)
+            .from_select(
+                ["member_id", "cluster_id", "created_by"],
+                select(IdentityExclusion.member_id, literal(into.id), IdentityExclusion.created_by).where(
+                    IdentityExclusion.cluster_id.in_(sources)
+                ),
+            )
+            .on_conflict_do_nothing()
+        )
+        await session.execute(
+            delete(IdentityExclusion).where(
+                IdentityExclusion.cluster_id == into.id,
+                IdentityExclusion.member_id.in_([m.id for m in members]),
+            )
+        )
+        if into.label is None:
+            into.label = next((c.label for c in merged if c.label), None)
+        into.updated_at = now
+        await session.execute(delete(IdentityCluster).where(IdentityCluster.id.in_(sources)))
+        _record(
+            session,
+            into.case_id,
+            into.kind,
+            "merge",
+            actor,
+            {
+                "into": str(into.id),
+                "from": [str(c) for c in sources],
+                "labels": [c.label for c in merged],
+                "members": len(moving),
+            },
+        )
+    return into
+
+
+async def split_cluster(
+    *, resources: Resources, actor: Actor, cluster_id: uuid.UUID, member_ids: Sequence[uuid.UUID]
+) -> IdentityCluster:
+    """Take members out of a cluster into a new one (a user says they are someone else): placed by the user, and
+    never put back into the cluster they left."""
+    wanted = list(dict.fromkeys(member_ids))
+    if not wanted:
+        raise InvalidInput("Name the members to split off.")
+    now = datetime.now(UTC)
+    async with resources.sessions() as session, session.begin():
+        cluster = await _locked_cluster(session, actor, cluster_id)
+        members = {m.id: m for m in await _members(session, [cluster.id])}
+        missing = [m for m in wanted if m not in members]
+        if missing:
+            raise InvalidInput(f"Member {missing[0]} is not in this cluster.")
+        if len(wanted) == len(members):
+            raise InvalidInput("A split must leave at least one member in the cluster; rename it instead.")
+        top = await session.scalar(
+            select(func.max(IdentityCluster.number)).where(
+                IdentityCluster.case_id == cluster.case_id, IdentityCluster.kind == cluster.kind
+            )
+        )
+        split = IdentityCluster(
+            id=uuid.uuid4(),
+            case_id=cluster.case_id,
+            kind=cluster.kind,
+            analyzer=cluster.analyzer,
+            number=(top or 0) + 1,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(split)
+        await session.flush()
+        for member_id in wanted:
+            member = members[member_id]
+            member.cluster_id, member.assigned_by = split.id, Assignment.USER
+            member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
+        await _exclude(session, wanted, cluster.id, actor)
+        cluster.updated_at = now
+        _record(
+            session,
+            cluster.case_id,
+            cluster.kind,
+            "split",
+            actor,
+            {"from": str(cluster.id), "into": str(split.id), "members": [str(m) for m in wanted]},
+        )
+    return split
+
+
+async def _exclude(session: AsyncSession, member_ids: Sequence[uuid.UUID], cluster_id: uuid.UUID, actor: Actor) -> None:
+    await session.flush()
+    await session.execute(
+        insert(IdentityExclusion)
+        .values([{"member_id": m, "cluster_id": cluster_id, "created_by": actor.user_id} for m in member_ids])
+        .on_conflict_do_nothing()
+    )
+
+
+async def move_member(
+    *, resources: Resources, actor: Actor, member_id: uuid.UUID, cluster_id: uuid.UUID
+) -> IdentityMember:
+    """Put a member into another cluster of its case ("this is Bob, not Alice"): placed by the user, and never put
+    back into the cluster it left. Moving it into its own cluster confirms it there."""
+    now = datetime.now(UTC)
+    async with resources.sessions() as session, session.begin():
+        member = await _locked_member(session, actor, member_id)
+        target = await _case_cluster(session, cluster_id, member.case_id)
+        if target.kind is not member.kind or target.analyzer != member.analyzer:
+            raise InvalidInput("A member can only join a cluster of its kind, made by its analyzer.")
+        if member.kind is IdentityKind.FACE:
+            await _refuse_frame_clash(session, [*await _members(session, [target.id]), member])
+        source = member.cluster_id
+        if source != target.id:
+            await _exclude(session, [member.id], source, actor)
+        await session.execute(
+            delete(IdentityExclusion).where(
+                IdentityExclusion.member_id == member.id, IdentityExclusion.cluster_id == target.id
+            )
+        )
+        member.cluster_id, member.assigned_by = target.id, Assignment.USER
+        member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
+        await session.flush()
+        await _settle(session, {source}, {source, target.id}, now)
+        _record(
+            session,
+            member.case_id,
+            member.kind,
+            "move",
+            actor,
+            {"member_id": str(member.id), "from": str(source), "to": str(target.id)},
+        )
+    return member
+
+
+async def remove_member(*, resources: Resources, actor: Actor, member_id: uuid.UUID) -> IdentityMember:
+    """ "Not this person": the member leaves its cluster for good, and automation places it again among the
+    others (or alone). The exclusion stays, so no later run puts it back."""
+    async with resources.sessions() as session, session.begin():
+        member = await _locked_member(session, actor, member_id)
+        source = member.cluster_id
+        await _exclude(session, [member.id], source, actor)
+        member.assigned_by, member.assigned_by_user = Assignment.AUTO, actor.user_id
+        await session.flush()
+        await _cluster_media_locked(
+            session,
+            resources,
+            case_id=member.case_id,
+            media_id=member.media_id,
+            analyzer=member.analyzer,
+            kind=member.kind,
+        )
+        placed = await session.get(IdentityMember, member_id, populate_existing=True)
+        if placed is None:  # its embedding is gone: the media was analysed again without it
+            raise NotFound("Member", member_id)
+        _record(
+            session,
+            placed.case_id,
+            placed.kind,
+            "remove",
+            actor,
+            {"member_id": str(placed.id), "from": str(source), "to": str(placed.cluster_id)},
+        )
+    return placed
+
+
+# --- Reading -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberView:
+    member: IdentityMember
+    media: Media
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    cluster: IdentityCluster
+    member_count: int
+    media_count: int
+    #: The first members, in upload order of their media and time within it.
+    members: list[MemberView]
+
+
+async def clusters_of_case(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    case_id: uuid.UUID,
+    kind: IdentityKind,
+    first: int = 100,
+    members_per_cluster: int = 20,
+) -> list[ClusterView]:
+    """The case's persons or voices, the most frequent first, each with its first members."""
+    await _ensure_access(session, actor, case_id, NotFound("Case", case_id), CaseAccess.VIEWER)
+    if not 0 <= members_per_cluster <= 1000 or not 1 <= first <= 1000:
+        raise InvalidInput("first must be between 1 and 1000, membersPerCluster between 0 and 1000.")
+    members = func.count(IdentityMember.id)
+    query = (
+        select(IdentityCluster, members, func.count(distinct(IdentityMember.media_id)))
+        .join(IdentityMember, IdentityMember.cluster_id == IdentityCluster.id)
+        .where(IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
+        .group_by(IdentityCluster.id)
+        .order_by(members.desc(), IdentityCluster.number)
+        .limit(first)
+    )
+    clusters = [(row[0], int(row[1]), int(row[2])) for row in await session.execute(query)]
+    shown: dict[uuid.UUID, list[MemberView]] = defaultdict(list)
+    if clusters and members_per_cluster:
+        order = (Media.created_at, Media.id, IdentityMember.start_s, IdentityMember.key)
+        rank = func.row_number().over(partition_by=IdentityMember.cluster_id, order_by=order).label("rank")
+        ranked = (
+            select(IdentityMember.id, rank)
+            .join(Media, Media.id == IdentityMember.media_id)
+            .where(IdentityMember.cluster_id.in_([c.id for c, _, _ in clusters]))
+            .subquery()
+        )
+        rows = await session.execute(
+            select(IdentityMember, Media)
+            .join(ranked, ranked.c.id == IdentityMember.id)
+            .join(Media, Media.id == IdentityMember.media_id)
+            .where(ranked.c.rank <= members_per_cluster)
+            .order_by(ranked.c.rank)
+        )
+        for member, media in rows.tuples():
+            shown[member.cluster_id].append(MemberView(member, media))
+    return [ClusterView(cluster, count, media, shown[cluster.id]) for cluster, count, media in clusters]
+
+
+async def identities_of_media(
+    session: AsyncSession, media_id: uuid.UUID, kind: IdentityKind
+) -> dict[tuple[str, str], tuple[IdentityMember, IdentityCluster]]:
+    """The media item's members of this kind and their clusters, by (analyzer, key). The caller checked access."""
+    query = (
+        select(IdentityMember, IdentityCluster)
+        .join(IdentityCluster, IdentityCluster.id == IdentityMember.cluster_id)
+        .where(IdentityMember.media_id == media_id, IdentityMember.kind == kind)
+    )
+    return {(m.analyzer, m.key): (m, c) for m, c in (await session.execute(query)).tuples()}
+
+
+async def corrections_of_case(
+    *, session: AsyncSession, actor: Actor, case_id: uuid.UUID, first: int = 50
+) -> list[IdentityCorrection]:
+    """Users' corrections of the case's persons and voices, newest first."""
+    await _ensure_access(session, actor, case_id, NotFound("Case", case_id), CaseAccess.VIEWER)
+    query = (
+        select(IdentityCorrection)
+        .where(IdentityCorrection.case_id == case_id)
+        .order_by(IdentityCorrection.id.desc())
+        .limit(min(max(first, 1), 500))
+    )
+    return list(await session.scalars(query))
