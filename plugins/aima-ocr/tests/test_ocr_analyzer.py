@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ def _render(
 
 
 def _item(tmp_path: Path, pictures: Sequence[Image.Image], times: Sequence[float], kind: MediaKind) -> AnalysisInput:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     keyframes = []
     for n, (picture, timestamp) in enumerate(zip(pictures, times, strict=True)):
         path = tmp_path / f"{n:05d}.jpg"
@@ -83,6 +85,12 @@ def _inside(box: Sequence[tuple[float, float]], drawn: tuple[float, float, float
 @pytest.fixture(scope="module")
 def analyzer() -> OcrAnalyzer:
     return OcrAnalyzer()
+
+
+@pytest.fixture(scope="module")
+def quick() -> OcrAnalyzer:
+    """Detection at the pictures' own size (360 px high, large print) instead of scaled up to 736: faster tests."""
+    return OcrAnalyzer(OcrSettings(detection_side=360))
 
 
 def test_rendered_text_is_read_back_with_boxes_in_pixels(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
@@ -127,7 +135,7 @@ def test_a_large_picture_is_scaled_down_and_boxes_stay_in_its_pixels(tmp_path: P
     assert _inside(line.box, drawn, slack=36), (line.box, drawn)
 
 
-def test_text_staying_on_screen_is_one_span_with_first_and_last_time(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
+def test_text_staying_on_screen_is_one_span_with_first_and_last_time(quick: OcrAnalyzer, tmp_path: Path) -> None:
     """A sign on every keyframe from 3 s to 20 s while the camera moves; a shop name seen, lost, seen again."""
     sign = "EXIT 12 NORTH"
     pictures = [
@@ -140,7 +148,7 @@ def test_text_staying_on_screen_is_one_span_with_first_and_last_time(analyzer: O
     progress: list[tuple[float, str]] = []
     item = _item(tmp_path, pictures, [0.0, 3.0, 10.0, 20.0, 25.0], MediaKind.VIDEO)
     item = dataclasses.replace(item, report_progress=lambda f, m: progress.append((f, m)))
-    result, output = _run(analyzer, item)
+    result, output = _run(quick, item)
 
     assert result.frames_analyzed == 5
     assert [f.index for f in result.frames] == [1, 2, 3]
@@ -188,3 +196,13 @@ def test_settings_are_validated_with_a_clear_message() -> None:
     )
     with pytest.raises(InvalidInput, match="plugin 'ocr'"):
         ocr_settings({"ocr": {"min_confidance": 0.7}})
+
+
+def test_worker_threads_may_share_one_analyzer(quick: OcrAnalyzer, tmp_path: Path) -> None:
+    first = _item(tmp_path / "a", [_render([((40, 40), "GATE 7")])[0]], [0.0], MediaKind.IMAGE)
+    second = _item(tmp_path / "b", [_render([((60, 200), "Pharmacy")], size=(800, 450))[0]], [0.0], MediaKind.IMAGE)
+    alone = [_run(quick, item)[0] for item in (first, second)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda item: _run(quick, item)[0], [first, second]))
+    assert together == alone
+    assert [normalise(r.spans[0].text) for r in together] == ["gate7", "pharmacy"]
