@@ -52,6 +52,8 @@ def test_clustering_finds_the_number_of_speakers() -> None:
     firsts = [labels.tolist().index(k) for k in range(3)]
     assert firsts == sorted(firsts)  # numbered in order of first speech
     assert set(cluster(vectors, threshold=0.7, max_speakers=2).tolist()) == {0, 1}
+    sampled = cluster(vectors[order], threshold=0.7, max_speakers=10, max_tree=6)  # a tree on 6, the rest join
+    assert sampled.tolist() == labels.tolist()
     assert cluster(vectors[:1], 0.7, 10).tolist() == [0]
 
 
@@ -102,6 +104,24 @@ def test_two_voices_in_turns_are_two_speakers(say: Say, analyzer: SpeakersAnalyz
         "end_s": result.turns[1].end_s,
         "speaker": "S2",
     }
+
+
+def test_three_voices_two_of_them_male_are_three_speakers(say: Say, analyzer: SpeakersAnalyzer, tmp_path: Path) -> None:
+    voices = [VOICE_A, VOICE_B, ("en-gb+m1", 50, 160)]
+    lines = [
+        "Where were you on the night of the fourteenth, just after the match ended?",
+        "I was at home with my sister, we watched a film and went to bed early.",
+        "That is not what the neighbour told us when we spoke to him this morning.",
+        "The neighbour is confused, he always mixes up the days of the week.",
+        "Then explain why your car was seen near the warehouse at eleven o'clock.",
+        "Honestly, I lent the car to a friend that evening, I can give you his name.",
+    ]
+    parts: list[Samples] = []
+    for n, line in enumerate(lines):
+        parts += [say(line, voices[n % 3]), silence(0.6)]
+    result = analyze(analyzer, write_wav(tmp_path / "three.wav", np.concatenate(parts))).result
+    assert isinstance(result, SpeakersResult)
+    assert [t.speaker for t in result.turns] == ["S1", "S2", "S3", "S1", "S2", "S3"]
 
 
 def test_one_voice_in_two_files_is_close_and_two_voices_are_not(

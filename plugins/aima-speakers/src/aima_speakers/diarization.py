@@ -50,21 +50,25 @@ def cut_windows(regions: Sequence[SpeechRegion], window_s: float, min_segment_s:
     return windows
 
 
-def cluster(embeddings: Vectors, threshold: float, max_speakers: int) -> npt.NDArray[np.int64]:
+def cluster(embeddings: Vectors, threshold: float, max_speakers: int, max_tree: int = 4000) -> npt.NDArray[np.int64]:
     """A speaker index per embedding, numbered from 0 in order of first appearance.
 
     Average-linkage agglomerative clustering on cosine distance: two groups merge while their mean similarity is
     at least `threshold`. When that leaves more than `max_speakers`, the tree is cut at `max_speakers` instead.
+    The tree costs memory in the square of its size, so beyond `max_tree` embeddings (about 90 minutes of speech)
+    it is grown on an evenly spread sample and every embedding joins the speaker whose mean voice is closest.
     """
     count = len(embeddings)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    if count == 1:
-        return np.zeros(1, dtype=np.int64)
-    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
+    if count < 2:
+        return np.zeros(count, dtype=np.int64)
+    sample = np.linspace(0, count - 1, min(count, max_tree)).round().astype(np.int64)
+    tree = linkage(embeddings[sample].astype(np.float64), method="average", metric="cosine")
     labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
     if labels.max() > max_speakers:
         labels = fcluster(tree, t=max_speakers, criterion="maxclust")
+    if len(sample) < count:
+        centroids = np.stack([mean_direction(embeddings[sample[labels == k]]) for k in np.unique(labels)])
+        labels = np.argmax(embeddings @ centroids.T, axis=1)
     order: dict[int, int] = {}
     for label in labels:
         order.setdefault(int(label), len(order))

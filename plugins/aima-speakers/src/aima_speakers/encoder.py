@@ -8,7 +8,7 @@ a ReLU and L2 normalisation (`resemblyzer.VoiceEncoder.forward`). An utterance i
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,16 @@ class VoiceEncoder:
         result: Array = np.nan_to_num(embeddings, nan=0.0)
         return result
 
-    def embed_utterances(self, wavs: Sequence[Array], rate: float = 1.3, min_coverage: float = 0.75) -> Array:
+    def embed_utterances(
+        self,
+        wavs: Sequence[Array],
+        rate: float = 1.3,
+        min_coverage: float = 0.75,
+        progress: Callable[[int], None] | None = None,
+    ) -> Array:
         """One embedding per waveform: its partial utterances' embeddings, averaged and normalised
-        (`VoiceEncoder.embed_utterance`). Waveforms go through in batches, so memory stays bounded on long media."""
+        (`VoiceEncoder.embed_utterance`). Waveforms go through in batches, so memory stays bounded on long media;
+        `progress` hears how many are done after each batch."""
         embeddings = np.zeros((len(wavs), EMBEDDING_SIZE), dtype=np.float32)
         for first in range(0, len(wavs), BATCH):
             chunk = wavs[first : first + BATCH]
@@ -109,6 +116,8 @@ class VoiceEncoder:
             np.add.at(sums, owners, self.embed_mels(partials))
             norms = np.linalg.norm(sums, axis=1, keepdims=True)
             embeddings[first : first + len(chunk)] = sums / np.maximum(norms, 1e-12)
+            if progress is not None:
+                progress(first + len(chunk))
         return embeddings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -72,6 +73,10 @@ class SpeakersAnalyzer(BlockingAnalyzer):
         return bundled_weights_path() or Path("resemblyzer/pretrained.pt")
 
     def check(self) -> None:
+        if importlib.util.find_spec("faster_whisper") is None:
+            raise ModelNotInstalled(
+                "the silero VAD of faster-whisper is missing; install it with: pip install faster-whisper"
+            )
         path = self._weights_path()
         if not path.is_file():
             raise ModelNotInstalled(
@@ -102,7 +107,10 @@ class SpeakersAnalyzer(BlockingAnalyzer):
         encoder = self._encoder.get()
         # Resemblyzer levels the whole file; here the level of the speech alone, so long silences do not inflate it.
         gain = np.float32(volume_gain(np.concatenate([samples[r.start : r.end] for r in regions])))
-        vectors = encoder.embed_utterances([samples[w.start : w.end] * gain for w in windows])
+        vectors = encoder.embed_utterances(
+            [samples[w.start : w.end] * gain for w in windows],
+            progress=lambda done: item.report_progress(0.15 + 0.7 * done / len(windows), f"embedded {done} windows"),
+        )
         item.report_progress(0.85, "clustering voices")
         labels = cluster(vectors, settings.threshold, settings.max_speakers)
         turns = merge_turns(windows, labels, settings.max_gap_s)
@@ -139,6 +147,9 @@ class SpeakersAnalyzer(BlockingAnalyzer):
             fields = {"start_s": start_s, "end_s": end_s, "speaker": label}
             embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
         item.report_progress(1.0, f"{len(speakers)} speakers in {len(turns)} turns")
+        logger.info(
+            "media %s: %d speakers in %d turns, %.1f s of speech", item.media_id, len(speakers), len(turns), speech_s
+        )
         return self._result(speakers, result_turns, duration_s=duration_s, speech_s=speech_s, embeddings=embeddings)
 
     def _result(
