@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from aima.analysis import (
@@ -25,7 +26,7 @@ from aima.analysis import (
 from aima.errors import AimaError
 from aima.hookspecs import hookimpl
 from aima_speakers.audio import read_wav, speech_regions
-from aima_speakers.diarization import cluster, cut_windows, mean_direction, merge_turns
+from aima_speakers.diarization import Turn, Vectors, cluster, cut_windows, mean_direction, merge_turns
 from aima_speakers.encoder import VoiceEncoder, bundled_weights_path, volume_gain
 from aima_speakers.mel import SAMPLE_RATE
 from aima_speakers.results import Speaker, SpeakerSettings, SpeakersResult, SpeakerTurn
@@ -106,49 +107,23 @@ class SpeakersAnalyzer(BlockingAnalyzer):
         item.report_progress(0.15, f"embedding {len(windows)} windows of speech")
         encoder = self._encoder.get()
         # Resemblyzer levels the whole file; here the level of the speech alone, so long silences do not inflate it.
-        gain = np.float32(volume_gain(np.concatenate([samples[r.start : r.end] for r in regions])))
+        samples *= np.float32(volume_gain(np.concatenate([samples[r.start : r.end] for r in regions])))
         vectors = encoder.embed_utterances(
-            [samples[w.start : w.end] * gain for w in windows],
+            [samples[w.start : w.end] for w in windows],  # views: overlapping windows are not copied
             progress=lambda done: item.report_progress(0.15 + 0.7 * done / len(windows), f"embedded {done} windows"),
         )
         item.report_progress(0.85, "clustering voices")
         labels = cluster(vectors, settings.threshold, settings.max_speakers)
-        turns = merge_turns(windows, labels, settings.max_gap_s)
-        centroids = [mean_direction(vectors[labels == s]) for s in range(int(labels.max()) + 1)]
-        speakers: list[Speaker] = []
-        for index in range(len(centroids)):
-            own = [t for t in turns if t.speaker == index]
-            speakers.append(
-                Speaker(
-                    label=f"S{index + 1}",
-                    total_speech_s=round(sum(t.end_s - t.start_s for t in own), 3),
-                    turn_count=len(own),
-                    first_s=round(own[0].start_s, 3),
-                    last_s=round(own[-1].end_s, 3),
-                )
-            )
-        result_turns: list[SpeakerTurn] = []
-        embeddings: list[Embedding] = []
-        for number, turn in enumerate(turns, start=1):
-            vector = mean_direction(vectors[list(turn.windows)])
-            label = f"S{turn.speaker + 1}"
-            key = f"turn-{number}"
-            start_s, end_s = round(turn.start_s, 3), round(turn.end_s, 3)
-            result_turns.append(
-                SpeakerTurn(
-                    key=key,
-                    start_s=start_s,
-                    end_s=end_s,
-                    speaker=label,
-                    confidence=round(float(vector @ centroids[turn.speaker]), 4),
-                    window_count=len(turn.windows),
-                )
-            )
-            fields = {"start_s": start_s, "end_s": end_s, "speaker": label}
-            embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
-        item.report_progress(1.0, f"{len(speakers)} speakers in {len(turns)} turns")
+        speakers, result_turns, embeddings = _describe(
+            merge_turns(windows, labels, settings.max_gap_s), vectors, labels
+        )
+        item.report_progress(1.0, f"{len(speakers)} speakers in {len(result_turns)} turns")
         logger.info(
-            "media %s: %d speakers in %d turns, %.1f s of speech", item.media_id, len(speakers), len(turns), speech_s
+            "media %s: %d speakers in %d turns, %.1f s of speech",
+            item.media_id,
+            len(speakers),
+            len(result_turns),
+            speech_s,
         )
         return self._result(speakers, result_turns, duration_s=duration_s, speech_s=speech_s, embeddings=embeddings)
 
@@ -170,6 +145,45 @@ class SpeakersAnalyzer(BlockingAnalyzer):
             settings=self.settings,
         )
         return AnalysisOutput(result, embeddings=embeddings or [])
+
+
+def _describe(
+    turns: list[Turn], vectors: Vectors, labels: npt.NDArray[np.int64]
+) -> tuple[list[Speaker], list[SpeakerTurn], list[Embedding]]:
+    """Speakers and turns as the result shows them, and each turn's mean voice as its embedding."""
+    centroids = [mean_direction(vectors[labels == s]) for s in range(int(labels.max()) + 1)]
+    speakers: list[Speaker] = []
+    for index in range(len(centroids)):
+        own = [t for t in turns if t.speaker == index]
+        speakers.append(
+            Speaker(
+                label=f"S{index + 1}",
+                total_speech_s=round(sum(t.end_s - t.start_s for t in own), 3),
+                turn_count=len(own),
+                first_s=round(own[0].start_s, 3),
+                last_s=round(own[-1].end_s, 3),
+            )
+        )
+    result_turns: list[SpeakerTurn] = []
+    embeddings: list[Embedding] = []
+    for number, turn in enumerate(turns, start=1):
+        vector = mean_direction(vectors[list(turn.windows)])
+        label, key = f"S{turn.speaker + 1}", f"turn-{number}"
+        start_s, end_s = round(turn.start_s, 3), round(turn.end_s, 3)
+        confidence = round(float(vector @ centroids[turn.speaker]), 4)
+        result_turns.append(
+            SpeakerTurn(
+                key=key,
+                start_s=start_s,
+                end_s=end_s,
+                speaker=label,
+                confidence=confidence,
+                window_count=len(turn.windows),
+            )
+        )
+        fields = {"start_s": start_s, "end_s": end_s, "speaker": label}
+        embeddings.append(Embedding(COLLECTION, key, [float(v) for v in vector], fields))
+    return speakers, result_turns, embeddings
 
 
 def load_settings(config: PluginConfig) -> SpeakerSettings:
