@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import strawberry
@@ -9,6 +10,7 @@ from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
 from aima.db.models import CaseRole as DbCaseRole
+from aima.db.models import IdentityKind as DbIdentityKind
 from aima.db.models import Priority as DbPriority
 from aima.db.models import Role as DbRole
 from aima.db.models import User
@@ -21,16 +23,21 @@ from aima.graphql.types import (
     CaseNode,
     CaseRole,
     DownloadLinkNode,
+    IdentityClusterNode,
+    IdentityKindEnum,
+    IdentityMemberNode,
     JobNode,
     MediaNode,
     PartUrlNode,
     PriorityEnum,
+    ReclusterResultNode,
     RegistrationPayload,
     ResumableUploadNode,
     Role,
     UserNode,
 )
-from aima.services import admin, cases, jobs, media, signin, uploads, users
+from aima.services import admin, cases, jobs, media, result_views, signin, uploads, users
+from aima.services import identities as identity_service
 from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction
 from aima.services.refresh_tokens import RefreshTokenReused
@@ -426,6 +433,106 @@ class Mutation:
             details={"case_id": str(job.case_id), "tasks": count},
         )
         return JobNode.of(job)
+
+    @strawberry.mutation(description="Name a person or voice (editors of its case); an empty label clears it.")
+    async def rename_cluster(
+        self, info: Info[Context, None], cluster_id: strawberry.ID, label: str | None = None
+    ) -> IdentityClusterNode:
+        ctx = info.context
+        cluster = await identity_service.rename_cluster(
+            resources=ctx.resources, actor=ctx.require_actor(), cluster_id=parse_id(cluster_id, "cluster"), label=label
+        )
+        return await _cluster_node(ctx, cluster.id)
+
+    @strawberry.mutation(
+        description="These are one person (or voice): the members of `fromIds` join `intoId`, where automation "
+        "leaves them. Refused when two of their faces are in one keyframe."
+    )
+    async def merge_clusters(
+        self, info: Info[Context, None], into_id: strawberry.ID, from_ids: list[strawberry.ID]
+    ) -> IdentityClusterNode:
+        ctx = info.context
+        cluster = await identity_service.merge_clusters(
+            resources=ctx.resources,
+            actor=ctx.require_actor(),
+            into_id=parse_id(into_id, "cluster"),
+            from_ids=[parse_id(c, "cluster") for c in from_ids],
+        )
+        return await _cluster_node(ctx, cluster.id)
+
+    @strawberry.mutation(
+        description="These members are someone else: they leave the cluster for a new one, and automation never "
+        "puts them back. Returns the new cluster."
+    )
+    async def split_cluster(
+        self, info: Info[Context, None], cluster_id: strawberry.ID, member_ids: list[strawberry.ID]
+    ) -> IdentityClusterNode:
+        ctx = info.context
+        cluster = await identity_service.split_cluster(
+            resources=ctx.resources,
+            actor=ctx.require_actor(),
+            cluster_id=parse_id(cluster_id, "cluster"),
+            member_ids=[parse_id(m, "member") for m in member_ids],
+        )
+        return await _cluster_node(ctx, cluster.id)
+
+    @strawberry.mutation(
+        description="This face (or turn) belongs to that cluster: it moves there and stays, and is never put back "
+        "into the cluster it left. Moving it into its own cluster confirms it there."
+    )
+    async def move_member(
+        self, info: Info[Context, None], member_id: strawberry.ID, cluster_id: strawberry.ID
+    ) -> IdentityMemberNode:
+        ctx = info.context
+        member = await identity_service.move_member(
+            resources=ctx.resources,
+            actor=ctx.require_actor(),
+            member_id=parse_id(member_id, "member"),
+            cluster_id=parse_id(cluster_id, "cluster"),
+        )
+        return await _member_node(ctx, member.id)
+
+    @strawberry.mutation(
+        description="Not this person: the face (or turn) leaves its cluster for good and automation places it "
+        "again, with the cluster it resembles most otherwise, or alone."
+    )
+    async def remove_member(self, info: Info[Context, None], member_id: strawberry.ID) -> IdentityMemberNode:
+        ctx = info.context
+        member = await identity_service.remove_member(
+            resources=ctx.resources, actor=ctx.require_actor(), member_id=parse_id(member_id, "member")
+        )
+        return await _member_node(ctx, member.id)
+
+    @strawberry.mutation(
+        description="Place every automatic member of the case's persons (or voices) again, as if its media arrived "
+        "in upload order (after a threshold change, or to pick up media whose clustering failed). Users' "
+        "corrections hold."
+    )
+    async def recluster_case(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        kind: IdentityKindEnum,  # type: ignore[valid-type]
+    ) -> ReclusterResultNode:
+        ctx = info.context
+        summary = await identity_service.recluster_case(
+            ctx.resources, case_id=parse_id(case_id, "case"), kind=DbIdentityKind(kind), actor=ctx.require_actor()
+        )
+        return ReclusterResultNode(members=summary.members, clusters=summary.clusters, moved=summary.moved)
+
+
+async def _cluster_node(ctx: Context, cluster_id: uuid.UUID) -> IdentityClusterNode:
+    async with ctx.resources.sessions() as session:
+        view = await identity_service.cluster_view(session, cluster_id)
+    crops = await result_views.crop_links(ctx.resources, [(m.member, m.media) for m in view.members])
+    return IdentityClusterNode.of(view, crops)
+
+
+async def _member_node(ctx: Context, member_id: uuid.UUID) -> IdentityMemberNode:
+    async with ctx.resources.sessions() as session:
+        view = await identity_service.member_view(session, member_id)
+    crops = await result_views.crop_links(ctx.resources, [(view.member, view.media)])
+    return IdentityMemberNode.of(view, crops.get(view.member.id))
 
 
 async def _signed_in(ctx: Context, user: User, now: datetime | None = None) -> AuthPayload:

@@ -20,10 +20,13 @@ from aima.graphql.types import (
     MediaNode,
     PageInfo,
     ReceivedPartNode,
+    SearchHitNode,
     UploadStatusNode,
     UserNode,
 )
 from aima.services import admin, audit, cases, jobs, media, uploads
+from aima.services import search as search_service
+from aima.services.audit import AuditAction
 from aima.services.users import active_user
 
 
@@ -172,3 +175,33 @@ class Query:
             )
             for a in info.context.resources.analyzers.all()
         ]
+
+    @strawberry.field(
+        description="Search what was said or written in a case by meaning (transcripts, on-screen text): the "
+        "nearest texts first. Needs a text embedder plugin; `analyzers` limits the search to some analyzers' texts."
+    )
+    async def search_case(
+        self,
+        info: Info[Context, None],
+        case_id: strawberry.ID,
+        text: str,
+        first: int = 20,
+        analyzers: list[str] | None = None,
+    ) -> list[SearchHitNode]:
+        ctx = info.context
+        actor = ctx.require_actor()
+        hits = await search_service.search_case(
+            resources=ctx.resources,
+            actor=actor,
+            case_id=parse_id(case_id, "case"),
+            text=text,
+            first=first,
+            analyzers=analyzers,
+        )
+        await ctx.audit(
+            AuditAction.RESULTS_READ,
+            target_type="case",
+            target_id=case_id,
+            details={"view": "search", "text": text[:200], "hits": len(hits)},
+        )
+        return [SearchHitNode.of(hit) for hit in hits]

@@ -16,8 +16,11 @@ from aima.db.documents import AnalysisResultDocument
 from aima.errors import InvalidInput, NotFound
 from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
+from aima.services import identities as identity_service
 from aima.services import jobs as job_service
 from aima.services import media as media_service
+from aima.services import result_views
+from aima.services import search as search_service
 from aima.services.access import CaseAccess
 from aima.services.artifacts import ArtifactKind, artifacts_of
 from aima.services.audit import AuditAction
@@ -200,6 +203,77 @@ class MediaNode:
             AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"results": len(docs)}
         )
         return [AnalysisResultNode.of(doc) for doc in docs]
+
+    @strawberry.field(
+        description="The newest transcript (whisper), each segment with its speaker (speakers) and that speaker's "
+        "voice across the case; null when the media has not been transcribed."
+    )
+    async def transcript(self, info: Info[Context, None]) -> TranscriptNode | None:
+        ctx = info.context
+        found = await result_views.transcript(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        if found is None:
+            return None
+        await ctx.audit(
+            AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"view": "transcript"}
+        )
+        return TranscriptNode(
+            analyzer_version=found.analyzer_version,
+            language=found.language,
+            language_probability=found.language_probability,
+            duration_s=found.duration_s,
+            model=found.model,
+            diarized=found.diarized,
+            segments=[TranscriptSegmentNode.of(line) for line in found.lines],
+        )
+
+    @strawberry.field(description="The faces found (faces), in time order, each with its person across the case.")
+    async def faces(self, info: Info[Context, None]) -> list[FaceNode]:
+        ctx = info.context
+        found = await result_views.faces(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        await _audit_view(ctx, self.id, "faces")
+        return [FaceNode.of(face) for face in found]
+
+    @strawberry.field(description="The text read on screen (ocr); null when the media has not been read.")
+    async def ocr(self, info: Info[Context, None]) -> OcrTextNode | None:
+        ctx = info.context
+        found = await result_views.ocr(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        if found is None:
+            return None
+        await _audit_view(ctx, self.id, "ocr")
+        return OcrTextNode(
+            analyzer_version=found.analyzer_version,
+            lines=[
+                OcrLineNode(
+                    key=line.key,
+                    keyframe=line.keyframe,
+                    timestamp_s=line.timestamp_s,
+                    text=line.text,
+                    confidence=line.confidence,
+                    box=line.box,
+                )
+                for line in found.lines
+            ],
+            spans=[
+                OcrSpanNode(
+                    key=span.key,
+                    text=span.text,
+                    confidence=span.confidence,
+                    variants=span.variants,
+                    first_s=span.first_s,
+                    last_s=span.last_s,
+                    frames=span.frames,
+                )
+                for span in found.spans
+            ],
+        )
+
+    @property
+    def _id(self) -> uuid.UUID:
+        return uuid.UUID(str(self.id))
+
+
+async def _audit_view(ctx: Context, media_id: strawberry.ID, view: str) -> None:
+    await ctx.audit(AuditAction.RESULTS_READ, target_type="media", target_id=media_id, details={"view": view})
 
 
 @strawberry.type(name="Custody")
@@ -473,6 +547,29 @@ class CaseNode:
             rows = await job_service.jobs_of_case(session=session, case_id=uuid.UUID(self.id))
         return [JobNode.of(row) for row in rows]
 
+    @strawberry.field(description="The people whose faces appear in the case's media, the most frequent first.")
+    async def persons(
+        self, info: Info[Context, None], first: int = 100, members_per_cluster: int = 20
+    ) -> list[IdentityClusterNode]:
+        kind = models.IdentityKind.FACE
+        return await identity_clusters(info, uuid.UUID(self.id), kind, first, members_per_cluster)
+
+    @strawberry.field(description="The voices heard in the case's media (speaker turns), the most frequent first.")
+    async def voices(
+        self, info: Info[Context, None], first: int = 100, members_per_cluster: int = 20
+    ) -> list[IdentityClusterNode]:
+        kind = models.IdentityKind.VOICE
+        return await identity_clusters(info, uuid.UUID(self.id), kind, first, members_per_cluster)
+
+    @strawberry.field(description="Users' corrections of the persons and voices, newest first.")
+    async def identity_corrections(self, info: Info[Context, None], first: int = 50) -> list[IdentityCorrectionNode]:
+        ctx = info.context
+        async with ctx.resources.sessions() as session:
+            rows = await identity_service.corrections_of_case(
+                session=session, actor=ctx.require_actor(), case_id=uuid.UUID(self.id), first=first
+            )
+        return [IdentityCorrectionNode.of(row) for row in rows]
+
 
 @strawberry.type(name="Analyzer")
 class AnalyzerNode:
@@ -572,4 +669,283 @@ class AuditEntryNode:
             client_address=row.client_address,
             details=cast(JSON, row.details),
             hash=row.hash,
+        )
+
+
+IdentityKindEnum = strawberry.enum(models.IdentityKind, name="IdentityKind")
+AssignmentEnum = strawberry.enum(models.Assignment, name="Assignment")
+
+
+@strawberry.type(name="IdentityMember")
+class IdentityMemberNode:
+    """One face or speaker turn in a person or voice, with where and when it is."""
+
+    id: strawberry.ID
+    cluster_id: strawberry.ID
+    media: MediaNode
+    analyzer: str
+    key: str = strawberry.field(description="The face's or turn's key in the analyzer's result.")
+    start_s: float | None = strawberry.field(description="A face's keyframe time, or a turn's start (seconds).")
+    end_s: float | None = strawberry.field(description="A turn's end (seconds); null for faces.")
+    keyframe: int | None = strawberry.field(description="The keyframe a face is in (0 for an image).")
+    box: list[float] | None = strawberry.field(description="A face's [x1, y1, x2, y2] in pixels of its keyframe.")
+    det_score: float | None = strawberry.field(description="The face detector's confidence.")
+    speaker: str | None = strawberry.field(description="A turn's speaker label within its media item (S1).")
+    similarity: float | None = strawberry.field(
+        description="Cosine similarity to the cluster when automation placed it; null when it opened the cluster "
+        "or a user placed it."
+    )
+    assigned_by: AssignmentEnum = strawberry.field(  # type: ignore[valid-type]
+        description="AUTO members may move when automation runs again; USER members stay where a user put them."
+    )
+    assigned_at: datetime
+    crop_url: str | None = strawberry.field(
+        default=None, description="A presigned link to the face's crop, when the result has one; short-lived."
+    )
+
+    @classmethod
+    def of(cls, view: identity_service.MemberView, crop_url: str | None = None) -> IdentityMemberNode:
+        member = view.member
+        return cls(
+            id=strawberry.ID(str(member.id)),
+            cluster_id=strawberry.ID(str(member.cluster_id)),
+            media=MediaNode.of(view.media),
+            analyzer=member.analyzer,
+            key=member.key,
+            start_s=member.start_s,
+            end_s=member.end_s,
+            keyframe=member.keyframe,
+            box=member.box,
+            det_score=member.det_score,
+            speaker=member.speaker,
+            similarity=member.similarity,
+            assigned_by=member.assigned_by,
+            assigned_at=member.assigned_at,
+            crop_url=crop_url,
+        )
+
+
+@strawberry.type(name="IdentityCluster")
+class IdentityClusterNode:
+    """A person (faces) or a voice (speaker turns) across the media of a case."""
+
+    id: strawberry.ID
+    case_id: strawberry.ID
+    kind: IdentityKindEnum  # type: ignore[valid-type]
+    analyzer: str = strawberry.field(description="The analyzer whose embeddings were grouped.")
+    number: int = strawberry.field(description="Numbers the case's persons (or voices): Person 3.")
+    label: str | None = strawberry.field(description="The name a user gave it.")
+    name: str = strawberry.field(description="The label, else Person 3 or Voice 2.")
+    member_count: int
+    media_count: int = strawberry.field(description="Media items it appears in.")
+    created_at: datetime
+    updated_at: datetime
+    members: list[IdentityMemberNode] = strawberry.field(
+        description="Its first members, by upload order of their media and time within it."
+    )
+
+    @classmethod
+    def of(cls, view: identity_service.ClusterView, crops: dict[uuid.UUID, str] | None = None) -> IdentityClusterNode:
+        cluster = view.cluster
+        return cls(
+            id=strawberry.ID(str(cluster.id)),
+            case_id=strawberry.ID(str(cluster.case_id)),
+            kind=cluster.kind,
+            analyzer=cluster.analyzer,
+            number=cluster.number,
+            label=cluster.label,
+            name=identity_service.display_name(cluster),
+            member_count=view.member_count,
+            media_count=view.media_count,
+            created_at=cluster.created_at,
+            updated_at=cluster.updated_at,
+            members=[IdentityMemberNode.of(m, (crops or {}).get(m.member.id)) for m in view.members],
+        )
+
+
+async def identity_clusters(
+    info: Info[Context, None], case_id: uuid.UUID, kind: models.IdentityKind, first: int, members_per_cluster: int
+) -> list[IdentityClusterNode]:
+    ctx = info.context
+    actor = ctx.require_actor()
+    async with ctx.resources.sessions() as session:
+        views = await identity_service.clusters_of_case(
+            session=session,
+            actor=actor,
+            case_id=case_id,
+            kind=kind,
+            first=first,
+            members_per_cluster=members_per_cluster,
+        )
+    crops = await result_views.crop_links(ctx.resources, [(m.member, m.media) for v in views for m in v.members])
+    await ctx.audit(
+        AuditAction.RESULTS_READ,
+        target_type="case",
+        target_id=case_id,
+        details={"view": "persons" if kind is models.IdentityKind.FACE else "voices", "clusters": len(views)},
+    )
+    return [IdentityClusterNode.of(view, crops) for view in views]
+
+
+@strawberry.type(name="IdentityCorrection")
+class IdentityCorrectionNode:
+    """A user's correction of the persons or voices of a case: which groupings are a person's judgement."""
+
+    id: strawberry.ID
+    kind: IdentityKindEnum  # type: ignore[valid-type]
+    action: str = strawberry.field(description="rename, merge, split, move, remove or recluster.")
+    actor_id: strawberry.ID | None
+    details: JSON
+    at: datetime
+
+    @classmethod
+    def of(cls, row: models.IdentityCorrection) -> IdentityCorrectionNode:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            kind=row.kind,
+            action=row.action,
+            actor_id=strawberry.ID(str(row.actor_id)) if row.actor_id else None,
+            details=cast(JSON, row.details),
+            at=row.at,
+        )
+
+
+@strawberry.type(name="ReclusterResult")
+class ReclusterResultNode:
+    members: int
+    clusters: int
+    moved: int = strawberry.field(description="Automatic members that changed cluster.")
+
+
+@strawberry.type(name="TranscriptWord")
+class TranscriptWordNode:
+    start_s: float
+    end_s: float
+    word: str
+    probability: float | None
+
+
+@strawberry.type(name="TranscriptSegment")
+class TranscriptSegmentNode:
+    index: int
+    start_s: float
+    end_s: float
+    text: str
+    speaker: str | None = strawberry.field(
+        description="The diarization speaker (S1) whose turns overlap the segment the most; null without one."
+    )
+    voice_id: strawberry.ID | None = strawberry.field(description="The speaker's voice across the case.")
+    voice_name: str | None = strawberry.field(description="That voice's label, else Voice 2.")
+    line: str = strawberry.field(description="[00:01:02.5-00:01:05.0] S1 / Alice: text")
+    avg_logprob: float | None = strawberry.field(description="Near 0: confident; below -1: doubtful.")
+    no_speech_prob: float | None
+    words: list[TranscriptWordNode]
+
+    @classmethod
+    def of(cls, line: result_views.TranscriptLine) -> TranscriptSegmentNode:
+        return cls(
+            index=line.index,
+            start_s=line.start_s,
+            end_s=line.end_s,
+            text=line.text,
+            speaker=line.speaker,
+            voice_id=strawberry.ID(str(line.voice.id)) if line.voice else None,
+            voice_name=identity_service.display_name(line.voice) if line.voice else None,
+            line=line.render(),
+            avg_logprob=line.avg_logprob,
+            no_speech_prob=line.no_speech_prob,
+            words=[TranscriptWordNode(start_s=s, end_s=e, word=w, probability=p) for s, e, w, p in line.words],
+        )
+
+
+@strawberry.type(name="Transcript")
+class TranscriptNode:
+    analyzer_version: str
+    language: str | None
+    language_probability: float | None
+    duration_s: float | None
+    model: str | None
+    diarized: bool = strawberry.field(description="Whether a speakers result said who spoke.")
+    segments: list[TranscriptSegmentNode]
+
+
+@strawberry.type(name="Face")
+class FaceNode:
+    key: str
+    keyframe: int
+    timestamp_s: float
+    box: list[float] = strawberry.field(description="[x1, y1, x2, y2] in pixels of the keyframe.")
+    landmarks: list[list[float]] | None
+    det_score: float | None
+    crop_url: str | None = strawberry.field(description="A presigned link to the face's crop; short-lived.")
+    member_id: strawberry.ID | None = strawberry.field(description="Its place in a person, once clustered.")
+    person_id: strawberry.ID | None
+    person_name: str | None
+    assigned_by: AssignmentEnum | None  # type: ignore[valid-type]
+
+    @classmethod
+    def of(cls, face: result_views.FaceView) -> FaceNode:
+        return cls(
+            key=face.key,
+            keyframe=face.keyframe,
+            timestamp_s=face.timestamp_s,
+            box=face.box,
+            landmarks=face.landmarks,
+            det_score=face.det_score,
+            crop_url=face.crop_url,
+            member_id=strawberry.ID(str(face.member.id)) if face.member else None,
+            person_id=strawberry.ID(str(face.person.id)) if face.person else None,
+            person_name=identity_service.display_name(face.person) if face.person else None,
+            assigned_by=face.member.assigned_by if face.member else None,
+        )
+
+
+@strawberry.type(name="OcrLine")
+class OcrLineNode:
+    key: str
+    keyframe: int
+    timestamp_s: float
+    text: str
+    confidence: float | None
+    box: list[list[float]] = strawberry.field(description="Four corners in pixels of the keyframe.")
+
+
+@strawberry.type(name="OcrSpan")
+class OcrSpanNode:
+    key: str
+    text: str
+    confidence: float | None
+    variants: list[str]
+    first_s: float = strawberry.field(description="First keyframe time it was read at.")
+    last_s: float = strawberry.field(description="Last keyframe time it was read at.")
+    frames: int
+
+
+@strawberry.type(name="OcrText")
+class OcrTextNode:
+    analyzer_version: str
+    lines: list[OcrLineNode]
+    spans: list[OcrSpanNode] = strawberry.field(description="A text read on consecutive keyframes, as one span.")
+
+
+@strawberry.type(name="SearchHit")
+class SearchHitNode:
+    media: MediaNode
+    analyzer: str
+    key: str
+    text: str
+    start_s: float | None
+    end_s: float | None
+    score: float = strawberry.field(description="Cosine similarity of the query and the text (-1 to 1).")
+
+    @classmethod
+    def of(cls, hit: search_service.SearchHit) -> SearchHitNode:
+        return cls(
+            media=MediaNode.of(hit.media),
+            analyzer=hit.analyzer,
+            key=hit.key,
+            text=hit.text,
+            start_s=hit.start_s,
+            end_s=hit.end_s,
+            score=hit.score,
         )
