@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pymilvus import AsyncMilvusClient
 from pymilvus.exceptions import MilvusException
-from sqlalchemy import delete, distinct, exists, func, literal, select, text, update
+from sqlalchemy import ColumnElement, delete, distinct, exists, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -893,13 +893,28 @@ async def clusters_of_case(
 ) -> list[ClusterView]:
     """The case's persons or voices, the most frequent first, each with its first members."""
     await _ensure_access(session, actor, case_id, NotFound("Case", case_id), CaseAccess.VIEWER)
-    if not 0 <= members_per_cluster <= 1000 or not 1 <= first <= 1000:
+    if not 1 <= first <= 1000 or not 0 <= members_per_cluster <= 1000:
         raise InvalidInput("first must be between 1 and 1000, membersPerCluster between 0 and 1000.")
+    where = (IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
+    return await _views(session, where, first, members_per_cluster)
+
+
+async def cluster_view(session: AsyncSession, cluster_id: uuid.UUID, members_per_cluster: int = 20) -> ClusterView:
+    """One cluster with its first members (for the answer to a correction, which checked access)."""
+    views = await _views(session, (IdentityCluster.id == cluster_id,), 1, members_per_cluster)
+    if not views:
+        raise NotFound("Cluster", cluster_id)
+    return views[0]
+
+
+async def _views(
+    session: AsyncSession, where: Sequence[ColumnElement[bool]], first: int, members_per_cluster: int
+) -> list[ClusterView]:
     members = func.count(IdentityMember.id)
     query = (
         select(IdentityCluster, members, func.count(distinct(IdentityMember.media_id)))
         .join(IdentityMember, IdentityMember.cluster_id == IdentityCluster.id)
-        .where(IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
+        .where(*where)
         .group_by(IdentityCluster.id)
         .order_by(members.desc(), IdentityCluster.number)
         .limit(first)
@@ -925,6 +940,20 @@ async def clusters_of_case(
         for member, media in rows.tuples():
             shown[member.cluster_id].append(MemberView(member, media))
     return [ClusterView(cluster, count, media, shown[cluster.id]) for cluster, count, media in clusters]
+
+
+async def member_view(session: AsyncSession, member_id: uuid.UUID) -> MemberView:
+    """A member with its media (for the answer to a correction, which checked access)."""
+    row = (
+        await session.execute(
+            select(IdentityMember, Media)
+            .join(Media, Media.id == IdentityMember.media_id)
+            .where(IdentityMember.id == member_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("Member", member_id)
+    return MemberView(row[0], row[1])
 
 
 async def identities_of_media(
