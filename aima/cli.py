@@ -82,6 +82,7 @@ def worker(
     """Run arq workers that execute analysis tasks: one per resource queue, plus the periodic jobs."""
     import uvloop
 
+    from aima.analysis import ModelNotInstalled
     from aima.workers.process import WorkerProcess
     from aima.workers.settings import periodic_worker_settings, worker_settings
     from aima.workers.worker import WakeableWorker, run_workers
@@ -92,10 +93,14 @@ def worker(
         raise typer.Exit(2)
     settings = _settings()
     asyncio.set_event_loop(uvloop.new_event_loop())
-    process = WorkerProcess(settings)
+    process = WorkerProcess(settings, serves=served)
     kwargs = [worker_settings(settings, r, process=process, periodic=False) for r in served]
     kwargs.append(periodic_worker_settings(settings, process=process))
-    run_workers([WakeableWorker(**{**k, "handle_signals": False}, burst=burst) for k in kwargs])
+    try:
+        run_workers([WakeableWorker(**{**k, "handle_signals": False}, burst=burst) for k in kwargs])
+    except ModelNotInstalled as exc:  # found at startup, before any task was taken
+        typer.echo(f"aima worker: a model is missing: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -7,11 +7,21 @@ from typing import Any
 
 import pymongo
 from beanie import Document
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class ResultFile(BaseModel):
+    """A file stored beside a result (a face crop), at ``cases/{case}/media/{media}/results/{analyzer}/{name}``."""
+
+    name: str
+    key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
 
 
 class AnalysisResultDocument(Document):
@@ -23,6 +33,8 @@ class AnalysisResultDocument(Document):
     analyzer_version: str
     task_id: str
     payload: dict[str, Any]
+    #: The files the analyzer made beside the result, for the API to hand out (presigned).
+    files: list[ResultFile] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=_utcnow)
     updated_at: datetime = Field(default_factory=_utcnow)
 

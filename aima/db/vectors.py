@@ -28,6 +28,13 @@ COLLECTIONS: tuple[VectorCollection, ...] = (
     VectorCollection("voice_embeddings", 256, "Speaker embeddings per speech segment"),
     VectorCollection("text_embeddings", 384, "Text embeddings of transcripts, OCR text and descriptions"),
 )
+#: Where the installed `Embedder` stores the vectors of analyzers' searchable texts.
+TEXT_COLLECTION = "text_embeddings"
+
+
+def collection_named(name: str) -> VectorCollection | None:
+    """The collection of this name, or None when AIMA has none."""
+    return next((spec for spec in COLLECTIONS if spec.name == name), None)
 
 
 def ensure_collections(client: MilvusClient, collections: tuple[VectorCollection, ...] = COLLECTIONS) -> list[str]:

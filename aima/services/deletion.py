@@ -1,7 +1,8 @@
 """Deleting media and cases from every store, the retention sweep, and the re-cleaning of unfinished deletions.
 
 A media item lives in four stores: its rows in PostgreSQL (media, jobs, tasks, artifacts, uploads), its result
-documents in MongoDB, its embeddings in Milvus, and its original and derived files in S3 under
+documents in MongoDB, its embeddings in Milvus (every collection's rows carry its case and media ids), and its
+original, derived files and the files analyzers stored beside their results (``results/{analyzer}/``) in S3 under
 ``cases/{case}/media/{media}/``. A deletion goes in this order:
 
 1. The access check (the case's owner and administrators), then a count of what the other stores hold. A store

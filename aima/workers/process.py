@@ -13,6 +13,10 @@ the task runs in progress. For those runs the process
 Stopping a run cancels the asyncio task doing its work; the task function then records the outcome
 (`aima.workers.tasks`). Work in a thread (a blocking analyzer) cannot be interrupted: it goes on, and its result is
 dropped when it returns.
+
+Before it connects anywhere, the process checks that the models of the analyzers it runs (those whose `runs_on`
+is one of the resources it serves) and of the text embedder are installed (`check_models`): a missing one stops
+the worker at startup with the message saying how to install it, instead of failing every task later.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from aima import queues
+from aima.analysis import ModelNotInstalled
 from aima.config_sync import ConfigSync
+from aima.db.vectors import TEXT_COLLECTION, collection_named
+from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources, open_resources
 from aima.services import task_runs
 from aima.services.task_runs import TaskRun
@@ -74,12 +82,42 @@ class Running:
             work.cancel()
 
 
+def check_models(analyzers: AnalyzerRegistry, serves: Collection[str]) -> None:
+    """Raise `ModelNotInstalled` naming every model missing for the analyzers that run on `serves` and for the text
+    embedder (each plugin's message says how to install it). Cheap: plugins look for files, they load nothing."""
+    problems: list[str] = []
+    for analyzer in analyzers.all():
+        if analyzer.runs_on in serves:
+            try:
+                analyzer.check()
+            except ModelNotInstalled as exc:
+                problems.append(f"analyzer {analyzer.name}: {exc}")
+    embedder = analyzers.embedder()
+    text = collection_named(TEXT_COLLECTION)
+    if embedder is None:
+        logger.warning("no text embedder is installed: texts found by analyzers are not stored, search is off")
+    else:
+        try:
+            embedder.check()
+        except ModelNotInstalled as exc:
+            problems.append(f"embedder {embedder.name}: {exc}")
+        if text is not None and embedder.dimension != text.dimension:
+            problems.append(
+                f"embedder {embedder.name}: it makes {embedder.dimension}-dimensional vectors, {TEXT_COLLECTION} "
+                f"holds {text.dimension}-dimensional ones; install an embedder of {text.dimension} dimensions"
+            )
+    if problems:
+        raise ModelNotInstalled("; ".join(problems))
+
+
 class WorkerProcess:
     """Started by the first of the process's arq workers (`acquire`) and stopped after the last (`release`)."""
 
-    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, name: str | None = None, serves: Sequence[str] = (queues.CPU,)) -> None:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        #: The resources whose queues the process's workers take tasks from (`aima worker --resources`).
+        self.serves = tuple(serves)
         self._users = 0
         self._lock = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -106,6 +144,8 @@ class WorkerProcess:
     async def release(self) -> bool:
         """Returns whether this was the last user (the process's clients are closed now)."""
         async with self._lock:
+            if self._users == 0:  # an arq worker whose startup failed (a missing model) shuts down too
+                return False
             self._users -= 1
             if self._users == 0:
                 await self._stop()
@@ -113,9 +153,13 @@ class WorkerProcess:
             return False
 
     async def _start(self) -> None:
+        analyzers = AnalyzerRegistry(create_plugin_manager(), self.settings.plugins)
+        await asyncio.to_thread(check_models, analyzers, self.serves)
         stack = contextlib.AsyncExitStack()
         try:
-            resources = await stack.enter_async_context(open_resources(self.settings, prepare=False))
+            resources = await stack.enter_async_context(
+                open_resources(self.settings, analyzers=analyzers, prepare=False)
+            )
             self.config_sync = await stack.enter_async_context(ConfigSync(resources, role="worker"))
         except BaseException:
             await stack.aclose()

@@ -106,7 +106,7 @@ def worker_settings(
     own instead), and with `reconcile` the reconciler too. The reconciler takes every task in the database for one
     of this deployment's (this Redis prefix's) queues, so only whole deployments run it: `aima worker` does.
     """
-    process = process or WorkerProcess(settings)
+    process = process or WorkerProcess(settings, serves=(resource,))
     queue = queues.queue_name(settings, resource)
     analysis = func(run_analysis_task, name=TASK_FUNCTION, max_tries=ARQ_MAX_TRIES)
 

@@ -25,15 +25,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from aima.analysis import AnalysisInput, Analyzer, Keyframe, Need
 from aima.db.models import TaskState
 from aima.errors import AimaError
 from aima.logs import log_context
 from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
-from aima.services import artifacts, task_runs
+from aima.services import artifacts, outputs, task_runs
 from aima.services.artifacts import Preparation, SourceMedia
 from aima.services.results import upsert_result
 from aima.services.task_runs import TaskRun
@@ -83,7 +81,7 @@ async def _run(resources: Resources, task: TaskRun, running: Running | None) -> 
         running.attach(work)
     try:
         try:
-            payload = await work
+            prepared = await work
         except asyncio.CancelledError:
             if running is None or running.stop_reason is None or _shutting_down():
                 interrupted = AimaError("The worker stopped while the task ran.", code="TASK_INTERRUPTED")
@@ -94,36 +92,51 @@ async def _run(resources: Resources, task: TaskRun, running: Running | None) -> 
             if running is not None and running.stop_reason is not None:
                 return await _stopped(resources, task, running, started)
             return await _failed(resources, task, exc, started, deadline)
-        stored_result = False
-        if payload is not None and (running is None or running.stop_reason is None):
-            await upsert_result(
-                resources.results,
-                media_id=task.media_id,
-                case_id=task.media.case_id,
-                analyzer=task.analyzer,
-                analyzer_version=task.analyzer_version,
-                task_id=task.id,
-                payload=payload,
-            )
-            stored_result = True
+        stored: outputs.Stored | None = None
+        if prepared is not None and (running is None or running.stop_reason is None):
+            try:
+                stored = await _store(resources, task, prepared)
+            except Exception as exc:
+                if running is not None and running.stop_reason is not None:
+                    return await _stopped(resources, task, running, started)
+                return await _failed(resources, task, exc, started, deadline)
         if running is not None and running.stop_reason is not None:
-            return await _stopped(resources, task, running, started)
+            return await _stopped(resources, task, running, started, stored)
     finally:
         TASKS_RUNNING.labels(analyzer=task.analyzer).dec()
     state = await _finish(resources, task, TaskState.SUCCEEDED, started)
     if state is TaskState.CANCELLED:  # the job's cancellation came in while the result was stored
-        await _discard_result(resources, task)
+        await _discard_result(resources, task, stored)
         return "cancelled"
-    if state is None and stored_result and not await task_runs.task_exists(resources=resources, task_id=task.id):
-        await _discard_result(resources, task)
+    if state is None and stored is not None and not await task_runs.task_exists(resources=resources, task_id=task.id):
+        await _discard_result(resources, task, stored)
         return "discarded"
     return "succeeded"
 
 
+async def _store(resources: Resources, task: TaskRun, prepared: outputs.Outputs) -> outputs.Stored:
+    """Store what goes beside the result (files, vectors), then the result document naming the files, then let
+    the identities service regroup the faces and voices that changed."""
+    origin = _origin(task)
+    stored = await outputs.store(resources, origin, prepared)
+    await upsert_result(
+        resources.results,
+        media_id=task.media_id,
+        case_id=task.media.case_id,
+        analyzer=task.analyzer,
+        analyzer_version=task.analyzer_version,
+        task_id=task.id,
+        payload=prepared.payload,
+        files=stored.files,
+    )
+    await outputs.cluster(resources, origin, stored)
+    return stored
+
+
 async def _work(
     resources: Resources, task: TaskRun, preparation: Preparation | None, deadline: float
-) -> dict[str, Any] | None:
-    """The analysis (its result's payload, to store) or the preparation (stored as it is made: None)."""
+) -> outputs.Outputs | None:
+    """The analysis (its result and outputs, checked, to store) or the preparation (stored as it is made: None)."""
     async with asyncio.timeout(deadline):
         if preparation is not None:
             await _prepare(resources, task, preparation)
@@ -137,13 +150,15 @@ def _shutting_down() -> bool:
     return current is not None and current.cancelling() > 0
 
 
-async def _stopped(resources: Resources, task: TaskRun, running: Running, started: float) -> str:
+async def _stopped(
+    resources: Resources, task: TaskRun, running: Running, started: float, stored: outputs.Stored | None = None
+) -> str:
     """The process stopped this run: the job was cancelled (nothing it made is kept), or another worker has the
     task now (its row is not this run's to change)."""
     if running.stop_reason == StopReason.LOST:
         logger.warning("task %s: run %d stopped; another worker runs the task now", task.id, task.attempt)
         return "lost"
-    await _discard_result(resources, task)
+    await _discard_result(resources, task, stored)
     state = await _finish(resources, task, TaskState.CANCELLED, started)
     logger.info("task %s cancelled with its job after %.3f s", task.id, time.perf_counter() - started)
     return "cancelled" if state is not None else "skipped"
@@ -176,19 +191,36 @@ async def _failed(resources: Resources, task: TaskRun, exc: Exception, started: 
     return "failed"
 
 
-async def _discard_result(resources: Resources, task: TaskRun) -> None:
+async def _discard_result(resources: Resources, task: TaskRun, stored: outputs.Stored | None = None) -> None:
     """The task's row went (its media, case or job was deleted) or its job was cancelled while it ran: its result
-    goes too (results are keyed by task, so this removes nothing another task stored)."""
-    deleted = await resources.results.delete_one(
-        {
-            "media_id": str(task.media_id),
-            "analyzer": task.analyzer,
-            "analyzer_version": task.analyzer_version,
-            "task_id": str(task.id),
-        }
-    )
-    if deleted.deleted_count:
-        logger.info("task %s was deleted or cancelled while it ran; its result was discarded", task.id)
+    goes too, with the vectors and files stored beside it (results are keyed by task, so this removes nothing
+    another task stored). `stored`: what this run stored, when it got that far."""
+    query = {
+        "media_id": str(task.media_id),
+        "analyzer": task.analyzer,
+        "analyzer_version": task.analyzer_version,
+        "task_id": str(task.id),
+    }
+    document = await resources.results.find_one(query, {"files": 1})
+    names = {str(f["name"]) for f in (document or {}).get("files", [])}
+    names.update(f.name for f in (stored.files if stored is not None else []))
+    origin = _origin(task)
+    try:
+        gone = await outputs.discard(resources, origin, names)
+    except AimaError as exc:
+        # The deletion of the media (or the case) removes them at the latest.
+        logger.error("task %s: could not remove the outputs stored beside its result: %s", task.id, exc.message)
+        gone = outputs.Stored()
+    deleted = await resources.results.delete_one(query)
+    if deleted.deleted_count or gone.removed or gone.removed_files:
+        logger.info(
+            "task %s was deleted or cancelled while it ran; its result, %d vectors and %d files were discarded",
+            task.id,
+            sum(gone.removed.values()),
+            gone.removed_files,
+        )
+    # The identities service drops the faces and voices that went (nothing happens for a media item deleted).
+    await outputs.cluster(resources, origin, gone)
 
 
 async def _finish(
@@ -208,7 +240,7 @@ async def _finish(
     return recorded
 
 
-async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
+async def _analyze(resources: Resources, task: TaskRun) -> outputs.Outputs:
     analyzer = resources.analyzers.get(task.analyzer)
     _check_version(task, analyzer.version, analyzer.name)
     media = task.media
@@ -237,10 +269,7 @@ async def _analyze(resources: Resources, task: TaskRun) -> dict[str, Any]:
             await reporter.drain()
     finally:
         await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
-    if not isinstance(result, BaseModel):
-        raise TypeError(f"analyzer {analyzer.name} returned {type(result).__name__}, not a pydantic model")
-    payload: dict[str, Any] = result.model_dump(mode="json")
-    return payload
+    return await outputs.prepare(result, analyzer=analyzer.name, embedder=resources.analyzers.embedder())
 
 
 async def _prepared_inputs(
@@ -289,6 +318,16 @@ def _check_version(task: TaskRun, version: str, name: str) -> None:
             f"This worker has {name} {version}, the task asks for {task.analyzer_version}.",
             code="ANALYZER_VERSION_MISMATCH",
         )
+
+
+def _origin(task: TaskRun) -> outputs.Origin:
+    return outputs.Origin(
+        case_id=task.media.case_id,
+        media_id=task.media_id,
+        analyzer=task.analyzer,
+        analyzer_version=task.analyzer_version,
+        task_id=task.id,
+    )
 
 
 def _source(task: TaskRun) -> SourceMedia:
