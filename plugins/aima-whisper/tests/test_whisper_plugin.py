@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
-from aima_whisper.analyzer import NO_AUDIO_NOTE
-from aima_whisper.audio import read_audio
-from aima_whisper.settings import resolve_model_dir
 from pydantic import ValidationError
 from whisper_test_audio import audio_item, write_wav
 
 from aima.analysis import AnalysisOutput, MediaKind, ModelNotInstalled, Need
 from aima.errors import CorruptMedia
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
+from aima_whisper.analyzer import NO_AUDIO_NOTE
+from aima_whisper.audio import read_audio
+from aima_whisper.settings import resolve_model_dir
 
 
 def test_check_names_a_missing_model_directory_and_how_to_install_one(tmp_path: Path) -> None:
@@ -86,6 +86,7 @@ def test_settings_refuse_what_would_fail_later() -> None:
         WhisperSettings(batch_size=0)
     assert WhisperSettings.model_validate({"language": "", "model": ""}) == WhisperSettings()
     assert WhisperSettings(language="auto").language is None
+    assert WhisperSettings(compute_type="auto").compute_type == "auto"  # CTranslate2's own "auto"
     assert not WhisperSettings(batch_size=8, vad_filter=False).batched  # batching cuts at VAD's pauses
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
 from whisper_test_audio import audio_item, voiced, write_wav
 from whisper_tiny_model import LANGUAGES
 
 from aima.analysis import AnalysisOutput
+from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
 
 DURATION_S = 3.0
 
@@ -19,9 +19,11 @@ def voice_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_wav(tmp_path_factory.mktemp("voice") / "voice.wav", voiced(DURATION_S))
 
 
-def transcribe(model_dir: Path, wav: Path, **settings: object) -> tuple[Transcript, AnalysisOutput]:
+def transcribe(
+    model_dir: Path, wav: Path, progress: list[tuple[float, str]] | None = None, **settings: object
+) -> tuple[Transcript, AnalysisOutput]:
     analyzer = WhisperAnalyzer(WhisperSettings.model_validate({"model": str(model_dir), **settings}))
-    output = analyzer.analyze_blocking(audio_item(wav))
+    output = analyzer.analyze_blocking(audio_item(wav, progress=progress))
     assert isinstance(output, AnalysisOutput) and isinstance(output.result, Transcript)
     return output.result, output
 
@@ -82,7 +84,10 @@ def test_a_configured_language_skips_detection(tiny_model_dir: Path, voice_wav: 
 def test_sequential_decoding_keeps_the_structure(tiny_model_dir: Path, voice_wav: Path) -> None:
     """batch_size 1: faster-whisper's sequential path, whose temperature fallback samples, so only the shape of its
     result is certain with a model of noise."""
-    transcript, output = transcribe(tiny_model_dir, voice_wav, batch_size=1, beam_size=1)
+    progress: list[tuple[float, str]] = []
+    transcript, output = transcribe(tiny_model_dir, voice_wav, progress, batch_size=1, beam_size=1)
 
     assert not transcript.settings.batched and transcript.language in LANGUAGES
     assert_well_formed(transcript, output)
+    fractions = [f for f, _ in progress]  # steady even when the noise model's timestamps jump back
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

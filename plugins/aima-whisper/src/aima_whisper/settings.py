@@ -51,22 +51,25 @@ class WhisperSettings(BaseModel):
     vad_filter: bool = True
     word_timestamps: bool = True
 
-    @field_validator("model", "language", "compute_type", mode="before")
+    @field_validator("model", "compute_type", mode="before")
     @classmethod
     def _blank_is_default(cls, value: Any) -> Any:
-        """An empty environment variable (or "auto" for the language) means the default."""
-        if isinstance(value, str) and value.strip().lower() in ("", "auto", "none"):
+        """An empty environment variable means the default."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
             return None
         return value
 
-    @field_validator("language")
+    @field_validator("language", mode="before")
     @classmethod
-    def _known_language(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
-
+    def _known_language(cls, value: Any) -> Any:
+        """A code faster-whisper knows, checked now rather than when the first task fails; "" or "auto" detects."""
+        if not isinstance(value, str):
+            return value
         code = value.strip().lower()
+        if code in ("", "auto", "none"):
+            return None
+        from faster_whisper.tokenizer import _LANGUAGE_CODES  # private, but the list faster-whisper itself checks
+
         if code not in _LANGUAGE_CODES:
             raise ValueError(f"unknown Whisper language code {value!r}; use one of {', '.join(_LANGUAGE_CODES)}")
         return code
