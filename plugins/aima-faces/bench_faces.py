@@ -14,14 +14,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from aima_faces.analyzer import FacesAnalyzer
-from aima_faces.results import FacesResult
-from aima_faces.settings import FaceSettings
-from aima_faces.testing import build_tiny_pack
 from numpy.typing import NDArray
 from skimage import data
 
 from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe, MediaKind
+from aima_faces.analyzer import FacesAnalyzer
+from aima_faces.results import FacesResult
+from aima_faces.settings import FaceSettings
+from aima_faces.testing import build_tiny_pack
 
 
 def pictures() -> dict[str, NDArray[np.uint8]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from aima_faces.testing import build_tiny_pack
 from numpy.typing import NDArray
 
 from aima.analysis import AnalysisInput, Keyframe, MediaKind
+from aima_faces.testing import build_tiny_pack
 
 KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
 ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]

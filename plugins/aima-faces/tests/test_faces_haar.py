@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
-from aima_faces.analyzer import HAAR_NOTE, NO_RECOGNIZER_NOTE, FacesAnalyzer
-from aima_faces.results import FacesResult
-from aima_faces.settings import FaceSettings
 from numpy.typing import NDArray
 
 from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
+from aima_faces.analyzer import HAAR_NOTE, NO_RECOGNIZER_NOTE, FacesAnalyzer
+from aima_faces.results import FacesResult
+from aima_faces.settings import FaceSettings
 
 KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
 ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]

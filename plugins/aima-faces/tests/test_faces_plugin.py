@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aima_faces.analyzer import FacesAnalyzer
-from aima_faces.engine import FacePackInvalid
-from aima_faces.settings import FaceSettings, FaceSettingsInvalid, load_settings
 from numpy.typing import NDArray
 
 from aima.analysis import AnalysisInput, Keyframe, MediaKind, ModelNotInstalled, Need
 from aima.errors import AimaError, CorruptMedia
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima_faces.analyzer import FacesAnalyzer
+from aima_faces.engine import FacePackInvalid
+from aima_faces.settings import FaceSettings, FaceSettingsInvalid, load_settings
 
 KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
 ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]

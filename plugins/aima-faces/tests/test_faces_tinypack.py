@@ -9,13 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from numpy.typing import NDArray
+
+from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
 from aima_faces.analyzer import NO_RECOGNIZER_NOTE, FacesAnalyzer
 from aima_faces.results import FacesResult
 from aima_faces.settings import FaceSettings
 from aima_faces.testing import ARCFACE_TEMPLATE_112, TINY_CELL_PX, tiny_recognizer_weights
-from numpy.typing import NDArray
-
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
 
 KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
 ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from aima_minilm.embedder import MiniLMEmbedder, cached_graph
-from aima_minilm.model_files import packaged_model_dir
-from aima_minilm.settings import MiniLMSettings, minilm_settings
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from aima.analysis import ModelNotInstalled
 from aima.errors import InvalidInput
+from aima_minilm.embedder import MiniLMEmbedder, cached_graph
+from aima_minilm.model_files import packaged_model_dir
+from aima_minilm.settings import MiniLMSettings, minilm_settings
 
 Array = npt.NDArray[np.float64]
 REFERENCE = Path(__file__).parent / "data" / "sentence_transformers_reference.json"

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from aima_minilm.embedder import MiniLMEmbedder
 
 from aima.plugins import LOAD_PLUGINS_ENV, AnalyzerRegistry, create_plugin_manager
+from aima_minilm.embedder import MiniLMEmbedder
 
 
 def test_the_entry_point_registers_the_embedder_with_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aima_ocr.analyzer import OcrAnalyzer
-from aima_ocr.results import OcrResult
-from aima_ocr.settings import OcrSettings, ocr_settings
-from aima_ocr.spans import normalise
 from PIL import Image, ImageDraw, ImageFont
 
 from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe, MediaKind, ModelNotInstalled
 from aima.errors import CorruptMedia, InvalidInput
+from aima_ocr.analyzer import OcrAnalyzer
+from aima_ocr.results import OcrResult
+from aima_ocr.settings import OcrSettings, ocr_settings
+from aima_ocr.spans import normalise
 
 Placed = tuple[tuple[int, int], str]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from aima_ocr.analyzer import OcrAnalyzer
 
 from aima.analysis import MediaKind, Need
 from aima.plugins import LOAD_PLUGINS_ENV, AnalyzerRegistry, create_plugin_manager
+from aima_ocr.analyzer import OcrAnalyzer
 
 
 def test_the_entry_point_registers_the_ocr_analyzer_with_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:

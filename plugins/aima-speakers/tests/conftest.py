@@ -6,8 +6,9 @@ import shutil
 from collections.abc import Callable
 
 import pytest
-from aima_speakers.plugin import SpeakersAnalyzer
 from speakers_helpers import Samples, Voice, speak
+
+from aima_speakers.plugin import SpeakersAnalyzer
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from aima_speakers.plugin import SpeakersAnalyzer
 from scipy.signal import resample_poly
 
 from aima.analysis import AnalysisInput, AnalysisOutput, MediaKind
+from aima_speakers.plugin import SpeakersAnalyzer
 
 Samples = npt.NDArray[np.float32]
 RATE = 16000

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speakers_helpers import VOICE_A, VOICE_B, Samples, Voice, analyze, silence, write_wav
+
 from aima_speakers.audio import SpeechRegion
 from aima_speakers.diarization import cluster, cut_windows, merge_turns
 from aima_speakers.plugin import SpeakersAnalyzer
 from aima_speakers.results import SpeakersResult
-from speakers_helpers import VOICE_A, VOICE_B, Samples, Voice, analyze, silence, write_wav
 
 Say = Callable[[str, Voice], Samples]
 RATE = 16000

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speakers_signals import VOICES, synthetic_voice
+
 from aima_speakers.encoder import VoiceEncoder, bundled_weights_path, normalize_volume, partial_slices
 from aima_speakers.mel import mel_spectrogram
 from aima_speakers.torch_weights import MAGIC_NUMBER, CheckpointUnreadable, load_state_dict
-from speakers_signals import VOICES, synthetic_voice
 
 REFERENCE = Path(__file__).parent / "reference" / "resemblyzer_reference.npz"
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aima_speakers.audio import read_wav
-from aima_speakers.plugin import InvalidSpeakerSettings, SpeakersAnalyzer
-from aima_speakers.results import SpeakerSettings, SpeakersResult
 from speakers_helpers import analyze, media_input, write_wav
 from speakers_signals import VOICES, synthetic_voice
 
 from aima.analysis import MediaKind, ModelNotInstalled, Need
 from aima.errors import CorruptMedia
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima_speakers.audio import read_wav
+from aima_speakers.plugin import InvalidSpeakerSettings, SpeakersAnalyzer
+from aima_speakers.results import SpeakerSettings, SpeakersResult
 
 
 def test_the_entry_point_registers_the_analyzer_with_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
