@@ -1,16 +1,24 @@
 """The task function: run an analysis (fetch what the analyzer needs, run it, store the result) or a preparation
 (make and store derived files), and record the state.
 
-A task whose row vanished while it ran (its media, case or job was deleted) leaves nothing behind: after storing a
-result the worker checks that the row is still there and deletes the result document if not; a preparation's files
-are deleted again by `ensure_artifacts` when the media row is gone. The deletion itself sweeps the stores only after
-its rows are gone, so between the two nothing stays.
+An analysis stores, before its task is marked succeeded, what the analyzer returned beside its result (files in S3,
+embeddings and embedded searchable texts in Milvus: `aima.services.outputs`), then the result document naming the
+files, then hands the faces and voices that changed to the identities service. The checks and the embedding of
+texts belong to the analysis (a cancellation stops them); the writes happen outside it, so a stop never
+interrupts one.
 
-Outcomes: a permanent error (an `AimaError` that is not transient: unreadable media, ...) fails the task at once
-with its reason; a transient one (`ModelUnavailable`, `BackendUnavailable`) makes it wait for model and run again
-after a backoff, until `worker.max_tries` runs (`task_runs.retry_later`). A run stopped because its job was
-cancelled ends cancelled and its result, if it stored one, is deleted (a preparation's derived files are the
-media's, shared by every job, and stay). A run interrupted because the worker stops is given back to the queue.
+A task whose row vanished while it ran (its media, case or job was deleted) leaves nothing behind: after storing a
+result the worker checks that the row is still there and deletes the result document, its vectors and its files if
+not; a preparation's files are deleted again by `ensure_artifacts` when the media row is gone. The deletion itself
+sweeps the stores only after its rows are gone, so between the two nothing stays.
+
+Outcomes: a permanent error (an `AimaError` that is not transient: unreadable media, output that cannot be stored,
+...) fails the task at once with its reason; a transient one (`ModelUnavailable`, `BackendUnavailable`, also
+raised when a store is down while the outputs are written) makes it wait for model and run again after a backoff,
+until `worker.max_tries` runs (`task_runs.retry_later`); the next run replaces what the failed one wrote. A run
+stopped because its job was cancelled ends cancelled and what it stored is deleted (a preparation's derived files
+are the media's, shared by every job, and stay). A run interrupted because the worker stops is given back to the
+queue.
 """
 
 from __future__ import annotations
