@@ -25,6 +25,7 @@ from graphql import (
 )
 from tests.api.conftest import People
 from tests.api.test_flow import JOB_EVENTS, new_case
+from tests.api.test_identities_api import seed_faces
 from tests.gql import PASSWORD, GraphQLClient, run_sync
 
 SCHEMA = create_schema()._schema
@@ -146,6 +147,13 @@ RULES = {
     ("Mutation", "logout"): "self",
     ("Mutation", "logoutEverywhere"): "self",
     ("Mutation", "changePassword"): "self",
+    ("Query", "searchCase"): "read",
+    ("Mutation", "renameCluster"): "write",
+    ("Mutation", "mergeClusters"): "write",
+    ("Mutation", "splitCluster"): "write",
+    ("Mutation", "moveMember"): "write",
+    ("Mutation", "removeMember"): "write",
+    ("Mutation", "reclusterCase"): "write",
 }
 NEEDED = {"read": 1, "write": 2, "manage": 3}
 
@@ -187,20 +195,47 @@ def case_objects(people: People, name: str) -> dict[str, str]:
 
 
 SHARE = "mutation($c: ID!, $e: String!, $r: CaseRole!) { shareCase(caseId: $c, email: $e, role: $r) { role } }"
-OBJECT_ARGUMENTS = {"caseId": "case", "mediaId": "media", "jobId": "job"}
+OBJECT_ARGUMENTS = {
+    "caseId": "case",
+    "mediaId": "media",
+    "jobId": "job",
+    # Persons (`seed_faces`): "cluster" holds "member" and another face, "cluster2" holds "member2".
+    "clusterId": "cluster",
+    "intoId": "cluster",
+    "fromIds": "cluster2",
+    "memberIds": "member",
+    "memberId": "member2",
+}
 #: Operations whose `id` argument names another kind of object than the operation's name.
 ID_KINDS = {"deleteMedia": "media", "deleteCase": "case"}
 #: Operations that destroy their object: each call gets fresh objects.
 DESTRUCTIVE = {("Mutation", "deleteMedia"), ("Mutation", "deleteCase")}
+#: Corrections that change the persons they name: each call gets fresh ones in its case.
+REGROUPING = {
+    ("Mutation", "mergeClusters"),
+    ("Mutation", "splitCluster"),
+    ("Mutation", "moveMember"),
+    ("Mutation", "removeMember"),
+}
+
+
+@pytest.fixture(scope="module")
+def persons(objects: dict[str, dict[str, str]], settings: Settings) -> dict[str, list[dict[str, str]]]:
+    """Groups of faces clustered into persons in each case's media (`seed_faces`): the first for the corrections
+    that leave them as they are, one for each call of a `REGROUPING` operation."""
+    count = 1 + len(REGROUPING) * len(ACCESS)
+    return {
+        case: seed_faces(settings, objects[case]["case"], objects[case]["media"], count) for case in ACCESS["owner"]
+    }
 
 
 def call_on(client: GraphQLClient, root: str, name: str, target: dict[str, str], bystander: str) -> dict[str, Any]:
-    """Call an operation with the ids of `target`'s case, media and job."""
+    """Call an operation with the ids of `target`'s case, media and job (and persons)."""
     query, variables = build(root, name)
     for arg in variables:
         kind = OBJECT_ARGUMENTS.get(arg) or (ID_KINDS.get(name, name) if arg == "id" else None)
         if kind is not None:
-            variables[arg] = target[kind]
+            variables[arg] = [target[kind]] if isinstance(variables[arg], list) else target[kind]
     if "email" in variables:
         variables["email"] = bystander
     if "Upload" in query:
@@ -220,11 +255,18 @@ def error_code(body: dict[str, Any]) -> str | None:
 @pytest.mark.parametrize("person", sorted(ACCESS))
 @pytest.mark.parametrize(("root", "name"), sorted(op for op, rule in RULES.items() if rule in NEEDED))
 def test_operations_on_cases_by_access(
-    people: People, objects: dict[str, dict[str, str]], root: str, name: str, person: str, case: str
+    people: People,
+    objects: dict[str, dict[str, str]],
+    persons: dict[str, list[dict[str, str]]],
+    root: str,
+    name: str,
+    person: str,
+    case: str,
 ) -> None:
     """Every operation that acts on a case, for every person, against an own, a shared and a foreign case."""
     access, needed = ACCESS[person][case], NEEDED[RULES[(root, name)]]
     target = case_objects(people, case) if (root, name) in DESTRUCTIVE else objects[case]
+    target = {**target, **(persons[case].pop() if (root, name) in REGROUPING else persons[case][0])}
     body = call_on(getattr(people, person), root, name, target, objects["bystander"]["email"])
     if access == 0:
         assert error_code(body) == "NOT_FOUND", body  # exactly as for an id that does not exist
