@@ -426,3 +426,16 @@ class IdentityCorrection(Base):
     at: Mapped[datetime] = _now_column()
 
     __table_args__ = (Index("ix_identity_corrections_case_at", "case_id", "at"),)
+
+
+class IdentitySync(Base):
+    """When the faces or voices an analyzer stored for a media item were last placed into clusters: a run of the
+    analyzer that started later and is not reflected here still has to be clustered (`identities.reconcile`)."""
+
+    __tablename__ = "identity_syncs"
+
+    media_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), primary_key=True)
+    analyzer: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind, "identity_kind"), primary_key=True)
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    members: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

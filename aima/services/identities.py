@@ -22,7 +22,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,15 @@ from aima.db.models import (
     IdentityExclusion,
     IdentityKind,
     IdentityMember,
+    IdentitySync,
     Media,
+    Task,
+    TaskState,
 )
 from aima.errors import AimaError, BackendUnavailable, InvalidInput, NotFound
 from aima.resources import Resources
 from aima.services.access import Actor, CaseAccess, ensure
+from aima.services.artifacts import PREPARE_PREFIX
 from aima.services.cases import case_with_access
 from aima.services.clustering import Placement, Unit, Vectors, normalised
 from aima.settings import IdentitySettings
@@ -245,8 +249,6 @@ class _Run:
     case_id: uuid.UUID
     kind: IdentityKind
     analyzer: str
-    #: Clusters that may have lost members: dropped at the end when empty.
-    touched: set[uuid.UUID]
     new_members: set[uuid.UUID]
     moved: int = 0
 
@@ -311,7 +313,6 @@ async def _sync(
         if member.key in by_key:
             kept[member.key] = member
         else:
-            run.touched.add(member.cluster_id)
             await session.delete(member)
     members, vectors = [], {}
     for row in rows:
@@ -356,7 +357,6 @@ async def _place(
     excluded = await _exclusions(session, [m for m in in_run if m not in run.new_members])
     units = _units(run.kind, auto, vectors, excluded, previous)
     before = {cluster for cluster in previous.values() if cluster is not None}
-    run.touched |= before
     found: list[list[tuple[str, float]]] = []
     clusters: dict[str, uuid.UUID] = {}
     if media_id is not None and units:
@@ -416,7 +416,7 @@ async def _place(
             run.moved += 1
         member.similarity = where.similarity
     await session.flush()
-    await _settle(session, run.touched, changed, now)
+    await _settle(session, run, changed, now)
 
 
 def _with_neighbours(unit: Unit, found: Sequence[tuple[str, float]], clusters: Mapping[str, uuid.UUID]) -> Unit:
@@ -444,20 +444,23 @@ async def _clusters_of_vectors(
     return {vector_id: cluster_id for vector_id, cluster_id in await session.execute(query)}
 
 
-async def _settle(session: AsyncSession, touched: set[uuid.UUID], changed: set[uuid.UUID], now: datetime) -> None:
-    """Drop the clusters left without members; mark those that changed."""
-    dropped: set[uuid.UUID] = set()
-    if touched:
-        emptied = (
-            delete(IdentityCluster)
-            .where(
-                IdentityCluster.id.in_(touched),
-                ~exists().where(IdentityMember.cluster_id == IdentityCluster.id),
-            )
-            .returning(IdentityCluster.id)
-            .execution_options(synchronize_session=False)
+async def _settle(
+    session: AsyncSession, run: _Run | tuple[uuid.UUID, IdentityKind], changed: set[uuid.UUID], now: datetime
+) -> None:
+    """Drop the case's clusters of this kind left without members (by this run, or by a media deletion, whose
+    members went with their media); mark those that changed."""
+    case_id, kind = (run.case_id, run.kind) if isinstance(run, _Run) else run
+    emptied = (
+        delete(IdentityCluster)
+        .where(
+            IdentityCluster.case_id == case_id,
+            IdentityCluster.kind == kind,
+            ~exists().where(IdentityMember.cluster_id == IdentityCluster.id),
         )
-        dropped = set((await session.execute(emptied)).scalars())
+        .returning(IdentityCluster.id)
+        .execution_options(synchronize_session=False)
+    )
+    dropped = set((await session.execute(emptied)).scalars())
     alive = changed - dropped
     if alive:
         await session.execute(
@@ -498,15 +501,17 @@ async def _cluster_media_locked(
     if await session.scalar(select(Media.case_id).where(Media.id == media_id)) != case_id:
         logger.info("media %s is not in case %s (any more): nothing to cluster", media_id, case_id)
         return None
+    read_at = datetime.now(UTC)
     rows = await media_embeddings(resources.milvus, kind, media_id, analyzer)
     existing = await session.scalars(
         select(IdentityMember).where(
             IdentityMember.media_id == media_id, IdentityMember.analyzer == analyzer, IdentityMember.kind == kind
         )
     )
-    run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, touched=set(), new_members=set())
+    run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, new_members=set())
     members, vectors = await _sync(session, list(existing), rows, media_id=media_id, run=run)
     await _place(session, resources.milvus, resources.settings.identities, run, members, vectors, media_id=media_id)
+    await _mark_synced(session, [(media_id, len(members))], analyzer, kind, read_at)
     logger.info(
         "clustered %d %s embeddings of media %s (%s): %d new, %d moved",
         len(members),
@@ -517,6 +522,100 @@ async def _cluster_media_locked(
         run.moved,
     )
     return run
+
+
+async def _mark_synced(
+    session: AsyncSession,
+    media: Sequence[tuple[uuid.UUID, int]],
+    analyzer: str,
+    kind: IdentityKind,
+    read_at: datetime,
+) -> None:
+    """Record that the embeddings stored by `read_at` are clustered (`reconcile` looks for runs after that)."""
+    if not media:
+        return
+    statement = insert(IdentitySync).values(
+        [
+            {"media_id": media_id, "analyzer": analyzer, "kind": kind, "synced_at": read_at, "members": count}
+            for media_id, count in media
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[IdentitySync.media_id, IdentitySync.analyzer, IdentitySync.kind],
+            set_={"synced_at": statement.excluded.synced_at, "members": statement.excluded.members},
+        )
+    )
+
+
+async def reconcile(resources: Resources, *, within: timedelta = timedelta(days=1), limit: int = 50) -> int:
+    """Cluster what the worker could not (`cluster_media` failed, or the worker stopped in between): the faces and
+    voices of analyses that succeeded within `within` and started after their media's embeddings were last
+    clustered. Analyses that stored none are marked checked. Meant for the worker's periodic reconciler; returns
+    how many (media, analyzer, kind) it clustered."""
+    last_run = func.max(Task.started_at)
+    synced = (
+        select(func.count())
+        .where(
+            IdentitySync.media_id == Task.media_id,
+            IdentitySync.analyzer == Task.analyzer,
+            IdentitySync.synced_at >= last_run,
+        )
+        .scalar_subquery()
+    )
+    query = (
+        select(Task.media_id, Task.analyzer, Media.case_id)
+        .join(Media, Media.id == Task.media_id)
+        .where(
+            Task.state == TaskState.SUCCEEDED,
+            Task.finished_at > datetime.now(UTC) - within,
+            ~Task.analyzer.startswith(PREPARE_PREFIX),
+        )
+        .group_by(Task.media_id, Task.analyzer, Media.case_id)
+        .having(synced < len(IdentityKind))
+        .order_by(last_run)
+        .limit(limit)
+    )
+    async with resources.sessions() as session:
+        pending = (await session.execute(query)).all()
+    clustered = 0
+    for media_id, analyzer, case_id in pending:
+        for kind in IdentityKind:
+            if await _has_embeddings(resources, media_id, analyzer, kind):
+                await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer=analyzer, kind=kind)
+                clustered += 1
+            else:
+                async with resources.sessions() as session, session.begin():
+                    await _mark_synced(session, [(media_id, 0)], analyzer, kind, datetime.now(UTC))
+    if clustered:
+        logger.info("reconciled the persons and voices of %d analyses", clustered)
+    return clustered
+
+
+async def _has_embeddings(resources: Resources, media_id: uuid.UUID, analyzer: str, kind: IdentityKind) -> bool:
+    """Whether the analysis stored embeddings of this kind, or has members left to drop."""
+    async with resources.sessions() as session:
+        members = await session.scalar(
+            select(
+                exists().where(
+                    IdentityMember.media_id == media_id,
+                    IdentityMember.analyzer == analyzer,
+                    IdentityMember.kind == kind,
+                )
+            )
+        )
+    if members or not _NAME.match(analyzer):
+        return bool(members)
+    try:
+        rows = await resources.milvus.query(
+            COLLECTIONS[kind],
+            filter=f'media_id == "{media_id}" and analyzer == "{analyzer}"',
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+        )
+    except (MilvusException, OSError) as exc:
+        raise BackendUnavailable("The vector store is unavailable.") from exc
+    return bool(rows and rows[0].get("count(*)", 0))
 
 
 @dataclass(frozen=True)
@@ -540,6 +639,7 @@ async def recluster_case(
         media_ids = list(
             await session.scalars(select(Media.id).where(Media.case_id == case_id).order_by(Media.created_at, Media.id))
         )
+        read_at = datetime.now(UTC)
         rows: dict[tuple[str, uuid.UUID], list[EmbeddingRow]] = defaultdict(list)
         for media_id in media_ids:
             for row in await media_embeddings(resources.milvus, kind, media_id):
@@ -552,7 +652,7 @@ async def recluster_case(
             existing[(member.analyzer, member.media_id)].append(member)
         total = moved = 0
         for analyzer in sorted({a for a, _ in rows} | {a for a, _ in existing}):
-            run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, touched=set(), new_members=set())
+            run = _Run(case_id=case_id, kind=kind, analyzer=analyzer, new_members=set())
             members: list[IdentityMember] = []
             vectors: dict[uuid.UUID, Vectors] = {}
             for media_id in media_ids:
@@ -562,6 +662,8 @@ async def recluster_case(
                 members.extend(found[0])
                 vectors.update(found[1])
             await _place(session, resources.milvus, resources.settings.identities, run, members, vectors, media_id=None)
+            counts = Counter(member.media_id for member in members)
+            await _mark_synced(session, [(m, counts[m]) for m in media_ids], analyzer, kind, read_at)
             total, moved = total + len(members), moved + run.moved
         clusters = await session.scalar(
             select(func.count()).where(IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
@@ -821,7 +923,7 @@ async def move_member(
         member.cluster_id, member.assigned_by = target.id, Assignment.USER
         member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
         await session.flush()
-        await _settle(session, {source}, {source, target.id}, now)
+        await _settle(session, (member.case_id, member.kind), {source, target.id}, now)
         _record(
             session,
             member.case_id,

@@ -8,10 +8,11 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from aima.db.models import (
     Assignment,
@@ -22,8 +23,13 @@ from aima.db.models import (
     IdentityCorrection,
     IdentityKind,
     IdentityMember,
+    IdentitySync,
+    Job,
+    JobState,
     Media,
     Role,
+    Task,
+    TaskState,
     User,
 )
 from aima.errors import Forbidden, InvalidInput, NotFound
@@ -427,3 +433,61 @@ async def test_voices_follow_speakers_across_recordings(resources: Resources) ->
     assert voice[(second, "turn-2")] not in {voice[(first, "turn-1")], voice[(first, "turn-2")]}
     summary = await recluster_case(resources, case_id=case_id, kind=IdentityKind.VOICE, actor=actor)
     assert summary.members == 5 and summary.moved == 0 and summary.clusters == 3
+
+
+async def finished_task(
+    resources: Resources, actor: Actor, case_id: uuid.UUID, media_id: uuid.UUID, analyzer: str
+) -> None:
+    """A task of `analyzer` on the media that succeeded just now (as the worker leaves it)."""
+    now = datetime.now(UTC)
+    job = Job(id=uuid.uuid4(), case_id=case_id, media_id=media_id, created_by=actor.user_id, state=JobState.SUCCEEDED)
+    async with resources.sessions() as session, session.begin():
+        session.add(job)
+        await session.flush()
+        session.add(
+            Task(
+                job_id=job.id,
+                media_id=media_id,
+                analyzer=analyzer,
+                analyzer_version="1.0",
+                state=TaskState.SUCCEEDED,
+                started_at=now,
+                finished_at=now,
+            )
+        )
+
+
+async def test_reconcile_clusters_what_the_worker_missed(resources: Resources) -> None:
+    actor, case_id = await new_case(resources)
+    erin = unit()
+    media = [await new_media(resources, actor, case_id) for _ in range(2)]
+    for n, media_id in enumerate(media):  # stored, but clustering never ran (it failed, or the worker stopped)
+        await store_faces(resources, case_id, media_id, [Face(f"erin-{n}", near(erin, 0.8))])
+        await finished_task(resources, actor, case_id, media_id, "faces")
+    await finished_task(resources, actor, case_id, media[0], "whisper")  # no faces, no voices: checked once
+    assert await identities.reconcile(resources, limit=10_000) >= 2
+    assert len(set((await clusters(resources, case_id)).values())) == 1
+    assert await identities.reconcile(resources, limit=10_000) == 0  # nothing left to do
+    async with resources.sessions() as session:
+        checked = await session.scalar(
+            select(func.count()).where(IdentitySync.media_id == media[0], IdentitySync.analyzer == "whisper")
+        )
+    assert checked == 2  # both kinds, with no members
+
+    # The faces analyzer runs again on the first video and finds a second face; its clustering is lost again.
+    await store_faces(resources, case_id, media[0], [Face("erin-0", near(erin, 0.8)), Face("frank", unit(), 1)])
+    await finished_task(resources, actor, case_id, media[0], "faces")
+    assert await identities.reconcile(resources, limit=10_000) == 1
+    assert set(await clusters(resources, case_id)) == {"erin-0", "erin-1", "frank"}
+
+
+async def test_a_deleted_media_item_takes_its_members_and_leaves_no_empty_person(resources: Resources) -> None:
+    _, case_id, media, _ = await faces_case(resources)
+    bob = uuid.UUID((await clusters(resources, case_id))["bob-1"])
+    async with resources.sessions() as session, session.begin():
+        for media_id in (media[0], media[2]):  # every face of Bob
+            await session.delete(await session.get(Media, media_id))
+    assert set(await clusters(resources, case_id)) == {"alice-3"}
+    await cluster_media(resources, case_id=case_id, media_id=media[1], analyzer="faces", kind="face")
+    async with resources.sessions() as session:
+        assert await session.get(IdentityCluster, bob) is None
