@@ -130,7 +130,6 @@ class Placement:
                 return Placed(previous, None, new=False)
             if previous in self._reusable:
                 self._reusable.discard(previous)
-                self._staying.add(previous)
                 self._join(previous, unit)
                 return Placed(previous, None, new=False)
         cluster = uuid.uuid4()
