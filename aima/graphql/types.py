@@ -205,12 +205,16 @@ class MediaNode:
         return [AnalysisResultNode.of(doc) for doc in docs]
 
     @strawberry.field(
-        description="The newest transcript (whisper), each segment with its speaker (speakers) and that speaker's "
-        "voice across the case; null when the media has not been transcribed."
+        description="The newest transcript (of `analyzer`), each segment with its speaker (diarization by "
+        "`speakers`) and that speaker's voice across the case; null when the media has not been transcribed."
     )
-    async def transcript(self, info: Info[Context, None]) -> TranscriptNode | None:
+    async def transcript(
+        self, info: Info[Context, None], analyzer: str = result_views.WHISPER, speakers: str = result_views.SPEAKERS
+    ) -> TranscriptNode | None:
         ctx = info.context
-        found = await result_views.transcript(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        found = await result_views.transcript(
+            resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id, analyzer=analyzer, speakers=speakers
+        )
         if found is None:
             return None
         await ctx.audit(
@@ -226,17 +230,23 @@ class MediaNode:
             segments=[TranscriptSegmentNode.of(line) for line in found.lines],
         )
 
-    @strawberry.field(description="The faces found (faces), in time order, each with its person across the case.")
-    async def faces(self, info: Info[Context, None]) -> list[FaceNode]:
+    @strawberry.field(
+        description="The faces `analyzer` found, in time order, each with its person across the case and its crop."
+    )
+    async def faces(self, info: Info[Context, None], analyzer: str = result_views.FACES) -> list[FaceNode]:
         ctx = info.context
-        found = await result_views.faces(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        found = await result_views.faces(
+            resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id, analyzer=analyzer
+        )
         await _audit_view(ctx, self.id, "faces")
         return [FaceNode.of(face) for face in found]
 
-    @strawberry.field(description="The text read on screen (ocr); null when the media has not been read.")
-    async def ocr(self, info: Info[Context, None]) -> OcrTextNode | None:
+    @strawberry.field(description="The text `analyzer` read on screen; null when the media has not been read.")
+    async def ocr(self, info: Info[Context, None], analyzer: str = result_views.OCR) -> OcrTextNode | None:
         ctx = info.context
-        found = await result_views.ocr(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
+        found = await result_views.ocr(
+            resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id, analyzer=analyzer
+        )
         if found is None:
             return None
         await _audit_view(ctx, self.id, "ocr")

@@ -217,23 +217,29 @@ def speaker_of(segment_start: float, segment_end: float, turns: Sequence[_Turn])
     return speaker, best[speaker][1]
 
 
-async def transcript(*, resources: Resources, actor: Actor, media_id: uuid.UUID) -> Transcript | None:
-    """The media item's newest transcript, each segment with its speaker and voice; None when it has none."""
+async def transcript(
+    *,
+    resources: Resources,
+    actor: Actor,
+    media_id: uuid.UUID,
+    analyzer: str = WHISPER,
+    speakers: str = SPEAKERS,
+) -> Transcript | None:
+    """The media item's newest transcript (by `analyzer`), each segment with its speaker (by `speakers`) and voice;
+    None when it has none."""
     async with resources.sessions() as session:
         media = await get_media(session=session, actor=actor, media_id=media_id)
         voices = await identities_of_media(session, media.id, IdentityKind.VOICE)
-    stored = await _latest(
-        resources, media.id, WHISPER, ["language", "language_probability", "duration_s", "model", "segments"]
-    )
+    stored = await _latest(resources, media.id, analyzer, _TRANSCRIPT_FIELDS)
     if stored is None:
         return None
     spoken = _read(_Transcript, stored)
-    diarization = await _latest(resources, media.id, SPEAKERS, ["turns"])
+    diarization = await _latest(resources, media.id, speakers, ["turns"])
     turns = _read(_Speakers, diarization).turns if diarization is not None else []
     lines = []
     for segment in spoken.segments:
         speaker, turn_key = speaker_of(segment.start_s, segment.end_s, turns)
-        voice = voices.get((SPEAKERS, turn_key)) if turn_key else None
+        voice = voices.get((speakers, turn_key)) if turn_key else None
         lines.append(
             TranscriptLine(
                 index=segment.id,
@@ -293,17 +299,17 @@ async def _presign(resources: Resources, key: str | None) -> str | None:
     return await resources.store.presigned_get(key, expires_s=expires_s, content_type="image/jpeg")
 
 
-async def faces(*, resources: Resources, actor: Actor, media_id: uuid.UUID) -> list[FaceView]:
-    """Every face the faces analyzer found in the media item, in time order, with its person and crop."""
+async def faces(*, resources: Resources, actor: Actor, media_id: uuid.UUID, analyzer: str = FACES) -> list[FaceView]:
+    """Every face the analyzer found in the media item, in time order, with its person and crop."""
     async with resources.sessions() as session:
         media = await get_media(session=session, actor=actor, media_id=media_id)
         persons = await identities_of_media(session, media.id, IdentityKind.FACE)
-    stored = await _latest(resources, media.id, FACES, ["faces"])
+    stored = await _latest(resources, media.id, analyzer, ["faces"])
     if stored is None:
         return []
     found = []
     for face in sorted(_read(_Faces, stored).faces, key=lambda f: (f.timestamp_s, f.keyframe, f.key)):
-        clustered = persons.get((FACES, face.key))
+        clustered = persons.get((analyzer, face.key))
         found.append(
             FaceView(
                 key=face.key,
@@ -392,11 +398,11 @@ class OcrView:
     spans: list[OcrSpanView]
 
 
-async def ocr(*, resources: Resources, actor: Actor, media_id: uuid.UUID) -> OcrView | None:
-    """The text read on the media item's keyframes, line by line and as spans of time; None when not analysed."""
+async def ocr(*, resources: Resources, actor: Actor, media_id: uuid.UUID, analyzer: str = OCR) -> OcrView | None:
+    """The text read on the media item's keyframes, line by line and as spans of time; None when not read."""
     async with resources.sessions() as session:
         media = await get_media(session=session, actor=actor, media_id=media_id)
-    stored = await _latest(resources, media.id, OCR, ["frames", "spans"])
+    stored = await _latest(resources, media.id, analyzer, ["frames", "spans"])
     if stored is None:
         return None
     read = _read(_Ocr, stored)
