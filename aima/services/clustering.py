@@ -142,11 +142,15 @@ class Placement:
         scores = {c: s for c, s in unit.external.items() if s >= self.threshold}
         if self._count:
             similarities = self._buffer[: self._count] @ unit.centre
-            best = np.full(len(self._clusters), -np.inf, dtype=np.float32)
-            np.maximum.at(best, self._labels[: self._count], similarities)
-            for index in np.flatnonzero(best >= self.threshold):
+            near = np.flatnonzero(similarities >= self.threshold)
+            labels, values = self._labels[near], similarities[near]
+            order = np.lexsort((-values, labels))  # by cluster, the most similar member first
+            labels, values = labels[order], values[order]
+            first = np.ones(len(labels), dtype=bool)
+            first[1:] = labels[1:] != labels[:-1]
+            for index, value in zip(labels[first], values[first], strict=True):
                 cluster = self._clusters[int(index)]
-                scores[cluster] = max(scores.get(cluster, -1.0), float(best[index]))
+                scores[cluster] = max(scores.get(cluster, -1.0), float(value))
         return sorted(scores.items(), key=lambda item: (-item[1], str(item[0])))
 
     def _blocked(self, cluster: uuid.UUID, unit: Unit) -> bool:

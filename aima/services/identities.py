@@ -64,6 +64,8 @@ _DIMENSIONS: Mapping[IdentityKind, int] = {IdentityKind.FACE: 512, IdentityKind.
 _ROW_FIELDS = ["id", "vector", "key", "timestamp_s", "keyframe", "box", "det_score", "start_s", "end_s", "speaker"]
 #: Most embeddings read for one media item and analyzer (Milvus's query window).
 MAX_ROWS_PER_MEDIA = 16384
+#: Media items whose embeddings are read in one request (halved when they hold more rows than a request returns).
+_MEDIA_BATCH = 50
 #: Query vectors per Milvus search request.
 _SEARCH_BATCH = 64
 #: Analyzer names go into Milvus filter expressions: only these characters.
@@ -144,17 +146,18 @@ async def _milvus_query(milvus: AsyncMilvusClient, collection: str, expression: 
         rows: list[dict[str, Any]] = await milvus.query(
             collection,
             filter=expression,
-            output_fields=[*_ROW_FIELDS, "analyzer"],
+            output_fields=[*_ROW_FIELDS, "analyzer", "media_id"],
             limit=MAX_ROWS_PER_MEDIA,
             consistency_level="Strong",
         )
     except (MilvusException, OSError) as exc:
         raise BackendUnavailable("The vector store is unavailable.") from exc
-    if len(rows) >= MAX_ROWS_PER_MEDIA:
-        logger.warning(
-            "%s: %s matched %d rows or more; only the first are clustered", collection, expression, len(rows)
-        )
     return rows
+
+
+def _rows(raw: Iterable[Mapping[str, Any]], analyzer: str | None) -> list[EmbeddingRow]:
+    rows = [EmbeddingRow.of(row, analyzer or "") for row in raw if row.get("vector") is not None and row.get("key")]
+    return sorted(rows, key=lambda row: (row.analyzer, row.key))
 
 
 async def media_embeddings(
@@ -165,8 +168,33 @@ async def media_embeddings(
     if analyzer is not None:
         expression += f' and analyzer == "{_checked_name(analyzer)}"'
     raw = await _milvus_query(milvus, COLLECTIONS[kind], expression)
-    rows = [EmbeddingRow.of(row, analyzer or "") for row in raw if row.get("vector") is not None and row.get("key")]
-    return sorted(rows, key=lambda row: (row.analyzer, row.key))
+    if len(raw) >= MAX_ROWS_PER_MEDIA:
+        logger.warning("media %s has %d %s embeddings or more: the rest is not clustered", media_id, len(raw), kind)
+    return _rows(raw, analyzer)
+
+
+async def case_embeddings(
+    milvus: AsyncMilvusClient, kind: IdentityKind, media_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[EmbeddingRow]]:
+    """The embeddings of this kind of many media items, by media, in few requests: batches of media, halved when
+    one holds more rows than a request returns."""
+    found: dict[uuid.UUID, list[EmbeddingRow]] = {}
+    batches = [list(media_ids[i : i + _MEDIA_BATCH]) for i in range(0, len(media_ids), _MEDIA_BATCH)]
+    while batches:
+        batch = batches.pop()
+        if len(batch) == 1:
+            found[batch[0]] = await media_embeddings(milvus, kind, batch[0])
+            continue
+        listed = ", ".join(f'"{media_id}"' for media_id in batch)
+        raw = await _milvus_query(milvus, COLLECTIONS[kind], f"media_id in [{listed}]")
+        if len(raw) >= MAX_ROWS_PER_MEDIA:
+            batches += [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+            continue
+        by_media: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in raw:
+            by_media[str(row.get("media_id"))].append(row)
+        found.update({media_id: _rows(by_media[str(media_id)], None) for media_id in batch})
+    return found
 
 
 async def _neighbours(
@@ -226,8 +254,12 @@ def _units(
         groups[(owner, excluded.get(member.id, frozenset()))].append(member)
     units = []
     for (owner, excluded_from), group in groups.items():
-        # A face holds its keyframe; a speaker holds the one voice of its media item.
-        tokens = _face_tokens(group[0]) if kind is IdentityKind.FACE else frozenset({f"{group[0].media_id}:voice"})
+        # A face holds its keyframe; a speaker holds the one voice of its media item (turns without a speaker
+        # label hold nothing: nothing says they are not one voice).
+        if kind is IdentityKind.FACE:
+            tokens = _face_tokens(group[0])
+        else:
+            tokens = frozenset({f"{group[0].media_id}:voice"} if group[0].speaker is not None else ())
         before = Counter(previous[m.id] for m in group if previous.get(m.id) is not None).most_common(1)
         units.append(
             Unit(
@@ -641,8 +673,8 @@ async def recluster_case(
         )
         read_at = datetime.now(UTC)
         rows: dict[tuple[str, uuid.UUID], list[EmbeddingRow]] = defaultdict(list)
-        for media_id in media_ids:
-            for row in await media_embeddings(resources.milvus, kind, media_id):
+        for media_id, embedded in (await case_embeddings(resources.milvus, kind, media_ids)).items():
+            for row in embedded:
                 rows[(row.analyzer, media_id)].append(row)
         existing: dict[tuple[str, uuid.UUID], list[IdentityMember]] = defaultdict(list)
         stored = await session.scalars(
@@ -656,11 +688,11 @@ async def recluster_case(
             members: list[IdentityMember] = []
             vectors: dict[uuid.UUID, Vectors] = {}
             for media_id in media_ids:
-                found = await _sync(
+                synced, synced_vectors = await _sync(
                     session, existing[(analyzer, media_id)], rows[(analyzer, media_id)], media_id=media_id, run=run
                 )
-                members.extend(found[0])
-                vectors.update(found[1])
+                members.extend(synced)
+                vectors.update(synced_vectors)
             await _place(session, resources.milvus, resources.settings.identities, run, members, vectors, media_id=None)
             counts = Counter(member.media_id for member in members)
             await _mark_synced(session, [(m, counts[m]) for m in media_ids], analyzer, kind, read_at)
