@@ -36,7 +36,18 @@ from aima.graphql.types import (
     Role,
     UserNode,
 )
-from aima.services import admin, cases, jobs, media, result_views, signin, uploads, users
+from aima.services import (
+    admin,
+    cases,
+    identity_corrections,
+    identity_views,
+    jobs,
+    media,
+    result_views,
+    signin,
+    uploads,
+    users,
+)
 from aima.services import identities as identity_service
 from aima.services.access import Actor, CaseAccess
 from aima.services.audit import AuditAction
@@ -439,7 +450,7 @@ class Mutation:
         self, info: Info[Context, None], cluster_id: strawberry.ID, label: str | None = None
     ) -> IdentityClusterNode:
         ctx = info.context
-        cluster = await identity_service.rename_cluster(
+        cluster = await identity_corrections.rename_cluster(
             resources=ctx.resources, actor=ctx.require_actor(), cluster_id=parse_id(cluster_id, "cluster"), label=label
         )
         return await _cluster_node(ctx, cluster.id)
@@ -452,7 +463,7 @@ class Mutation:
         self, info: Info[Context, None], into_id: strawberry.ID, from_ids: list[strawberry.ID]
     ) -> IdentityClusterNode:
         ctx = info.context
-        cluster = await identity_service.merge_clusters(
+        cluster = await identity_corrections.merge_clusters(
             resources=ctx.resources,
             actor=ctx.require_actor(),
             into_id=parse_id(into_id, "cluster"),
@@ -468,7 +479,7 @@ class Mutation:
         self, info: Info[Context, None], cluster_id: strawberry.ID, member_ids: list[strawberry.ID]
     ) -> IdentityClusterNode:
         ctx = info.context
-        cluster = await identity_service.split_cluster(
+        cluster = await identity_corrections.split_cluster(
             resources=ctx.resources,
             actor=ctx.require_actor(),
             cluster_id=parse_id(cluster_id, "cluster"),
@@ -484,7 +495,7 @@ class Mutation:
         self, info: Info[Context, None], member_id: strawberry.ID, cluster_id: strawberry.ID
     ) -> IdentityMemberNode:
         ctx = info.context
-        member = await identity_service.move_member(
+        member = await identity_corrections.move_member(
             resources=ctx.resources,
             actor=ctx.require_actor(),
             member_id=parse_id(member_id, "member"),
@@ -498,7 +509,7 @@ class Mutation:
     )
     async def remove_member(self, info: Info[Context, None], member_id: strawberry.ID) -> IdentityMemberNode:
         ctx = info.context
-        member = await identity_service.remove_member(
+        member = await identity_corrections.remove_member(
             resources=ctx.resources, actor=ctx.require_actor(), member_id=parse_id(member_id, "member")
         )
         return await _member_node(ctx, member.id)
@@ -523,14 +534,14 @@ class Mutation:
 
 async def _cluster_node(ctx: Context, cluster_id: uuid.UUID) -> IdentityClusterNode:
     async with ctx.resources.sessions() as session:
-        view = await identity_service.cluster_view(session, cluster_id)
+        view = await identity_views.cluster_view(session, cluster_id)
     crops = await result_views.crop_links(ctx.resources, [(m.member, m.media) for m in view.members])
     return IdentityClusterNode.of(view, crops)
 
 
 async def _member_node(ctx: Context, member_id: uuid.UUID) -> IdentityMemberNode:
     async with ctx.resources.sessions() as session:
-        view = await identity_service.member_view(session, member_id)
+        view = await identity_views.member_view(session, member_id)
     crops = await result_views.crop_links(ctx.resources, [(view.member, view.media)])
     return IdentityMemberNode.of(view, crops.get(view.member.id))
 

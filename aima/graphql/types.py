@@ -17,9 +17,9 @@ from aima.errors import InvalidInput, NotFound
 from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
 from aima.services import identities as identity_service
+from aima.services import identity_views, result_views
 from aima.services import jobs as job_service
 from aima.services import media as media_service
-from aima.services import result_views
 from aima.services import search as search_service
 from aima.services.access import CaseAccess
 from aima.services.artifacts import ArtifactKind, artifacts_of
@@ -575,7 +575,7 @@ class CaseNode:
     async def identity_corrections(self, info: Info[Context, None], first: int = 50) -> list[IdentityCorrectionNode]:
         ctx = info.context
         async with ctx.resources.sessions() as session:
-            rows = await identity_service.corrections_of_case(
+            rows = await identity_views.corrections_of_case(
                 session=session, actor=ctx.require_actor(), case_id=uuid.UUID(self.id), first=first
             )
         return [IdentityCorrectionNode.of(row) for row in rows]
@@ -714,7 +714,7 @@ class IdentityMemberNode:
     )
 
     @classmethod
-    def of(cls, view: identity_service.MemberView, crop_url: str | None = None) -> IdentityMemberNode:
+    def of(cls, view: identity_views.MemberView, crop_url: str | None = None) -> IdentityMemberNode:
         member = view.member
         return cls(
             id=strawberry.ID(str(member.id)),
@@ -755,7 +755,7 @@ class IdentityClusterNode:
     )
 
     @classmethod
-    def of(cls, view: identity_service.ClusterView, crops: dict[uuid.UUID, str] | None = None) -> IdentityClusterNode:
+    def of(cls, view: identity_views.ClusterView, crops: dict[uuid.UUID, str] | None = None) -> IdentityClusterNode:
         cluster = view.cluster
         return cls(
             id=strawberry.ID(str(cluster.id)),
@@ -779,7 +779,7 @@ async def identity_clusters(
     ctx = info.context
     actor = ctx.require_actor()
     async with ctx.resources.sessions() as session:
-        views = await identity_service.clusters_of_case(
+        views = await identity_views.clusters_of_case(
             session=session,
             actor=actor,
             case_id=case_id,

@@ -6,12 +6,14 @@ the worker then calls `cluster_media` for the media item. Each embedding becomes
 item's members with their nearest neighbours among the case's other members, found by a Milvus search filtered by
 case, and with each other (a video shows one person on many keyframes); thresholds are in `IdentitySettings`.
 
-Corrections are users' statements and automation never contradicts them: a member a user placed (move, split,
-merge) stays where it is; "not this person" (move, remove) is kept as an exclusion the member is never placed
-against again; two faces of one keyframe are never one person. Every change to the clusters of a case and kind
-happens under one PostgreSQL advisory lock, so several workers finishing media of one case, and users correcting
-it, take turns. Running `cluster_media` again re-places only that item's automatic members, into the same clusters
-when nothing else changed; `recluster_case` re-places every automatic member of the case.
+Corrections (`aima.services.identity_corrections`) are users' statements and automation never contradicts them: a
+member a user placed (move, split, merge) stays where it is; "not this person" (move, remove) is kept as an exclusion
+the member is never placed against again; two faces of one keyframe are never one person. Every change to the
+clusters of a case and kind happens under one PostgreSQL advisory lock, so several workers finishing media of one
+case, and users correcting it, take turns. Running `cluster_media` again re-places only that item's automatic
+members, into the same clusters when nothing else changed; `recluster_case` re-places every automatic member of the
+case, and `reconcile` catches up with analyses whose clustering was lost. Reading is in
+`aima.services.identity_views`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 from pymilvus import AsyncMilvusClient
 from pymilvus.exceptions import MilvusException
-from sqlalchemy import ColumnElement, delete, distinct, exists, func, literal, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,7 +46,7 @@ from aima.db.models import (
     Task,
     TaskState,
 )
-from aima.errors import AimaError, BackendUnavailable, InvalidInput, NotFound
+from aima.errors import BackendUnavailable, InvalidInput, NotFound
 from aima.resources import Resources
 from aima.services.access import Actor, CaseAccess, ensure
 from aima.services.artifacts import PREPARE_PREFIX
@@ -72,12 +74,6 @@ _SEARCH_BATCH = 64
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
-class IdentityConflict(AimaError):
-    """A correction that would put two faces of one keyframe into one person."""
-
-    code = "IDENTITY_CONFLICT"
-
-
 def threshold(settings: IdentitySettings, kind: IdentityKind) -> float:
     return settings.face_threshold if kind is IdentityKind.FACE else settings.voice_threshold
 
@@ -93,10 +89,11 @@ def _checked_name(analyzer: str) -> str:
     return analyzer
 
 
-async def _lock(session: AsyncSession, case_id: uuid.UUID, kind: IdentityKind) -> None:
+async def lock_identities(session: AsyncSession, case_id: uuid.UUID, kind: IdentityKind) -> None:
     """Serialize every change to the clusters of one case and kind (released with the transaction)."""
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"identities:{case_id}:{kind}"}
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"identities:{case_id}:{kind}"},
     )
 
 
@@ -225,7 +222,7 @@ async def _neighbours(
 # --- Placement ---------------------------------------------------------------------------------------------------
 
 
-def _face_tokens(member: IdentityMember) -> frozenset[str]:
+def face_tokens(member: IdentityMember) -> frozenset[str]:
     if member.keyframe is not None:
         return frozenset({f"{member.media_id}:frame:{member.keyframe}"})
     if member.start_s is not None:
@@ -257,7 +254,7 @@ def _units(
         # A face holds its keyframe; a speaker holds the one voice of its media item (turns without a speaker
         # label hold nothing: nothing says they are not one voice).
         if kind is IdentityKind.FACE:
-            tokens = _face_tokens(group[0])
+            tokens = face_tokens(group[0])
         else:
             tokens = frozenset({f"{group[0].media_id}:voice"} if group[0].speaker is not None else ())
         before = Counter(previous[m.id] for m in group if previous.get(m.id) is not None).most_common(1)
@@ -417,7 +414,7 @@ async def _place(
             member.cluster_id,
             vectors[member.id],
             owner=f"member:{member.id}",
-            tokens=_face_tokens(member) if run.kind is IdentityKind.FACE else frozenset(),
+            tokens=face_tokens(member) if run.kind is IdentityKind.FACE else frozenset(),
             excluded=excluded.get(member.id, frozenset()),
         )
     now = datetime.now(UTC)
@@ -448,7 +445,7 @@ async def _place(
             run.moved += 1
         member.similarity = where.similarity
     await session.flush()
-    await _settle(session, run, changed, now)
+    await settle(session, run, changed, now)
 
 
 def _with_neighbours(unit: Unit, found: Sequence[tuple[str, float]], clusters: Mapping[str, uuid.UUID]) -> Unit:
@@ -476,7 +473,7 @@ async def _clusters_of_vectors(
     return {vector_id: cluster_id for vector_id, cluster_id in await session.execute(query)}
 
 
-async def _settle(
+async def settle(
     session: AsyncSession, run: _Run | tuple[uuid.UUID, IdentityKind], changed: set[uuid.UUID], now: datetime
 ) -> None:
     """Drop the case's clusters of this kind left without members (by this run, or by a media deletion, whose
@@ -515,13 +512,13 @@ async def cluster_media(
     identity_kind = IdentityKind(kind)
     _checked_name(analyzer)
     async with resources.sessions() as session, session.begin():
-        await _lock(session, case_id, identity_kind)
-        await _cluster_media_locked(
+        await lock_identities(session, case_id, identity_kind)
+        await cluster_media_locked(
             session, resources, case_id=case_id, media_id=media_id, analyzer=analyzer, kind=identity_kind
         )
 
 
-async def _cluster_media_locked(
+async def cluster_media_locked(
     session: AsyncSession,
     resources: Resources,
     *,
@@ -666,8 +663,8 @@ async def recluster_case(
     members whose embeddings are gone. With `actor`, an editor of the case asked for it (and it is recorded)."""
     async with resources.sessions() as session, session.begin():
         if actor is not None:
-            await _ensure_access(session, actor, case_id, NotFound("Case", case_id))
-        await _lock(session, case_id, kind)
+            await ensure_case_access(session, actor, case_id, NotFound("Case", case_id))
+        await lock_identities(session, case_id, kind)
         media_ids = list(
             await session.scalars(select(Media.id).where(Media.case_id == case_id).order_by(Media.created_at, Media.id))
         )
@@ -702,15 +699,15 @@ async def recluster_case(
         )
         summary = ReclusterSummary(members=total, clusters=clusters or 0, moved=moved)
         if actor is not None:
-            _record(session, case_id, kind, "recluster", actor, {"members": total, "moved": moved})
+            record_correction(session, case_id, kind, "recluster", actor, {"members": total, "moved": moved})
     logger.info("reclustered the %s members of case %s: %s", kind, case_id, summary)
     return summary
 
 
-# --- Corrections -------------------------------------------------------------------------------------------------
+# --- Access ---------------------------------------------------------------------------------------------------
 
 
-async def _ensure_access(
+async def ensure_case_access(
     session: AsyncSession,
     actor: Actor,
     case_id: uuid.UUID,
@@ -726,391 +723,8 @@ async def _ensure_access(
     ensure(access, needed, "correct its persons and voices" if needed >= CaseAccess.EDITOR else "read it")
 
 
-async def _locked_cluster(session: AsyncSession, actor: Actor, cluster_id: uuid.UUID) -> IdentityCluster:
-    """The cluster, checked for the actor (editor), under its case's lock, as it is once the lock is held."""
-    cluster = await session.get(IdentityCluster, cluster_id)
-    if cluster is None:
-        raise NotFound("Cluster", cluster_id)
-    await _ensure_access(session, actor, cluster.case_id, NotFound("Cluster", cluster_id))
-    await _lock(session, cluster.case_id, cluster.kind)
-    cluster = await session.get(IdentityCluster, cluster_id, populate_existing=True)
-    if cluster is None:  # merged away while we waited
-        raise NotFound("Cluster", cluster_id)
-    return cluster
-
-
-async def _locked_member(session: AsyncSession, actor: Actor, member_id: uuid.UUID) -> IdentityMember:
-    member = await session.get(IdentityMember, member_id)
-    if member is None:
-        raise NotFound("Member", member_id)
-    await _ensure_access(session, actor, member.case_id, NotFound("Member", member_id))
-    await _lock(session, member.case_id, member.kind)
-    member = await session.get(IdentityMember, member_id, populate_existing=True)
-    if member is None:
-        raise NotFound("Member", member_id)
-    return member
-
-
-async def _case_cluster(session: AsyncSession, cluster_id: uuid.UUID, case_id: uuid.UUID) -> IdentityCluster:
-    """A cluster named beside another one: it must be of the same case (else it does not exist for this call)."""
-    cluster = await session.get(IdentityCluster, cluster_id, populate_existing=True)
-    if cluster is None or cluster.case_id != case_id:
-        raise NotFound("Cluster", cluster_id)
-    return cluster
-
-
-def _record(
+def record_correction(
     session: AsyncSession, case_id: uuid.UUID, kind: IdentityKind, action: str, actor: Actor, details: dict[str, Any]
 ) -> None:
+    """Keep a user's correction (or requested recluster) as provenance."""
     session.add(IdentityCorrection(case_id=case_id, kind=kind, action=action, actor_id=actor.user_id, details=details))
-
-
-def _clean_label(label: str | None) -> str | None:
-    cleaned = " ".join("".join(ch for ch in (label or "") if ch.isprintable()).split())
-    if len(cleaned) > 200:
-        raise InvalidInput("A label must have at most 200 characters.")
-    return cleaned or None
-
-
-async def rename_cluster(
-    *, resources: Resources, actor: Actor, cluster_id: uuid.UUID, label: str | None
-) -> IdentityCluster:
-    """Name a person or voice ("Alice"); an empty label gives back the number ("Person 3")."""
-    cleaned = _clean_label(label)
-    async with resources.sessions() as session, session.begin():
-        cluster = await _locked_cluster(session, actor, cluster_id)
-        before = cluster.label
-        cluster.label, cluster.labelled_by, cluster.updated_at = cleaned, actor.user_id, datetime.now(UTC)
-        _record(
-            session,
-            cluster.case_id,
-            cluster.kind,
-            "rename",
-            actor,
-            {"cluster_id": str(cluster.id), "from": before, "to": cleaned},
-        )
-    return cluster
-
-
-async def _members(session: AsyncSession, cluster_ids: Iterable[uuid.UUID]) -> list[IdentityMember]:
-    query = select(IdentityMember).where(IdentityMember.cluster_id.in_(list(cluster_ids)))
-    return list(await session.scalars(query.order_by(IdentityMember.media_id, IdentityMember.key)))
-
-
-async def _refuse_frame_clash(session: AsyncSession, members: Iterable[IdentityMember]) -> None:
-    """Two faces of one keyframe in one cluster would be one person seen twice in one picture: refused."""
-    seen: dict[str, IdentityMember] = {}
-    for member in members:
-        for token in _face_tokens(member):
-            other = seen.setdefault(token, member)
-            if other.id != member.id:
-                filename = await session.scalar(select(Media.filename).where(Media.id == member.media_id))
-                where = f"keyframe {member.keyframe}" if member.keyframe is not None else f"{member.start_s} s"
-                raise IdentityConflict(
-                    f"Faces {other.key} and {member.key} are both in {where} of {filename!r}: two faces of one "
-                    "picture are two people. Move one of them out first."
-                )
-
-
-async def merge_clusters(
-    *, resources: Resources, actor: Actor, into_id: uuid.UUID, from_ids: Sequence[uuid.UUID]
-) -> IdentityCluster:
-    """Make several clusters one (a user says they are the same person): the members of `from_ids` join `into_id`,
-    placed by the user from then on; exclusions from the merged clusters now hold for `into_id`."""
-    sources = list(dict.fromkeys(c for c in from_ids if c != into_id))
-    if not sources:
-        raise InvalidInput("Name at least one other cluster to merge.")
-    now = datetime.now(UTC)
-    async with resources.sessions() as session, session.begin():
-        into = await _locked_cluster(session, actor, into_id)
-        merged = [await _case_cluster(session, cluster_id, into.case_id) for cluster_id in sources]
-        if any(c.kind is not into.kind or c.analyzer != into.analyzer for c in merged):
-            raise InvalidInput("Only clusters of one kind, made by one analyzer, can be merged.")
-        members = await _members(session, [into.id, *sources])
-        if into.kind is IdentityKind.FACE:
-            await _refuse_frame_clash(session, members)
-        moving = [m for m in members if m.cluster_id != into.id]
-        for member in moving:
-            member.cluster_id, member.assigned_by = into.id, Assignment.USER
-            member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
-        await session.flush()
-        # A member excluded from one of the merged clusters is now excluded from the merged whole, unless it is in
-        # it: the user's latest statement wins.
-        await session.execute(
-            insert(IdentityExclusion)
-            .from_select(
-                ["member_id", "cluster_id", "created_by"],
-                select(IdentityExclusion.member_id, literal(into.id), IdentityExclusion.created_by).where(
-                    IdentityExclusion.cluster_id.in_(sources)
-                ),
-            )
-            .on_conflict_do_nothing()
-        )
-        await session.execute(
-            delete(IdentityExclusion).where(
-                IdentityExclusion.cluster_id == into.id,
-                IdentityExclusion.member_id.in_([m.id for m in members]),
-            )
-        )
-        if into.label is None:
-            into.label = next((c.label for c in merged if c.label), None)
-        into.updated_at = now
-        await session.execute(delete(IdentityCluster).where(IdentityCluster.id.in_(sources)))
-        _record(
-            session,
-            into.case_id,
-            into.kind,
-            "merge",
-            actor,
-            {
-                "into": str(into.id),
-                "from": [str(c) for c in sources],
-                "labels": [c.label for c in merged],
-                "members": len(moving),
-            },
-        )
-    return into
-
-
-async def split_cluster(
-    *, resources: Resources, actor: Actor, cluster_id: uuid.UUID, member_ids: Sequence[uuid.UUID]
-) -> IdentityCluster:
-    """Take members out of a cluster into a new one (a user says they are someone else): placed by the user, and
-    never put back into the cluster they left."""
-    wanted = list(dict.fromkeys(member_ids))
-    if not wanted:
-        raise InvalidInput("Name the members to split off.")
-    now = datetime.now(UTC)
-    async with resources.sessions() as session, session.begin():
-        cluster = await _locked_cluster(session, actor, cluster_id)
-        members = {m.id: m for m in await _members(session, [cluster.id])}
-        missing = [m for m in wanted if m not in members]
-        if missing:
-            raise InvalidInput(f"Member {missing[0]} is not in this cluster.")
-        if len(wanted) == len(members):
-            raise InvalidInput("A split must leave at least one member in the cluster; rename it instead.")
-        top = await session.scalar(
-            select(func.max(IdentityCluster.number)).where(
-                IdentityCluster.case_id == cluster.case_id, IdentityCluster.kind == cluster.kind
-            )
-        )
-        split = IdentityCluster(
-            id=uuid.uuid4(),
-            case_id=cluster.case_id,
-            kind=cluster.kind,
-            analyzer=cluster.analyzer,
-            number=(top or 0) + 1,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(split)
-        await session.flush()
-        for member_id in wanted:
-            member = members[member_id]
-            member.cluster_id, member.assigned_by = split.id, Assignment.USER
-            member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
-        await _exclude(session, wanted, cluster.id, actor)
-        cluster.updated_at = now
-        _record(
-            session,
-            cluster.case_id,
-            cluster.kind,
-            "split",
-            actor,
-            {"from": str(cluster.id), "into": str(split.id), "members": [str(m) for m in wanted]},
-        )
-    return split
-
-
-async def _exclude(session: AsyncSession, member_ids: Sequence[uuid.UUID], cluster_id: uuid.UUID, actor: Actor) -> None:
-    await session.flush()
-    await session.execute(
-        insert(IdentityExclusion)
-        .values([{"member_id": m, "cluster_id": cluster_id, "created_by": actor.user_id} for m in member_ids])
-        .on_conflict_do_nothing()
-    )
-
-
-async def move_member(
-    *, resources: Resources, actor: Actor, member_id: uuid.UUID, cluster_id: uuid.UUID
-) -> IdentityMember:
-    """Put a member into another cluster of its case ("this is Bob, not Alice"): placed by the user, and never put
-    back into the cluster it left. Moving it into its own cluster confirms it there."""
-    now = datetime.now(UTC)
-    async with resources.sessions() as session, session.begin():
-        member = await _locked_member(session, actor, member_id)
-        target = await _case_cluster(session, cluster_id, member.case_id)
-        if target.kind is not member.kind or target.analyzer != member.analyzer:
-            raise InvalidInput("A member can only join a cluster of its kind, made by its analyzer.")
-        if member.kind is IdentityKind.FACE:
-            await _refuse_frame_clash(session, [*await _members(session, [target.id]), member])
-        source = member.cluster_id
-        if source != target.id:
-            await _exclude(session, [member.id], source, actor)
-        await session.execute(
-            delete(IdentityExclusion).where(
-                IdentityExclusion.member_id == member.id, IdentityExclusion.cluster_id == target.id
-            )
-        )
-        member.cluster_id, member.assigned_by = target.id, Assignment.USER
-        member.assigned_by_user, member.assigned_at, member.similarity = actor.user_id, now, None
-        await session.flush()
-        await _settle(session, (member.case_id, member.kind), {source, target.id}, now)
-        _record(
-            session,
-            member.case_id,
-            member.kind,
-            "move",
-            actor,
-            {"member_id": str(member.id), "from": str(source), "to": str(target.id)},
-        )
-    return member
-
-
-async def remove_member(*, resources: Resources, actor: Actor, member_id: uuid.UUID) -> IdentityMember:
-    """ "Not this person": the member leaves its cluster for good, and automation places it again among the
-    others (or alone). The exclusion stays, so no later run puts it back."""
-    async with resources.sessions() as session, session.begin():
-        member = await _locked_member(session, actor, member_id)
-        source = member.cluster_id
-        await _exclude(session, [member.id], source, actor)
-        member.assigned_by, member.assigned_by_user = Assignment.AUTO, actor.user_id
-        await session.flush()
-        await _cluster_media_locked(
-            session,
-            resources,
-            case_id=member.case_id,
-            media_id=member.media_id,
-            analyzer=member.analyzer,
-            kind=member.kind,
-        )
-        placed = await session.get(IdentityMember, member_id, populate_existing=True)
-        if placed is None:  # its embedding is gone: the media was analysed again without it
-            raise NotFound("Member", member_id)
-        _record(
-            session,
-            placed.case_id,
-            placed.kind,
-            "remove",
-            actor,
-            {"member_id": str(placed.id), "from": str(source), "to": str(placed.cluster_id)},
-        )
-    return placed
-
-
-# --- Reading -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemberView:
-    member: IdentityMember
-    media: Media
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    cluster: IdentityCluster
-    member_count: int
-    media_count: int
-    #: The first members, in upload order of their media and time within it.
-    members: list[MemberView]
-
-
-async def clusters_of_case(
-    *,
-    session: AsyncSession,
-    actor: Actor,
-    case_id: uuid.UUID,
-    kind: IdentityKind,
-    first: int = 100,
-    members_per_cluster: int = 20,
-) -> list[ClusterView]:
-    """The case's persons or voices, the most frequent first, each with its first members."""
-    await _ensure_access(session, actor, case_id, NotFound("Case", case_id), CaseAccess.VIEWER)
-    if not 1 <= first <= 1000 or not 0 <= members_per_cluster <= 1000:
-        raise InvalidInput("first must be between 1 and 1000, membersPerCluster between 0 and 1000.")
-    where = (IdentityCluster.case_id == case_id, IdentityCluster.kind == kind)
-    return await _views(session, where, first, members_per_cluster)
-
-
-async def cluster_view(session: AsyncSession, cluster_id: uuid.UUID, members_per_cluster: int = 20) -> ClusterView:
-    """One cluster with its first members (for the answer to a correction, which checked access)."""
-    views = await _views(session, (IdentityCluster.id == cluster_id,), 1, members_per_cluster)
-    if not views:
-        raise NotFound("Cluster", cluster_id)
-    return views[0]
-
-
-async def _views(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], first: int, members_per_cluster: int
-) -> list[ClusterView]:
-    members = func.count(IdentityMember.id)
-    query = (
-        select(IdentityCluster, members, func.count(distinct(IdentityMember.media_id)))
-        .join(IdentityMember, IdentityMember.cluster_id == IdentityCluster.id)
-        .where(*where)
-        .group_by(IdentityCluster.id)
-        .order_by(members.desc(), IdentityCluster.number)
-        .limit(first)
-    )
-    clusters = [(row[0], int(row[1]), int(row[2])) for row in await session.execute(query)]
-    shown: dict[uuid.UUID, list[MemberView]] = defaultdict(list)
-    if clusters and members_per_cluster:
-        order = (Media.created_at, Media.id, IdentityMember.start_s, IdentityMember.key)
-        rank = func.row_number().over(partition_by=IdentityMember.cluster_id, order_by=order).label("rank")
-        ranked = (
-            select(IdentityMember.id, rank)
-            .join(Media, Media.id == IdentityMember.media_id)
-            .where(IdentityMember.cluster_id.in_([c.id for c, _, _ in clusters]))
-            .subquery()
-        )
-        rows = await session.execute(
-            select(IdentityMember, Media)
-            .join(ranked, ranked.c.id == IdentityMember.id)
-            .join(Media, Media.id == IdentityMember.media_id)
-            .where(ranked.c.rank <= members_per_cluster)
-            .order_by(ranked.c.rank)
-        )
-        for member, media in rows.tuples():
-            shown[member.cluster_id].append(MemberView(member, media))
-    return [ClusterView(cluster, count, media, shown[cluster.id]) for cluster, count, media in clusters]
-
-
-async def member_view(session: AsyncSession, member_id: uuid.UUID) -> MemberView:
-    """A member with its media (for the answer to a correction, which checked access)."""
-    row = (
-        await session.execute(
-            select(IdentityMember, Media)
-            .join(Media, Media.id == IdentityMember.media_id)
-            .where(IdentityMember.id == member_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFound("Member", member_id)
-    return MemberView(row[0], row[1])
-
-
-async def identities_of_media(
-    session: AsyncSession, media_id: uuid.UUID, kind: IdentityKind
-) -> dict[tuple[str, str], tuple[IdentityMember, IdentityCluster]]:
-    """The media item's members of this kind and their clusters, by (analyzer, key). The caller checked access."""
-    query = (
-        select(IdentityMember, IdentityCluster)
-        .join(IdentityCluster, IdentityCluster.id == IdentityMember.cluster_id)
-        .where(IdentityMember.media_id == media_id, IdentityMember.kind == kind)
-    )
-    return {(m.analyzer, m.key): (m, c) for m, c in (await session.execute(query)).tuples()}
-
-
-async def corrections_of_case(
-    *, session: AsyncSession, actor: Actor, case_id: uuid.UUID, first: int = 50
-) -> list[IdentityCorrection]:
-    """Users' corrections of the case's persons and voices, newest first."""
-    await _ensure_access(session, actor, case_id, NotFound("Case", case_id), CaseAccess.VIEWER)
-    query = (
-        select(IdentityCorrection)
-        .where(IdentityCorrection.case_id == case_id)
-        .order_by(IdentityCorrection.id.desc())
-        .limit(min(max(first, 1), 500))
-    )
-    return list(await session.scalars(query))

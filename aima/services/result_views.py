@@ -22,7 +22,8 @@ from aima.db.models import IdentityCluster, IdentityKind, IdentityMember, Media
 from aima.errors import AimaError
 from aima.resources import Resources
 from aima.services.access import Actor
-from aima.services.identities import display_name, identities_of_media
+from aima.services.identities import display_name
+from aima.services.identity_views import identities_of_media
 from aima.services.media import get_media
 
 logger = logging.getLogger(__name__)

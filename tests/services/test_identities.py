@@ -34,9 +34,10 @@ from aima.db.models import (
 )
 from aima.errors import Forbidden, InvalidInput, NotFound
 from aima.resources import Resources
-from aima.services import identities
+from aima.services import identities, identity_corrections
 from aima.services.access import Actor
-from aima.services.identities import IdentityConflict, cluster_media, recluster_case
+from aima.services.identities import cluster_media, recluster_case
+from aima.services.identity_corrections import IdentityConflict
 
 RNG = np.random.default_rng(20261130)
 
@@ -259,7 +260,7 @@ async def test_running_again_changes_nothing_and_keeps_names(resources: Resource
     actor, case_id, media, _ = await faces_case(resources)
     before = await clusters(resources, case_id)
     alice = uuid.UUID(before["alice-1"])
-    await identities.rename_cluster(resources=resources, actor=actor, cluster_id=alice, label="  Alice \n")
+    await identity_corrections.rename_cluster(resources=resources, actor=actor, cluster_id=alice, label="  Alice \n")
     for media_id in reversed(media):
         await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer="faces", kind="face")
     assert await clusters(resources, case_id) == before
@@ -288,12 +289,12 @@ async def test_corrections_hold_when_automation_runs_again(resources: Resources)
     alice, bob = uuid.UUID(found["alice-1"]), uuid.UUID(found["bob-1"])
 
     # "alice-3 is not Alice": it leaves for good, and lands alone (it resembles nobody else).
-    removed = await identities.remove_member(
+    removed = await identity_corrections.remove_member(
         resources=resources, actor=actor, member_id=(await member(resources, case_id, "alice-3")).id
     )
     assert removed.cluster_id not in {alice, bob}
     # "bob-2 is Alice" (a user's call, however unlike): it moves and stays.
-    moved = await identities.move_member(
+    moved = await identity_corrections.move_member(
         resources=resources, actor=actor, member_id=(await member(resources, case_id, "bob-2")).id, cluster_id=alice
     )
     assert moved.cluster_id == alice and moved.assigned_by is Assignment.USER
@@ -327,13 +328,13 @@ async def test_merge_and_split(resources: Resources) -> None:
     actor, case_id, media, _ = await faces_case(resources)
     found = await clusters(resources, case_id)
     alice, bob = uuid.UUID(found["alice-1"]), uuid.UUID(found["bob-1"])
-    await identities.rename_cluster(resources=resources, actor=actor, cluster_id=bob, label="Bob")
+    await identity_corrections.rename_cluster(resources=resources, actor=actor, cluster_id=bob, label="Bob")
 
     # alice-1 and bob-1 share keyframe 0 of the first video: one person cannot be both.
     with pytest.raises(IdentityConflict):
-        await identities.merge_clusters(resources=resources, actor=actor, into_id=alice, from_ids=[bob])
+        await identity_corrections.merge_clusters(resources=resources, actor=actor, into_id=alice, from_ids=[bob])
 
-    split = await identities.split_cluster(
+    split = await identity_corrections.split_cluster(
         resources=resources,
         actor=actor,
         cluster_id=alice,
@@ -341,14 +342,16 @@ async def test_merge_and_split(resources: Resources) -> None:
     )
     assert (await clusters(resources, case_id))["alice-3"] == str(split.id)
     with pytest.raises(InvalidInput):  # splitting everything off is a rename
-        await identities.split_cluster(
+        await identity_corrections.split_cluster(
             resources=resources,
             actor=actor,
             cluster_id=split.id,
             member_ids=[(await member(resources, case_id, "alice-3")).id],
         )
 
-    merged = await identities.merge_clusters(resources=resources, actor=actor, into_id=split.id, from_ids=[bob])
+    merged = await identity_corrections.merge_clusters(
+        resources=resources, actor=actor, into_id=split.id, from_ids=[bob]
+    )
     assert merged.label == "Bob"  # the merged cluster had no name: it takes the other's
     for media_id in media:
         await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer="faces", kind="face")
@@ -356,7 +359,7 @@ async def test_merge_and_split(resources: Resources) -> None:
     assert after["alice-3"] == after["bob-1"] == after["bob-2"] == str(split.id)
     assert after["alice-1"] == after["alice-2"] == str(alice)
     with pytest.raises(NotFound):
-        await identities.rename_cluster(resources=resources, actor=actor, cluster_id=bob, label="gone")
+        await identity_corrections.rename_cluster(resources=resources, actor=actor, cluster_id=bob, label="gone")
 
 
 async def test_only_editors_correct_and_other_cases_do_not_exist(resources: Resources) -> None:
@@ -366,11 +369,13 @@ async def test_only_editors_correct_and_other_cases_do_not_exist(resources: Reso
     editor = await new_user(resources, case_id, CaseRole.EDITOR)
     stranger = await new_user(resources)
     with pytest.raises(Forbidden):
-        await identities.rename_cluster(resources=resources, actor=viewer, cluster_id=cluster_id, label="x")
+        await identity_corrections.rename_cluster(resources=resources, actor=viewer, cluster_id=cluster_id, label="x")
     with pytest.raises(NotFound) as missing:
-        await identities.rename_cluster(resources=resources, actor=stranger, cluster_id=cluster_id, label="x")
+        await identity_corrections.rename_cluster(resources=resources, actor=stranger, cluster_id=cluster_id, label="x")
     assert str(case_id) not in missing.value.message  # the answer names only what was asked for
-    renamed = await identities.rename_cluster(resources=resources, actor=editor, cluster_id=cluster_id, label="x")
+    renamed = await identity_corrections.rename_cluster(
+        resources=resources, actor=editor, cluster_id=cluster_id, label="x"
+    )
     assert renamed.label == "x"
 
     other_actor, other_case = await new_case(resources)
@@ -379,9 +384,13 @@ async def test_only_editors_correct_and_other_cases_do_not_exist(resources: Reso
     await cluster_media(resources, case_id=other_case, media_id=other_media, analyzer="faces", kind="face")
     own = uuid.UUID((await clusters(resources, other_case))["dave"])
     with pytest.raises(NotFound):  # a cluster of another case does not exist for this call
-        await identities.merge_clusters(resources=resources, actor=other_actor, into_id=own, from_ids=[cluster_id])
+        await identity_corrections.merge_clusters(
+            resources=resources, actor=other_actor, into_id=own, from_ids=[cluster_id]
+        )
     with pytest.raises(NotFound):
-        await identities.merge_clusters(resources=resources, actor=other_actor, into_id=cluster_id, from_ids=[own])
+        await identity_corrections.merge_clusters(
+            resources=resources, actor=other_actor, into_id=cluster_id, from_ids=[own]
+        )
 
 
 async def test_concurrent_runs_for_one_case_take_turns(resources: Resources) -> None:
