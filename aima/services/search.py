@@ -19,6 +19,7 @@ from pymilvus.exceptions import MilvusException
 from sqlalchemy import select
 
 from aima.db.models import Media
+from aima.db.vectors import TEXT_COLLECTION, collection_named
 from aima.errors import AimaError, BackendUnavailable, InvalidInput
 from aima.resources import Resources
 from aima.services.access import Actor
@@ -26,8 +27,6 @@ from aima.services.cases import get_case
 
 logger = logging.getLogger(__name__)
 
-TEXT_COLLECTION = "text_embeddings"
-TEXT_DIMENSION = 384
 MAX_QUERY_CHARS = 1000
 MAX_HITS = 100
 _ANALYZER = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -82,10 +81,12 @@ async def search_case(
             "Semantic search needs a text embedder plugin (for example aima-minilm); none is installed."
         )
     vectors = await asyncio.to_thread(embedder.embed, [query])
-    if len(vectors) != 1 or len(vectors[0]) != TEXT_DIMENSION:
+    spec = collection_named(TEXT_COLLECTION)
+    dimension = spec.dimension if spec is not None else 0
+    if len(vectors) != 1 or len(vectors[0]) != dimension:
         raise SearchUnavailable(
             f"The text embedder {embedder.name!r} makes vectors of {len(vectors[0]) if vectors else 0} dimensions; "
-            f"the stored texts have {TEXT_DIMENSION}."
+            f"the stored texts have {dimension}."
         )
     expression = f'case_id == "{case_id}"'
     if names:
