@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from aima.db.models import Role
-from aima.settings import ConfigFileError, Settings
+from aima.settings import ConfigFileError, Environment, Settings
 
 app = typer.Typer(help="AIMA: AI media analysis.", no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
@@ -118,8 +118,13 @@ def plugins() -> None:
     """List the installed plugins and the analyzers each provides."""
     from aima.plugins import AnalyzerRegistry, create_plugin_manager
 
-    settings = _settings(json_logs=False)
-    registry = AnalyzerRegistry(create_plugin_manager(), settings.plugins)
+    try:
+        # Only the plugins' own settings are read: listing them needs no secrets, whatever the environment.
+        config = Settings(environment=Environment.DEVELOPMENT).plugins
+    except (ConfigFileError, ValidationError) as exc:
+        typer.echo(f"aima: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    registry = AnalyzerRegistry(create_plugin_manager(), config)
     analyzers = {a.name: a for a in registry.all()}
     for info in registry.plugins():
         typer.echo(f"{info.name} {info.version or ''}".rstrip())

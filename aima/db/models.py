@@ -395,7 +395,7 @@ class IdentityMember(Base):
 
 
 class IdentityExclusion(Base):
-    """"Not this person": a user said the member does not belong to the cluster; automation never puts it back."""
+    """ "Not this person": a user said the member does not belong to the cluster; automation never puts it back."""
 
     __tablename__ = "identity_exclusions"
 

@@ -453,6 +453,7 @@ class Mutation:
         cluster = await identity_corrections.rename_cluster(
             resources=ctx.resources, actor=ctx.require_actor(), cluster_id=parse_id(cluster_id, "cluster"), label=label
         )
+        await _audit_correction(ctx, "rename", "cluster", cluster.id, label=label)
         return await _cluster_node(ctx, cluster.id)
 
     @strawberry.mutation(
@@ -469,6 +470,7 @@ class Mutation:
             into_id=parse_id(into_id, "cluster"),
             from_ids=[parse_id(c, "cluster") for c in from_ids],
         )
+        await _audit_correction(ctx, "merge", "cluster", cluster.id, merged=[str(c) for c in from_ids])
         return await _cluster_node(ctx, cluster.id)
 
     @strawberry.mutation(
@@ -484,6 +486,9 @@ class Mutation:
             actor=ctx.require_actor(),
             cluster_id=parse_id(cluster_id, "cluster"),
             member_ids=[parse_id(m, "member") for m in member_ids],
+        )
+        await _audit_correction(
+            ctx, "split", "cluster", cluster.id, source=str(cluster_id), members=[str(m) for m in member_ids]
         )
         return await _cluster_node(ctx, cluster.id)
 
@@ -501,6 +506,7 @@ class Mutation:
             member_id=parse_id(member_id, "member"),
             cluster_id=parse_id(cluster_id, "cluster"),
         )
+        await _audit_correction(ctx, "move", "identity_member", member.id, cluster=str(cluster_id))
         return await _member_node(ctx, member.id)
 
     @strawberry.mutation(
@@ -512,6 +518,7 @@ class Mutation:
         member = await identity_corrections.remove_member(
             resources=ctx.resources, actor=ctx.require_actor(), member_id=parse_id(member_id, "member")
         )
+        await _audit_correction(ctx, "remove", "identity_member", member.id)
         return await _member_node(ctx, member.id)
 
     @strawberry.mutation(
@@ -529,7 +536,22 @@ class Mutation:
         summary = await identity_service.recluster_case(
             ctx.resources, case_id=parse_id(case_id, "case"), kind=DbIdentityKind(kind), actor=ctx.require_actor()
         )
+        await _audit_correction(
+            ctx, "recluster", "case", parse_id(case_id, "case"), kind=str(kind), moved=summary.moved
+        )
         return ReclusterResultNode(members=summary.members, clusters=summary.clusters, moved=summary.moved)
+
+
+async def _audit_correction(
+    ctx: Context, correction: str, target_type: str, target_id: object, **details: object
+) -> None:
+    """Corrections of persons and voices change what a case says about people: they go into the audit trail too."""
+    await ctx.audit(
+        AuditAction.IDENTITY_CORRECT,
+        target_type=target_type,
+        target_id=target_id,
+        details={"correction": correction, **details},
+    )
 
 
 async def _cluster_node(ctx: Context, cluster_id: uuid.UUID) -> IdentityClusterNode:

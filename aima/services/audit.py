@@ -55,6 +55,7 @@ class AuditAction(enum.StrEnum):
     RESULTS_READ = "media.results_read"
     JOB_CANCEL = "job.cancel"
     JOB_RETRY = "job.retry"
+    IDENTITY_CORRECT = "identity.correct"
     DOSSIER_READ = "dossier.read"
     DOSSIER_EXPORT = "dossier.export"
     ACCESS_DENIED = "access.denied"

@@ -19,7 +19,7 @@ from arq.worker import func
 from aima import queues
 from aima.events import wake_channel
 from aima.resources import Resources, redis_settings
-from aima.services import deletion, reconcile, uploads
+from aima.services import deletion, identities, reconcile, uploads
 from aima.services.task_runs import TASK_FUNCTION
 from aima.settings import Settings
 from aima.workers.process import WorkerProcess
@@ -68,9 +68,16 @@ async def upload_sweep(ctx: dict[str, Any]) -> str:
 
 
 async def reconcile_queues(ctx: dict[str, Any]) -> str:
-    """arq cron job: re-enqueue tasks whose worker vanished or whose arq job Redis lost (`aima.services.reconcile`)."""
+    """arq cron job: re-enqueue tasks whose worker vanished or whose arq job Redis lost (`aima.services.reconcile`),
+    and cluster the faces and voices of analyses whose clustering was lost (`aima.services.identities.reconcile`)."""
     resources: Resources = ctx["resources"]
-    return str(await reconcile.reconcile(resources))
+    report = await reconcile.reconcile(resources)
+    try:
+        clustered = await identities.reconcile(resources)
+    except Exception:  # the queues matter more; the next tick tries the clustering again
+        logger.exception("reconciling persons and voices failed")
+        clustered = None
+    return f"{report}; identities {clustered}"
 
 
 def cron_jobs(settings: Settings, *, reconcile: bool = True) -> list[CronJob]:
