@@ -14,9 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from aima.inference import Endpoints
 
 
 class MediaKind(enum.StrEnum):
@@ -78,6 +81,8 @@ class AnalysisInput:
     report_progress: ProgressCallback = field(default=_ignore_progress)
     keyframes: list[Keyframe] = field(default_factory=list)
     audio_track_path: Path | None = None
+    #: The worker's model endpoints (`aima.inference`), for analyzers that run on one (`runs_on`); None elsewhere.
+    inference: Endpoints | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,29 @@ class AnalysisOutput:
     embeddings: Sequence[Embedding] = ()
     texts: Sequence[SearchableText] = ()
     files: Sequence[OutputFile] = ()
+    #: Analyzers that should also look at this media item, in this job (e.g. faces, when a picture's description
+    #: reports people): the worker adds a task for each that has neither a result nor a task for the media yet,
+    #: and the job's case-level tasks wait for it too.
+    follow_ups: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class EvidenceItem:
+    """One citable item of a stored result: a transcript segment, a speaker turn, a face, a line of on-screen text,
+    a keyframe's description. `key` is unique within the result; a dossier cites (media, analyzer, key)."""
+
+    media_id: str
+    analyzer: str
+    key: str
+    #: "speech", "speaker", "face", "text", "scene", ... (free, short).
+    kind: str
+    #: What the item says, for the language model and the reader (a transcript line, "face of person 3", ...).
+    summary: str
+    start_s: float | None = None
+    end_s: float | None = None
+    keyframe: int | None = None
+    box: Sequence[float] | None = None
+    confidence: float | None = None
 
 
 class ModelNotInstalled(Exception):
@@ -176,6 +204,11 @@ class Analyzer(ABC):
         """Raise `ModelNotInstalled` (saying how to install it) when the model this analyzer needs is missing.
         Cheap: it looks for files, it does not load them. Workers call it at startup for the analyzers they run."""
 
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        """The citable items of a stored result of this analyzer (its `result_model` dumped as JSON), for the
+        dossier: each with a key unique in the result. The default offers none (the result is cited whole)."""
+        return []
+
     def accepts(self, kind: MediaKind) -> bool:
         return kind in self.media_kinds
 
@@ -189,6 +222,78 @@ class BlockingAnalyzer(Analyzer):
 
     async def analyze(self, item: AnalysisInput) -> BaseModel | AnalysisOutput:
         return await asyncio.to_thread(self.analyze_blocking, item)
+
+
+@dataclass(frozen=True)
+class CaseMedia:
+    media_id: str
+    kind: MediaKind
+    filename: str
+    content_type: str
+    duration_s: float | None
+    uploaded_at: str
+
+
+@dataclass(frozen=True)
+class IdentityCluster:
+    """A person (faces) or a voice (speaker turns) of the case, as clustered and corrected by users."""
+
+    cluster_id: str
+    kind: str  # "face" | "voice"
+    label: str | None
+    #: (media id, analyzer, key) of each member: the face's or the turn's evidence item.
+    members: Sequence[tuple[str, str, str]]
+
+
+@dataclass(frozen=True)
+class MissingAnalysis:
+    """An analysis of the job that did not succeed (or never ran), and why: the dossier names what it lacks."""
+
+    media_id: str
+    analyzer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """A whole case as a case analyzer (the fusion) sees it, read by the worker once the job's other tasks ended."""
+
+    case_id: str
+    title: str
+    media: Sequence[CaseMedia]
+    #: Every stored result of the case's media by (media id, analyzer name): the result's JSON payload.
+    results: Mapping[tuple[str, str], Mapping[str, Any]]
+    #: Every citable item of those results (`Analyzer.evidence`); a dossier may cite only these.
+    evidence: Sequence[EvidenceItem]
+    identities: Sequence[IdentityCluster]
+    missing: Sequence[MissingAnalysis]
+    inference: Endpoints | None = None
+    report_progress: ProgressCallback = field(default=_ignore_progress)
+    #: The number the dossier made from this input will have (1 for a case's first).
+    version: int = 1
+
+
+class CaseAnalyzer(ABC):
+    """Turns a whole case into one result (the dossier): runs once per job, after the job's media tasks ended
+    (whatever their outcome), as a case-level task. Registered through `register_analyzers` like the others."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: "cpu", or the name of a configured model endpoint.
+    runs_on: ClassVar[str] = "cpu"
+    result_model: ClassVar[type[BaseModel]]
+
+    @abstractmethod
+    async def analyze_case(self, item: CaseInput) -> BaseModel:
+        """Analyse the case; raise an `AimaError` for problems the user should see."""
+
+    def citations(self, result: BaseModel) -> Sequence[Any]:
+        """The `aima.dossier.Citation`s in a result, which the server checks against the case's evidence."""
+        return []
+
+    def check(self) -> None:  # noqa: B027 (optional)
+        """Raise `ModelNotInstalled` when something this analyzer needs is missing (see `Analyzer.check`)."""
 
 
 class Embedder(ABC):
@@ -206,8 +311,8 @@ class Embedder(ABC):
         """Raise `ModelNotInstalled` when the model is missing (see `Analyzer.check`)."""
 
 
-#: The `register` callback handed to `register_analyzers`.
-RegisterAnalyzer = Callable[[Analyzer], None]
+#: The `register` callback handed to `register_analyzers` (media analyzers and case analyzers alike).
+RegisterAnalyzer = Callable[["Analyzer | CaseAnalyzer"], None]
 #: The `register` callback handed to `register_embedders`.
 RegisterEmbedder = Callable[[Embedder], None]
 #: A plugin's own settings: the ``[plugins.<name>]`` table of aima.toml, or ``AIMA_PLUGINS__<NAME>__<KEY>``
