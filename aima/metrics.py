@@ -27,3 +27,26 @@ QUEUE_DEPTH = Gauge("aima_queue_depth", "Tasks waiting in a queue", ["queue"])
 MODEL_CALLS = Counter("aima_model_calls_total", "Calls to model code or endpoints", ["model", "outcome"])
 MODEL_LATENCY = Histogram("aima_model_call_duration_seconds", "Model call latency", ["model"])
 SUBSCRIPTIONS_ACTIVE = Gauge("aima_subscriptions_active", "Open GraphQL subscriptions")
+
+# Requests to model endpoints (`aima.inference`): one observation per try, so retries show.
+INFERENCE_LATENCY = Histogram(
+    "aima_inference_request_duration_seconds",
+    "Requests to model endpoints, from sending to the last token, by outcome",
+    ["endpoint", "outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+INFERENCE_TOKENS = Counter(
+    "aima_inference_tokens_total",
+    "Tokens model endpoints read (prompt) and generated (completion)",
+    ["endpoint", "kind"],
+)
+INFERENCE_ERRORS = Counter(
+    "aima_inference_errors_total",
+    "Failed requests to model endpoints and unusable answers, by kind (rate_limited, unavailable, timeout, "
+    "connection, stream_cut, model_error, invalid_output)",
+    ["endpoint", "kind"],
+)
+INFERENCE_IN_FLIGHT = Gauge("aima_inference_in_flight", "Requests to model endpoints in flight", ["endpoint"])
+INFERENCE_WAITING = Gauge(
+    "aima_inference_waiting", "Calls waiting for a free slot of an endpoint (max_concurrency)", ["endpoint"]
+)

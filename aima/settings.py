@@ -13,12 +13,23 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -159,6 +170,96 @@ class IdentitySettings(BaseModel):
     neighbours: int = Field(default=32, ge=1, le=1024)
 
 
+#: Names of model endpoints: lower case (environment variable names are read in lower case).
+_ENDPOINT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class EndpointSettings(BaseModel):
+    """One model server (``[inference.endpoints.<name>]``, or ``AIMA_INFERENCE__ENDPOINTS__<NAME>__URL`` and the
+    like), used through `aima.inference`. Unknown keys are refused, so that a misspelt one cannot go unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Base URL of the server (``http://tgi:8080``; an OpenAI-compatible server without the ``/v1``).
+    url: str
+    #: "tgi": TGI's native API (``/generate``, ``/generate_stream``, JSON grammar, images inline in the prompt);
+    #: "openai": the chat completions API of vLLM, SGLang or TGI's Messages API (the server applies the template).
+    protocol: Literal["tgi", "openai"]
+    #: The served model: sent as ``model`` to OpenAI-compatible servers (required there); for TGI it names the
+    #: prompt format when `prompt_format` is not set (``llava-hf/llava-v1.6-34b-hf`` is ChatML).
+    model: str = ""
+    #: The chat template of TGI's native API, which takes one prompt string: chatml, llama3, mistral or vicuna
+    #: (`aima.inference.prompts`); None: derived from `model`.
+    prompt_format: Literal["chatml", "llama3", "mistral", "vicuna"] | None = None
+    #: Sent as ``Authorization: Bearer <key>``; never logged.
+    api_key: SecretStr | None = None
+    #: Requests this process sends to the endpoint at once; more wait for a free slot.
+    max_concurrency: int = Field(default=8, ge=1, le=4096)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: Longest silence while reading an answer: between two streamed tokens, or the whole generation when `stream`
+    #: is off (then raise it to the longest generation expected).
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    #: Longest one request may take from sending to the last token, however steadily tokens arrive.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    #: Generate through the streaming API, so that a stalled server is noticed after `read_timeout_s` while long
+    #: generations still finish.
+    stream: bool = True
+    #: Default and upper bound of the tokens one answer may have.
+    max_new_tokens: int = Field(default=1024, ge=1)
+    #: The prompt budget callers fit their input into (None: what the server reports in `Endpoint.info`).
+    max_input_tokens: int | None = Field(default=None, ge=1)
+    #: Tries of one call on a busy or unreachable server (429, 5xx, timeouts, cut streams) before it raises
+    #: `ModelUnavailable`; waits between them grow from `retry_base_s` up to `retry_cap_s`, with jitter.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_cap_s: float = Field(default=8.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = AnyHttpUrl(value)
+        if url.query or url.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _protocol_needs(self) -> EndpointSettings:
+        if self.protocol == "openai" and not self.model:
+            raise ValueError("model is required with protocol 'openai' (the name the server serves)")
+        if self.protocol == "openai" and self.prompt_format is not None:
+            raise ValueError("prompt_format applies to protocol 'tgi' only (OpenAI-compatible servers template)")
+        if self.read_timeout_s > self.request_timeout_s:
+            raise ValueError("read_timeout_s must not exceed request_timeout_s")
+        return self
+
+
+class InferenceSettings(BaseModel):
+    """Model endpoints by name, and which of them serve the vision and fusion analyzers by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: dict[str, EndpointSettings] = {}
+    #: The endpoint of the vision-language model (image descriptions, `Endpoints.vision`).
+    vision_endpoint: str = "llava"
+    #: The endpoint of the language model that fuses a media item's findings (`Endpoints.fusion`).
+    fusion_endpoint: str = "llama"
+
+    @field_validator("endpoints")
+    @classmethod
+    def _names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        for name in value:
+            if not _ENDPOINT_NAME.fullmatch(name):
+                raise ValueError(f"endpoint name {name!r}: use lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("vision_endpoint", "fusion_endpoint")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if not _ENDPOINT_NAME.fullmatch(value):
+            raise ValueError("use lower-case letters, digits, '-' and '_'")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AIMA_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -191,6 +292,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     uploads: UploadSettings = UploadSettings()
     identities: IdentitySettings = IdentitySettings()
+    #: Model endpoints (``[inference.endpoints.<name>]``) for `aima.inference`.
+    inference: InferenceSettings = InferenceSettings()
     log_level: str = "INFO"
     log_json: bool = True
     #: Seconds each readiness check may take before its backend counts as down.

@@ -1,0 +1,324 @@
+"""The two wire protocols: what to send and how to read the answers, without any transport.
+
+TGI native (``POST /generate``, ``/generate_stream``): one prompt string in the model's chat template, images inline as
+markdown, ``parameters.grammar = {"type": "json", "value": schema}``; tokens read from ``x-prompt-tokens`` and
+``details``. OpenAI chat completions (vLLM, SGLang, TGI's Messages API): messages with ``image_url`` parts,
+``response_format`` of type ``json_schema``, ``usage`` (streamed when ``stream_options.include_usage`` is set).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aima.inference.messages import ImagePart, Message
+from aima.inference.prompts import PromptFormat, render_prompt, stop_sequences
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    path: str
+    body: dict[str, Any]
+    stream: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished answer as the server reported it."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """An error event inside a stream that began with HTTP 200 (TGI sends these)."""
+
+    message: str
+    #: TGI's error type: "overloaded", "validation", "generation", "incomplete_generation", ...
+    kind: str
+
+
+#: What one streamed event says, in order: pieces of text, the end (a `Completion`), an error; often nothing.
+Event = str | Completion | StreamError
+
+
+class Wire:
+    """The request and answer formats of one protocol."""
+
+    protocol: str
+    health_path: str
+    info_path: str
+
+    def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: Mapping[str, Any] | None,
+        max_new_tokens: int,
+        temperature: float,
+        stream: bool,
+    ) -> WireRequest:
+        raise NotImplementedError
+
+    def answer(self, payload: Any, headers: Mapping[str, str]) -> Completion:
+        """Read a complete (not streamed) answer; raise `ValueError` when it is not one."""
+        raise NotImplementedError
+
+    def stream_reader(self) -> StreamReader:
+        raise NotImplementedError
+
+    def info(self, payload: Any) -> tuple[int | None, int | None, str | None, str | None]:
+        """(max input tokens, max total tokens, served model, server version) from the info answer."""
+        raise NotImplementedError
+
+
+class StreamReader:
+    """Reads the events of one stream, keeping what it needs to build the final `Completion`."""
+
+    def events(self, data: str) -> list[Event]:
+        """What the data of one server-sent event says; `ValueError` when it is not readable."""
+        raise NotImplementedError
+
+    def end(self) -> Completion | None:
+        """The answer when the stream ended without its closing event but was complete; None: it was cut."""
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class TgiWire(Wire):
+    protocol = "tgi"
+    health_path = "/health"
+    info_path = "/info"
+
+    def __init__(self, prompt_format: PromptFormat) -> None:
+        self.prompt_format = prompt_format
+
+    def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: Mapping[str, Any] | None,
+        max_new_tokens: int,
+        temperature: float,
+        stream: bool,
+    ) -> WireRequest:
+        parameters: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "details": True,
+            "return_full_text": False,
+            "stop": stop_sequences(self.prompt_format),
+        }
+        if temperature > 0:  # TGI refuses a temperature of 0; greedy decoding is do_sample false
+            parameters.update(do_sample=True, temperature=temperature)
+        else:
+            parameters["do_sample"] = False
+        if schema is not None:
+            parameters["grammar"] = {"type": "json", "value": dict(schema)}
+        body = {"inputs": render_prompt(messages, self.prompt_format), "parameters": parameters}
+        return WireRequest("/generate_stream" if stream else "/generate", body, stream)
+
+    def answer(self, payload: Any, headers: Mapping[str, str]) -> Completion:
+        if isinstance(payload, list) and payload:  # the root route answers a list of one
+            payload = payload[0]
+        if not isinstance(payload, dict) or not isinstance(payload.get("generated_text"), str):
+            raise ValueError("no generated_text in the answer")
+        details = payload.get("details") or {}
+        return Completion(
+            text=self._strip_stop(payload["generated_text"]),
+            prompt_tokens=_int(headers.get("x-prompt-tokens")),
+            completion_tokens=_int(details.get("generated_tokens") or headers.get("x-generated-tokens")),
+            finish_reason=details.get("finish_reason"),
+        )
+
+    def stream_reader(self) -> StreamReader:
+        return _TgiStream(self)
+
+    def info(self, payload: Any) -> tuple[int | None, int | None, str | None, str | None]:
+        if not isinstance(payload, dict):
+            raise ValueError("the info answer is not an object")
+        max_input = _int(payload.get("max_input_tokens", payload.get("max_input_length")))
+        return max_input, _int(payload.get("max_total_tokens")), payload.get("model_id"), payload.get("version")
+
+    def _strip_stop(self, text: str) -> str:
+        for stop in stop_sequences(self.prompt_format):
+            if text.endswith(stop):
+                return text[: -len(stop)]
+        return text
+
+
+class _TgiStream(StreamReader):
+    """Token events; the last one also carries ``generated_text`` and ``details`` (with ``input_length``)."""
+
+    def __init__(self, wire: TgiWire) -> None:
+        self._wire = wire
+
+    def events(self, data: str) -> list[Event]:
+        payload = json.loads(data)
+        if not isinstance(payload, dict):
+            raise ValueError("a stream event is not an object")
+        if "error" in payload:
+            return [StreamError(str(payload["error"]), str(payload.get("error_type") or ""))]
+        out: list[Event] = []
+        token = payload.get("token") or {}
+        text = token.get("text")
+        if isinstance(text, str) and text and not token.get("special"):
+            out.append(text)
+        generated = payload.get("generated_text")
+        if generated is not None:
+            details = payload.get("details") or {}
+            out.append(
+                Completion(
+                    text=self._wire._strip_stop(generated),
+                    prompt_tokens=_int(details.get("input_length")),
+                    completion_tokens=_int(details.get("generated_tokens")),
+                    finish_reason=details.get("finish_reason"),
+                )
+            )
+        return out
+
+
+_SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _schema_name(schema: Mapping[str, Any]) -> str:
+    name = _SCHEMA_NAME.sub("_", str(schema.get("title") or "result")).strip("_")
+    return (name or "result")[:64]
+
+
+class OpenAIWire(Wire):
+    protocol = "openai"
+    health_path = "/v1/models"
+    info_path = "/v1/models"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: Mapping[str, Any] | None,
+        max_new_tokens: int,
+        temperature: float,
+        stream: bool,
+    ) -> WireRequest:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [self._message(m) for m in messages],
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": _schema_name(schema), "schema": dict(schema), "strict": True},
+            }
+        return WireRequest("/v1/chat/completions", body, stream)
+
+    @staticmethod
+    def _message(message: Message) -> dict[str, Any]:
+        if not message.images:  # plain strings: every server takes them, some only them for system turns
+            return {"role": message.role, "content": message.text}
+        content = [
+            {"type": "image_url", "image_url": {"url": part.data_uri()}}
+            if isinstance(part, ImagePart)
+            else {"type": "text", "text": part}
+            for part in message.parts
+        ]
+        return {"role": message.role, "content": content}
+
+    def answer(self, payload: Any, headers: Mapping[str, str]) -> Completion:
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError("no choices[0].message.content in the answer") from None
+        if not isinstance(text, str):
+            raise ValueError("the answer's content is not text")
+        usage = payload.get("usage") or {}
+        return Completion(
+            text=text,
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            finish_reason=choice.get("finish_reason"),
+            model=payload.get("model"),
+        )
+
+    def stream_reader(self) -> StreamReader:
+        return _OpenAIStream()
+
+    def info(self, payload: Any) -> tuple[int | None, int | None, str | None, str | None]:
+        models = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(models, list):
+            raise ValueError("the models answer has no data list")
+        card = next((m for m in models if isinstance(m, dict) and m.get("id") == self.model), None)
+        if card is None:
+            return None, None, None, None
+        context = _int(card.get("max_model_len"))
+        return context, context, card.get("id"), None
+
+
+class _OpenAIStream(StreamReader):
+    """Chunks until ``data: [DONE]``; usage arrives in a last chunk without choices (``include_usage``)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._finish: str | None = None
+        self._usage: dict[str, Any] = {}
+        self._model: str | None = None
+
+    def events(self, data: str) -> list[Event]:
+        if data.strip() == "[DONE]":
+            if self._finish is None:
+                raise ValueError("the stream ended without a finish reason")
+            return [self._completion()]
+        payload = json.loads(data)
+        if not isinstance(payload, dict):
+            raise ValueError("a stream event is not an object")
+        if "error" in payload:
+            error = payload["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            kind = error.get("type", "") if isinstance(error, dict) else ""
+            return [StreamError(str(message), str(kind or ""))]
+        self._model = payload.get("model") or self._model
+        if isinstance(payload.get("usage"), dict):
+            self._usage = payload["usage"]
+        choices = payload.get("choices") or []
+        if not choices:
+            return []
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self._finish = choice["finish_reason"]
+        piece = (choice.get("delta") or {}).get("content")
+        if isinstance(piece, str) and piece:
+            self._pieces.append(piece)
+            return [piece]
+        return []
+
+    def end(self) -> Completion | None:
+        return self._completion() if self._finish is not None else None
+
+    def _completion(self) -> Completion:
+        return Completion(
+            text="".join(self._pieces),
+            prompt_tokens=_int(self._usage.get("prompt_tokens")),
+            completion_tokens=_int(self._usage.get("completion_tokens")),
+            finish_reason=self._finish,
+            model=self._model,
+        )
