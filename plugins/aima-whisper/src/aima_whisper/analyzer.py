@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from aima.analysis import (
     AnalysisInput,
     AnalysisOutput,
     BlockingAnalyzer,
+    EvidenceItem,
     LazyModel,
     MediaKind,
     Need,
@@ -25,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 #: How many detected languages a transcript lists beside the chosen one.
 LANGUAGE_CANDIDATES = 5
+#: What `evidence` reads of a stored transcript: only the segments, so that a transcript stored with settings of an
+#: older version still offers its segments.
+_SEGMENTS = TypeAdapter(list[TranscriptSegment])
 NO_AUDIO_NOTE = "The media has no audio track; there is nothing to transcribe."
 EMPTY_AUDIO_NOTE = "The audio track holds no samples; there is nothing to transcribe."
 
@@ -126,6 +134,28 @@ class WhisperAnalyzer(BlockingAnalyzer):
         item.report_progress(1.0, f"{len(segments)} segments")
         return AnalysisOutput(result=transcript, texts=_searchable(transcript))
 
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        """Each segment, under the key of its searchable text, so a search hit and a dossier citation name the
+        same item. A stored transcript whose segments have another shape offers none (it is cited whole)."""
+        try:
+            segments = _SEGMENTS.validate_python(payload.get("segments"))
+        except ValidationError as exc:
+            logger.warning("transcript of media %s has segments of another shape, no evidence: %s", media_id, exc)
+            return []
+        return [
+            EvidenceItem(
+                media_id=media_id,
+                analyzer=self.name,
+                key=segment_key(s),
+                kind="speech",
+                summary=s.text,
+                start_s=s.start_s,
+                end_s=s.end_s,
+                confidence=segment_confidence(s),
+            )
+            for s in segments
+        ]
+
     def _empty(self, note: str) -> Transcript:
         return Transcript(
             model=self.settings.model_label(),
@@ -189,11 +219,25 @@ def _candidates(probabilities: list[tuple[str, float]] | None) -> list[LanguageG
     return [LanguageGuess(language=code, probability=round(float(p), 4)) for code, p in ranked]
 
 
+def segment_key(segment: TranscriptSegment) -> str:
+    """The key of a segment's searchable text and evidence item."""
+    return f"segment-{segment.id}"
+
+
+def segment_confidence(segment: TranscriptSegment) -> float:
+    """How sure the model is that the words were said, 0-1: the chance the window holds speech (1 - no_speech_prob)
+    times the geometric mean of the tokens' probabilities (exp(avg_logprob); Whisper's own fallback treats
+    avg_logprob < -1, about 0.37, as a failed decoding). The batched pipeline keeps segments that the sequential one
+    would drop as silence (no_speech_prob > 0.6 with a low avg_logprob); this figure ranks those low."""
+    speech = 1.0 - min(max(segment.no_speech_prob, 0.0), 1.0)
+    return round(speech * min(math.exp(segment.avg_logprob), 1.0), 4)
+
+
 def _searchable(transcript: Transcript) -> list[SearchableText]:
     """One searchable text per segment, keyed by the segment's id."""
     return [
         SearchableText(
-            key=f"segment-{s.id}",
+            key=segment_key(s),
             text=s.text,
             start_s=s.start_s,
             end_s=s.end_s,
