@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from aima.analysis import (
     AnalysisInput,
     AnalysisOutput,
     BlockingAnalyzer,
     Embedding,
+    EvidenceItem,
     LazyModel,
     MediaKind,
     ModelNotInstalled,
@@ -39,6 +42,8 @@ INSTALL_COMMAND = "pip install --no-deps Resemblyzer==0.1.4"
 #: VAD: pauses shorter than this stay inside a region; regions get this much context on each side.
 MIN_SILENCE_S = 0.3
 SPEECH_PAD_S = 0.1
+#: What `evidence` reads of a stored result: only the turns, so a result stored with older settings still offers them.
+_TURNS = TypeAdapter(list[SpeakerTurn])
 
 
 class InvalidSpeakerSettings(AimaError):
@@ -126,6 +131,30 @@ class SpeakersAnalyzer(BlockingAnalyzer):
             speech_s,
         )
         return self._result(speakers, result_turns, duration_s=duration_s, speech_s=speech_s, embeddings=embeddings)
+
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        """Each turn, under the key of its voice embedding: the key a voice cluster's members and a dossier's
+        citations use. A stored result whose turns have another shape offers none (it is cited whole)."""
+        try:
+            turns = _TURNS.validate_python(payload.get("turns"))
+        except ValidationError as exc:
+            logger.warning("speakers result of media %s has turns of another shape, no evidence: %s", media_id, exc)
+            return []
+        return [
+            EvidenceItem(
+                media_id=media_id,
+                analyzer=self.name,
+                key=turn.key,
+                kind="speaker",
+                summary=f"{turn.speaker} speaks",
+                start_s=turn.start_s,
+                end_s=turn.end_s,
+                # A cosine similarity; clipped to 0-1 like other confidences (a turn's voice is never opposed to
+                # its own speaker's).
+                confidence=min(max(turn.confidence, 0.0), 1.0),
+            )
+            for turn in turns
+        ]
 
     def _result(
         self,
