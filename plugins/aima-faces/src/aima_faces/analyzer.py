@@ -3,14 +3,20 @@ recognition model is installed, an identity embedding that the core groups into 
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 from aima.analysis import (
     AnalysisInput,
     AnalysisOutput,
     BlockingAnalyzer,
     Embedding,
+    EvidenceItem,
     Keyframe,
     LazyModel,
     MediaKind,
@@ -23,7 +29,12 @@ from aima_faces.imaging import clip_box, crop_jpeg, read_keyframe
 from aima_faces.results import DetectedFace, FacesResult, FrameFaces, ModelInfo
 from aima_faces.settings import FaceSettings
 
+logger = logging.getLogger(__name__)
+
 COLLECTION = "face_embeddings"
+#: What `evidence` reads of a stored result: the faces, so that a result with older model information still offers
+#: them.
+_FACES = TypeAdapter(list[DetectedFace])
 
 NO_RECOGNIZER_NOTE = (
     "No face recognition model is configured ([plugins.faces] pack_dir): faces are found and cropped but carry no "
@@ -77,6 +88,36 @@ class FacesAnalyzer(BlockingAnalyzer):
             notes=self._notes(engine),
         )
         return AnalysisOutput(result, embeddings=found.embeddings, files=found.files)
+
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        """Each face, under the key of its embedding and crop: the key a person cluster's members and a dossier's
+        citations use. A picture's faces (one keyframe, at 0 s) carry no time. The detection score is the
+        confidence only where it is a probability (not the Haar cascade's stage weight). A stored result whose
+        faces have another shape offers none (it is cited whole)."""
+        try:
+            faces = _FACES.validate_python(payload.get("faces"))
+        except ValidationError as exc:
+            logger.warning("faces result of media %s has faces of another shape, no evidence: %s", media_id, exc)
+            return []
+        frames = payload.get("frames")
+        picture = isinstance(frames, list) and len(frames) == 1 and all(f.timestamp_s == 0 for f in faces)
+        model = payload.get("model")
+        probability = isinstance(model, Mapping) and model.get("det_score_kind") == "probability"
+        return [
+            EvidenceItem(
+                media_id=media_id,
+                analyzer=self.name,
+                key=face.key,
+                kind="face",
+                summary=summary,
+                start_s=None if picture else face.timestamp_s,
+                end_s=None if picture else face.timestamp_s,
+                keyframe=face.keyframe,
+                box=list(face.box),
+                confidence=face.det_score if probability else None,
+            )
+            for face, summary in zip(faces, _summaries(faces, picture=picture), strict=True)
+        ]
 
     def _keyframe(self, engine: FaceEngine, index: int, keyframe: Keyframe, found: _Found) -> int:
         """Adds one keyframe's faces, crops and embeddings to `found`; returns how many faces it holds."""
@@ -159,6 +200,28 @@ class _Found:
     frames: list[FrameFaces] = field(default_factory=list)
     embeddings: list[Embedding] = field(default_factory=list)
     files: list[OutputFile] = field(default_factory=list)
+
+
+def _summaries(faces: list[DetectedFace], *, picture: bool) -> list[str]:
+    """ "face 2 of 3 at 00:12 (keyframe 3)" (a keyframe's faces counted from left to right, as their keys are), or
+    "face in the picture"."""
+    per_keyframe = Counter(face.keyframe for face in faces)
+    seen: Counter[int] = Counter()
+    summaries = []
+    for face in faces:
+        seen[face.keyframe] += 1
+        total = per_keyframe[face.keyframe]
+        which = f"face {seen[face.keyframe]} of {total}" if total > 1 else "face"
+        where = "in the picture" if picture else f"at {_clock(face.timestamp_s)} (keyframe {face.keyframe})"
+        summaries.append(f"{which} {where}")
+    return summaries
+
+
+def _clock(seconds: float) -> str:
+    """Media time as a player shows it: 00:12, or 1:02:03 past an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _points(landmarks: FloatArray | None) -> list[tuple[float, float]] | None:
