@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import TypeAdapter, ValidationError
 
 from aima.analysis import (
     AnalysisInput,
     AnalysisOutput,
     BlockingAnalyzer,
+    EvidenceItem,
     Keyframe,
     LazyModel,
     MediaKind,
@@ -23,11 +27,14 @@ from aima.errors import CorruptMedia
 from aima_ocr.engine import Image as Picture
 from aima_ocr.engine import OcrEngine, ReadLine, check_model_files, engine_name
 from aima_ocr.layout import reading_rows
-from aima_ocr.results import OcrFrame, OcrLine, OcrResult, OcrSpan
+from aima_ocr.results import OcrFrame, OcrLine, OcrResult, OcrSpan, Point
 from aima_ocr.settings import OcrSettings
 from aima_ocr.spans import SpanTracker
 
 logger = logging.getLogger(__name__)
+
+#: What `evidence` reads of a stored result: the spans (the searchable texts), whatever else the result's shape.
+_SPANS = TypeAdapter(list[OcrSpan])
 
 
 class OcrAnalyzer(BlockingAnalyzer):
@@ -81,6 +88,33 @@ class OcrAnalyzer(BlockingAnalyzer):
         )
         return AnalysisOutput(result=result, texts=[_searchable(span, item.kind) for span in spans])
 
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        """Each span, under the key of its searchable text, so a search hit and a dossier citation name the same
+        item: its text, where it was first read (keyframe and bounding box) and, in a video, when it was on screen.
+        A picture (one keyframe, at 0 s) gives no time, as its searchable texts do. A stored result whose spans have
+        another shape offers none (it is cited whole)."""
+        try:
+            spans = _SPANS.validate_python(payload.get("spans"))
+        except ValidationError as exc:
+            logger.warning("ocr result of media %s has spans of another shape, no evidence: %s", media_id, exc)
+            return []
+        timed = payload.get("frames_analyzed") != 1 or any(span.last_s > 0 for span in spans)
+        return [
+            EvidenceItem(
+                media_id=media_id,
+                analyzer=self.name,
+                key=span.key,
+                kind="text",
+                summary=span.text,
+                start_s=span.first_s if timed else None,
+                end_s=span.last_s if timed else None,
+                keyframe=span.first_frame,
+                box=bounds(span.box),
+                confidence=span.confidence,
+            )
+            for span in spans
+        ]
+
     def _read_frame(self, engine: OcrEngine, index: int, keyframe: Keyframe) -> OcrFrame:
         picture = _load_bgr(keyframe.path, index)
         height, width = picture.shape[:2]
@@ -102,6 +136,12 @@ def _length(text: str) -> int:
 def _line(read: ReadLine, key: str) -> OcrLine:
     box = [(round(x, 1), round(y, 1)) for x, y in read.box]
     return OcrLine(key=key, text=read.text.strip(), box=box, confidence=round(read.confidence, 4))
+
+
+def bounds(quadrilateral: Sequence[Point]) -> list[float]:
+    """[x1, y1, x2, y2]: the upright rectangle around a read quadrilateral, the shape of other analyzers' boxes."""
+    xs, ys = [x for x, _ in quadrilateral], [y for _, y in quadrilateral]
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def _load_bgr(path: Path, index: int) -> Picture:
