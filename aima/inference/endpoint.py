@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -89,9 +90,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP date, or nothing: the usual backoff applies
 
 
+@functools.lru_cache(maxsize=256)
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()  # pydantic builds it anew on every call
+
+
 def _schema_of(schema: Schema) -> tuple[dict[str, Any], type[BaseModel] | None]:
     if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return schema.model_json_schema(), schema
+        return _model_schema(schema), schema
     if isinstance(schema, Mapping):
         return dict(schema), None
     raise TypeError("schema must be a pydantic model class or a JSON schema mapping")
@@ -295,26 +301,35 @@ class Endpoint:
     async def _stream(self, request: WireRequest, started: float) -> AsyncGenerator[str | Completion, None]:
         """The answer's pieces, then its `Completion`; `_Retryable` when it stalls, runs out of time or is cut."""
         deadline = started + self.settings.request_timeout_s
-        with self._transport_errors():
-            async with self._http().stream("POST", request.path, json=request.body) as response:
-                if response.status_code != 200:
-                    self._check_status(response.status_code, response.headers, await response.aread())
-                reader = self._wire.stream_reader()
-                async for data in _sse_data(response.aiter_lines(), deadline, self.settings.request_timeout_s):
-                    try:
-                        events = reader.events(data)
-                    except ValueError as exc:
-                        raise _Retryable("stream_cut", f"an unreadable stream event ({exc})") from None
-                    for event in events:
-                        if isinstance(event, StreamError):
-                            self._stream_error(event)
-                        yield event
-                        if isinstance(event, Completion):
-                            return
-                final = reader.end()
-                if final is None:
-                    raise _Retryable("stream_cut", "the stream ended before the answer was complete")
-                yield final
+        final: Completion | None = None
+        try:
+            with self._transport_errors():
+                async with self._http().stream("POST", request.path, json=request.body) as response:
+                    if response.status_code != 200:
+                        self._check_status(response.status_code, response.headers, await response.aread())
+                    reader = self._wire.stream_reader()
+                    async for data in _sse_data(response.aiter_lines(), deadline, self.settings.request_timeout_s):
+                        if final is not None:
+                            continue  # read to the end, so that the connection can serve the next request
+                        try:
+                            events = reader.events(data)
+                        except ValueError as exc:
+                            raise _Retryable("stream_cut", f"an unreadable stream event ({exc})") from None
+                        for event in events:
+                            if isinstance(event, StreamError):
+                                self._stream_error(event)
+                            if isinstance(event, Completion):
+                                final = event
+                                break
+                            yield event
+                    final = final or reader.end()
+        except _Retryable:
+            if final is None:
+                raise
+            # The answer was complete; only what came after it broke.
+        if final is None:
+            raise _Retryable("stream_cut", "the stream ended before the answer was complete")
+        yield final
 
     # -- failures ------------------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 Protocol = Literal["tgi", "openai"]
 
@@ -521,8 +521,8 @@ class ModelServer:
             text = self._answer_text(record)
             if invalid:
                 text = text[: max(1, len(text) // 2)]
-            response = respond(text, cut)
-            handed_over = isinstance(response, _Tracked)
+            response = _Tracked(respond(text, cut), self._done)
+            handed_over = True
             return response
         finally:
             if not handed_over:
@@ -552,24 +552,38 @@ class ModelServer:
         words = record.question.split()[:20]
         return "You asked: " + " ".join(words) if words else "Nothing was asked."
 
-    def _stream_response(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
-        return _Tracked(
-            events, self._done, media_type="text/event-stream", headers={**headers, "x-accel-buffering": "no"}
-        )
+    @staticmethod
+    def _stream_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+        return StreamingResponse(events, media_type="text/event-stream", headers={**headers, "x-accel-buffering": "no"})
 
 
-class _Tracked(StreamingResponse):
-    """A streamed answer that marks its request done itself, once sent or abandoned."""
+class _Tracked(Response):
+    """An answer that marks its request done just before its last byte is sent (or when it is abandoned)."""
 
-    def __init__(self, content: AsyncIterator[bytes], done: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
+    def __init__(self, inner: Response, done: Callable[[], None]) -> None:  # wraps `inner`: no body of its own
+        self._inner = inner
         self._on_done = done
+        self.raw_headers = inner.raw_headers
+        self.status_code = inner.status_code
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._on_done()
+
+        async def send_and_track(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finish()  # before the last byte leaves: a client may send its next request as soon as it arrives
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await self._inner(scope, receive, send_and_track)
         finally:
-            self._on_done()
+            finish()
 
 
 def _body(payload: Any, cut: bool, headers: dict[str, str]) -> Response:

@@ -175,9 +175,10 @@ async def test_429_at_capacity_then_room(server: ModelServer) -> None:
     assert all(r.parsed for r in results) and any(r.attempts > 1 for r in results)
 
 
-async def test_concurrency_is_bounded_per_endpoint(server: ModelServer, protocol: str) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_concurrency_is_bounded_per_endpoint(server: ModelServer, protocol: str, stream: bool) -> None:
     server.slow(0.05)
-    async with make_endpoints(server.url, protocol, max_concurrency=3) as endpoints:
+    async with make_endpoints(server.url, protocol, max_concurrency=3, stream=stream) as endpoints:
         name = endpoints.vision.name
         results = await asyncio.gather(*(endpoints.vision.generate_json(ASK, Verdict) for _ in range(10)))
     assert len(results) == 10 and server.count() == 10
