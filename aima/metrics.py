@@ -43,7 +43,7 @@ INFERENCE_TOKENS = Counter(
 INFERENCE_ERRORS = Counter(
     "aima_inference_errors_total",
     "Failed requests to model endpoints and unusable answers, by kind (rate_limited, unavailable, timeout, "
-    "connection, stream_cut, model_error, invalid_output)",
+    "connection, stream_cut, protocol, model_error, invalid_output)",
     ["endpoint", "kind"],
 )
 INFERENCE_IN_FLIGHT = Gauge("aima_inference_in_flight", "Requests to model endpoints in flight", ["endpoint"])

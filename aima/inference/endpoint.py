@@ -90,6 +90,18 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP date, or nothing: the usual backoff applies
 
 
+def _problem(exc: ValueError | ValidationError) -> str:
+    """What is wrong with an answer, short enough to send back to the model in a repair prompt."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        listed = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in errors[:10])
+        more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
+        return f"{listed}{more}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} at character {exc.pos}"
+    return str(exc)[:500]
+
+
 @functools.lru_cache(maxsize=256)
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()  # pydantic builds it anew on every call
@@ -154,7 +166,7 @@ class Endpoint:
         except (ValueError, ValidationError) as exc:
             INFERENCE_ERRORS.labels(endpoint=self.name, kind="invalid_output").inc()
             cut = " (cut at max_new_tokens)" if result.finish_reason == "length" else ""
-            problem = f"{str(exc).strip()[:500]}{cut}"
+            problem = f"{_problem(exc)}{cut}"
             logger.warning(
                 "%s answered JSON that does not fit the schema%s",
                 self.name,

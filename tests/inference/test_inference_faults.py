@@ -96,6 +96,7 @@ async def test_invalid_json_is_its_own_error_for_one_repair(server: ModelServer,
             await endpoints.vision.generate_json(ASK, Verdict)
         broken = caught.value
         assert broken.code == "INVALID_MODEL_OUTPUT" and not broken.transient
+        assert broken.problem.startswith("not valid JSON: ")
         assert broken.text and broken.problem and broken.result.endpoint == endpoints.vision.name
         assert server.count() == 1  # not retried: repairing is the caller's
         repaired = await endpoints.vision.generate_json(
@@ -109,8 +110,9 @@ async def test_invalid_json_is_its_own_error_for_one_repair(server: ModelServer,
 async def test_json_that_breaks_the_model_is_invalid_output(server: ModelServer) -> None:
     server.answer = lambda request: {"summary": "fine", "score": "high"}
     async with make_endpoints(server.url, "openai") as endpoints:
-        with pytest.raises(InvalidModelOutput, match="score"):
+        with pytest.raises(InvalidModelOutput) as caught:
             await endpoints.vision.generate_json(ASK, Verdict)
+        assert caught.value.problem == "score: Input should be a valid integer, unable to parse string as an integer"
         server.answer = lambda request: "[1, 2]"
         with pytest.raises(InvalidModelOutput, match="not an object"):
             await endpoints.vision.generate_json(ASK, Verdict)
