@@ -181,8 +181,8 @@ async def publish(redis: Redis, prefix: str, event: JobEvent, *, keep: int = KEE
         case_log.channel if case_log else "",
         event.task_id or "",
         mode,
-        repr(at),
-        repr(event.progress),
+        repr(float(at)),
+        repr(float(event.progress)),  # an analyzer's numpy float would print as np.float64(...)
         uuid.uuid4().hex[:16],
     ]
     seqs: list[int] = await redis.register_script(_APPEND)(keys=keys, args=args)

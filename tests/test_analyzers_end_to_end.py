@@ -90,9 +90,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> AnalyzerRegistry:
     config: dict[str, dict[str, Any]] = {
         "faces": {"pack_dir": str(pack), "detector": "haar"},
         "minilm": {"cache_dir": str(tmp_path_factory.mktemp("minilm"))},
-        # Sequential decoding: the default batched pipeline decodes without timestamps, so it makes one segment of
-        # each stretch of speech (both speakers' sentences here) and a segment cannot say who spoke.
-        "whisper": {"batch_size": 1},
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LOAD_PLUGINS_ENV, ",".join(PLUGINS))  # the session turns external plugins off

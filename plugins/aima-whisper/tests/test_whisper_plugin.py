@@ -99,6 +99,7 @@ def test_kwargs_passed_to_faster_whisper() -> None:
         "vad_filter": True,
         "word_timestamps": True,
         "batch_size": 8,
+        "without_timestamps": False,
     }
     assert analyzer.model_kwargs() == {
         "device": "cpu",

@@ -112,5 +112,6 @@ def test_bench_compares_with_faster_whisper_on_the_same_arguments(speech_wav: Pa
         "vad_filter": True,
         "word_timestamps": True,
         "batch_size": 8,
+        "without_timestamps": False,
     }
     assert figures.analyzer_text == figures.raw_text  # the same samples and arguments: the same words

@@ -85,6 +85,9 @@ class WhisperAnalyzer(BlockingAnalyzer):
         }
         if s.batched:
             kwargs["batch_size"] = s.batch_size
+            # The batched pipeline decodes without timestamps by default: each stretch of speech would come back as
+            # one segment, however many sentences (and speakers) it holds.
+            kwargs["without_timestamps"] = False
         return kwargs
 
     def model(self) -> WhisperModel:
