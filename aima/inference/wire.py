@@ -4,6 +4,15 @@ TGI native (``POST /generate``, ``/generate_stream``): one prompt string in the 
 markdown, ``parameters.grammar = {"type": "json", "value": schema}``; tokens read from ``x-prompt-tokens`` and
 ``details``. OpenAI chat completions (vLLM, SGLang, TGI's Messages API): messages with ``image_url`` parts,
 ``response_format`` of type ``json_schema``, ``usage`` (streamed when ``stream_options.include_usage`` is set).
+
+TGI's native API is spoken here rather than through its `text-generation` client (0.7.0), which cannot serve a
+worker well: it pins ``huggingface-hub<1.0`` while AIMA's plugins need 2.x (it installs only with ``--no-deps``,
+leaving a requirement ``pip check`` reports broken, and its imports of ``requests`` and ``huggingface_hub`` then go
+undeclared); it opens a new aiohttp session, so a new connection, for every request; it has one total timeout, so a
+stalled server cannot be told from a long generation; its errors drop the HTTP status (503 and 500 both become
+``UnknownError``) and fail on non-JSON error bodies from proxies; it cannot read TGI's ``x-prompt-tokens``; its chat
+API has no image parts. The wire format is the same: the test model server is checked against that client where it
+is installed.
 """
 
 from __future__ import annotations

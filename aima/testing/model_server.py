@@ -662,8 +662,9 @@ _FORMATS = {
 
 
 def instance_for(schema: Mapping[str, Any], prompt: str = "", question: str = "") -> Any:
-    """A value valid for `schema` (the JSON schema subset pydantic emits: $ref/$defs, anyOf, enums, bounds),
-    built deterministically; its strings come from `prompt`: quoted phrases first, then the words of `question`."""
+    """A value valid for `schema` (the JSON schema subset pydantic emits: $ref/$defs, anyOf, enums, bounds; not
+    ``pattern``), built deterministically; objects get their required properties only, arrays their minimum number
+    of items (at least one), strings the prompt's quoted phrases in turn, else the first words of `question`."""
     phrases = [_unescape(p) for p in _QUOTED.findall(prompt)] or [" ".join(question.split()[:8]) or "text"]
     return _Builder(schema, itertools.cycle(phrases)).build(schema, 0)
 
