@@ -4,6 +4,7 @@ from the clusters, restraint and coercion are always assessed, and text from the
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from aima_fusion import FusionAnalyzer, ModelDossier
@@ -32,14 +33,14 @@ INJECTION = (
 )
 
 
-async def fuse(server: ModelServer, protocol: str, **case_changes: object) -> tuple[Dossier, list[tuple[float, str]]]:
+async def fuse(server: ModelServer, protocol: str, **case_changes: Any) -> tuple[Dossier, list[tuple[float, str]]]:
     progress: list[tuple[float, str]] = []
-    case = sample_case(**case_changes)  # type: ignore[arg-type]
+    case = sample_case(**case_changes)
     async with make_endpoints(server.url, protocol) as endpoints:
         item = sample_case(
             inference=endpoints,
             report_progress=lambda f, m: progress.append((f, m)),
-            **case_changes,  # type: ignore[arg-type]
+            **case_changes,
         )
         dossier = await FusionAnalyzer().analyze_case(item)
     assert_citations_resolve(dossier, case)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aima_fusion import FusionAnalyzer
@@ -17,7 +19,7 @@ from fusion_cases import (
 )
 
 from aima.inference import PromptTooLong
-from aima.testing.model_server import ModelServer
+from aima.testing.model_server import ModelServer, RecordedRequest
 
 BUDGET = 4000
 
@@ -60,7 +62,7 @@ async def test_parts_keep_what_the_final_answer_forgot(server: ModelServer) -> N
     """The combined dossier leaves restraint out: the parts' strongest assessment stands in for it."""
     parts_model = ScriptedModel(restraint="not_indicated")
 
-    def answer(request):  # type: ignore[no-untyped-def]
+    def answer(request: RecordedRequest) -> Mapping[str, Any] | None:
         given = parts_model(request)
         if given is not None and "Partial dossiers:" in request.prompt:
             return {**given, "sensitive": []}
@@ -106,6 +108,6 @@ async def test_a_server_that_refuses_everything_fails_the_task(server: ModelServ
             await FusionAnalyzer().analyze_case(sample_case(inference=endpoints))
 
 
-def _part_number(request) -> int:  # type: ignore[no-untyped-def]
+def _part_number(request: RecordedRequest) -> int:
     marker = request.prompt.split("This request holds part ", 1)[1]
     return int(marker.split(" ", 1)[0])

@@ -10,27 +10,68 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from aima.analysis import CaseAnalyzer, CaseInput, LazyModel
-from aima.dossier import Dossier
+from aima.dossier import Dossier, MissingModality
 from aima.inference import Endpoint
 from aima_fusion.assemble import assemble
 from aima_fusion.catalogue import Catalogue
 from aima_fusion.errors import NoEndpoint
 from aima_fusion.fuse import Fusion
 from aima_fusion.missing import missing_modalities
-from aima_fusion.persons import build_persons
+from aima_fusion.persons import Person, build_persons
 from aima_fusion.prompts import Prompts
-from aima_fusion.schema import empty_answer
+from aima_fusion.schema import ModelDossier, ModelIndicator, empty_answer
 from aima_fusion.settings import FusionSettings
 from aima_fusion.tokens import EstimatedTokens, TokenCounter, TokenizerTokens
 
 logger = logging.getLogger(__name__)
 
 NO_EVIDENCE = "no evidence of the case could be assessed"
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the plugin makes of a case before and after the model: its catalogue, persons and missing modalities."""
+
+    catalogue: Catalogue
+    persons: list[Person]
+    missing: list[MissingModality]
+    appearance_gap_s: float
+
+    @classmethod
+    def of(cls, item: CaseInput, settings: FusionSettings) -> Case:
+        catalogue = Catalogue.of(item)
+        return cls(
+            catalogue=catalogue,
+            persons=build_persons(item.identities, catalogue, settings.speech_kinds),
+            missing=missing_modalities(item, settings.vision_analyzers),
+            appearance_gap_s=settings.appearance_gap_s,
+        )
+
+    def dossier(
+        self,
+        answer: ModelDossier,
+        rejected: Sequence[str],
+        model: str,
+        strategy: str,
+        fallback: Sequence[ModelIndicator] = (),
+    ) -> Dossier:
+        return assemble(
+            answer,
+            catalogue=self.catalogue,
+            persons=self.persons,
+            missing=self.missing,
+            rejected=rejected,
+            model=model,
+            strategy=strategy,
+            appearance_gap_s=self.appearance_gap_s,
+            fallback_indicators=fallback,
+        )
 
 
 class FusionAnalyzer(CaseAnalyzer):
@@ -59,35 +100,25 @@ class FusionAnalyzer(CaseAnalyzer):
     async def analyze_case(self, item: CaseInput) -> Dossier:
         endpoint = self._endpoint(item)
         item.report_progress(0.0, "reading the case's evidence")
-        catalogue = Catalogue.of(item)
-        persons = build_persons(item.identities, catalogue, self.settings.speech_kinds)
-        missing = missing_modalities(item, self.settings.vision_analyzers)
-        gap = self.settings.appearance_gap_s
-        if not len(catalogue):
+        # Building the catalogue and persons of a large case takes a while: not on the worker's event loop.
+        case = await asyncio.to_thread(Case.of, item, self.settings)
+        if not len(case.catalogue):
             item.report_progress(1.0, "no evidence to fuse")
             summary = (
                 f"The case has {len(item.media)} media item(s) but no analysis result that can be cited, so the "
                 "dossier cannot say what they show or say."
             )
-            return assemble(
-                empty_answer(summary),
-                catalogue=catalogue,
-                persons=persons,
-                missing=missing,
-                rejected=[],
-                model=endpoint.model or endpoint.name,
-                strategy="none",
-                appearance_gap_s=gap,
-            )
+            return case.dossier(empty_answer(summary), [], endpoint.model or endpoint.name, "none")
         limit = endpoint.settings.max_new_tokens
         answer_tokens = min(self.settings.answer_tokens or limit, limit)
         budget = await self._budget(endpoint, answer_tokens)
         counter = await asyncio.to_thread(self._counter.get)
+        limit_ids = self.settings.person_evidence_in_prompt
         fusion = Fusion(
             endpoint=endpoint,
-            prompts=Prompts(item.title, catalogue, persons, missing, self.settings.person_evidence_in_prompt),
-            catalogue=catalogue,
-            persons=persons,
+            prompts=Prompts(item.title, case.catalogue, case.persons, case.missing, limit_ids),
+            catalogue=case.catalogue,
+            persons=case.persons,
             counter=counter,
             budget=budget,
             answer_tokens=answer_tokens,
@@ -95,16 +126,13 @@ class FusionAnalyzer(CaseAnalyzer):
             progress=item.report_progress,
         )
         outcome = await fusion.run()
-        dossier = assemble(
+        dossier = await asyncio.to_thread(
+            case.dossier,
             outcome.answer,
-            catalogue=catalogue,
-            persons=persons,
-            missing=missing,
-            rejected=outcome.rejected,
-            model=outcome.model or endpoint.model or endpoint.name,
-            strategy=outcome.strategy,
-            appearance_gap_s=gap,
-            fallback_indicators=outcome.fallback,
+            outcome.rejected,
+            outcome.model or endpoint.model or endpoint.name,
+            outcome.strategy,
+            outcome.fallback,
         )
         logger.info(
             "case %s fused into dossier version %d (%s, %d requests): %d findings, %d statements rejected",

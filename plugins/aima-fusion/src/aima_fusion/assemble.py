@@ -116,7 +116,7 @@ class Checker:
             rejected.append(f"{what} (cites evidence it was not given: {', '.join(unknown)})")
             return _insufficient(
                 item.label,
-                f"The model's assessment ({item.assessment.value}) cited evidence that does not exist "
+                f"The model's assessment ({item.assessment.value}) cited evidence it was not given "
                 f"({', '.join(unknown)}) and was rejected.",
             )
         if item.assessment is Assessment.INDICATED and not entries:

@@ -102,7 +102,7 @@ class Fusion:
             checked = self._checker.check(answer, set(self.catalogue.entries), "answer")
             return Outcome(checked.answer, checked.rejected, "single", self._model, requests=self._requests)
 
-        parts = split(self.catalogue, self.persons, self.counter, self._measure_part, budget)
+        parts = await asyncio.to_thread(split, self.catalogue, self.persons, self.counter, self._measure_part, budget)
         self._report(0.05, f"fusing {len(entries)} evidence items in {len(parts)} parts")
         rejected: list[str] = []
         steps = len(parts) + 1

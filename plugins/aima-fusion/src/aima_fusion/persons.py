@@ -8,6 +8,8 @@ person (by the person's id) but adds no appearance or statement.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,11 +63,14 @@ class Person:
             timed = sorted((e for e in entries if e.start_s is not None), key=lambda e: (e.start_s or 0.0, e.id))
             untimed = [e for e in entries if e.start_s is None]
             spans: list[list[Entry]] = []
+            reached = 0.0
             for entry in timed:
-                if spans and (entry.start_s or 0.0) - max(e.end_s or 0.0 for e in spans[-1]) <= gap_s:
+                if spans and (entry.start_s or 0.0) - reached <= gap_s:
                     spans[-1].append(entry)
                 else:
                     spans.append([entry])
+                    reached = 0.0
+                reached = max(reached, entry.end_s or 0.0)
             if untimed:
                 spans.append(untimed)
             for span in spans:
@@ -134,14 +139,14 @@ def build_persons(
             person.face = cluster
         else:
             person.voice = cluster
+        found = {e.id: e for e in person.members}
         for ref in cluster.members:
             entry = catalogue.by_ref.get(_ref(ref))
             if entry is None:
                 person.unresolved += 1
-            elif entry not in person.members:
-                person.members.append(entry)
-    for person in persons:
-        person.members.sort(key=lambda e: int(e.id[1:]))
+            else:
+                found.setdefault(entry.id, entry)
+        person.members = sorted(found.values(), key=_number)
     _link_statements(persons, catalogue, frozenset(speech_kinds))
     return persons
 
@@ -158,19 +163,32 @@ def _link_statements(persons: Sequence[Person], catalogue: Catalogue, speech_kin
                 turns.setdefault(entry.item.media_id, []).append((entry, person))
     groups = catalogue.by_media()
     for media_id, candidates in turns.items():
+        candidates.sort(key=lambda pair: (pair[0].start_s or 0.0, _number(pair[0])))
+        starts = [turn.start_s or 0.0 for turn, _ in candidates]
+        reach = list(itertools.accumulate((turn.end_s or 0.0 for turn, _ in candidates), max))
         for speech in groups.get(media_id, []):
             if speech.item.kind not in speech_kinds or speech.start_s is None:
                 continue
+            begin = speech.start_s
+            end = max(begin, speech.end_s or begin)
             best: tuple[float, Entry, Person] | None = None
-            for turn, person in candidates:
+            # Turns that start before the line ends, latest first, until none before can reach its start.
+            for index in range(bisect.bisect_right(starts, end) - 1, -1, -1):
+                if reach[index] < begin:
+                    break
+                turn, person = candidates[index]
                 share = _overlap(speech, turn)
-                if share > 0 and (best is None or share > best[0]):
+                if share > 0 and (best is None or share >= best[0]):
                     best = (share, turn, person)
             if best is not None:
                 share, turn, person = best
                 person.statements.append(Statement(speech, turn, round(share, 3)))
     for person in persons:
-        person.statements.sort(key=lambda s: int(s.speech.id[1:]))
+        person.statements.sort(key=lambda s: _number(s.speech))
+
+
+def _number(entry: Entry) -> int:
+    return int(entry.id[1:])
 
 
 def _ref(member: Sequence[str]) -> tuple[str, str, str]:

@@ -35,7 +35,7 @@ class EstimatedTokens:
     def count(self, text: str) -> int:
         ascii_chars = len(text.encode("ascii", "ignore"))
         raw = ascii_chars / self.chars_per_token + (len(text) - ascii_chars)
-        return math.ceil(raw * (1 + self.margin))
+        return math.ceil(round(raw * (1 + self.margin), 6))  # 100 * 1.1 is 110.00000000000001
 
 
 class TokenizerTokens:
