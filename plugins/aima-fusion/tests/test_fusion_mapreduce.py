@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -58,6 +59,22 @@ async def test_a_large_case_is_mapped_and_reduced(server: ModelServer, protocol:
     assert any(m == f"fused {len(maps)} of {len(maps)} parts" for _, m in progress)
 
 
+async def test_many_parts_are_combined_in_rounds(server: ModelServer) -> None:
+    model = ScriptedModel(cite_unknown=False)
+    server.answer = model
+    case = large_case()
+    async with make_endpoints(server.url, "openai", max_input_tokens=2600) as endpoints:
+        dossier = await FusionAnalyzer().analyze_case(replace(case, inference=endpoints))
+
+    maps, reduces = model.requests("map"), model.requests("reduce")
+    totals = [_partials_combined_of(r) for r in reduces]
+    assert len(maps) > 6 and len(reduces) > 2
+    assert totals[0] == len(maps) and totals[-1] < len(maps)  # a first round over the parts, then over its results
+    assert all(EstimatedTokens(3.5, 0.1).count(r.prompt) <= 2600 for r in [*maps, *reduces])
+    assert dossier.strategy == "map-reduce" and dossier.rejected == []
+    assert_citations_resolve(dossier, case)
+
+
 async def test_parts_keep_what_the_final_answer_forgot(server: ModelServer) -> None:
     """The combined dossier leaves restraint out: the parts' strongest assessment stands in for it."""
     parts_model = ScriptedModel(restraint="not_indicated")
@@ -111,3 +128,10 @@ async def test_a_server_that_refuses_everything_fails_the_task(server: ModelServ
 def _part_number(request: RecordedRequest) -> int:
     marker = request.prompt.split("This request holds part ", 1)[1]
     return int(marker.split(" ", 1)[0])
+
+
+def _partials_combined_of(request: RecordedRequest) -> int:
+    """How many partial dossiers the reduce round of `request` combines."""
+    found = re.search(r'partial dossier \d+ of (\d+)"', request.prompt)
+    assert found is not None
+    return int(found.group(1))

@@ -9,13 +9,14 @@ error. A server that refuses a prompt as too long makes the whole fusion start a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aima.analysis import ProgressCallback
 from aima.inference import Endpoint, InvalidModelOutput, Message, PromptTooLong
-from aima_fusion.assemble import Checker
+from aima_fusion.assemble import Checked, Checker
 from aima_fusion.catalogue import Catalogue, Entry
 from aima_fusion.errors import ContextTooSmall
 from aima_fusion.parts import split
@@ -104,23 +105,21 @@ class Fusion:
 
         parts = await asyncio.to_thread(split, self.catalogue, self.persons, self.counter, self._measure_part, budget)
         self._report(0.05, f"fusing {len(entries)} evidence items in {len(parts)} parts")
-        rejected: list[str] = []
         steps = len(parts) + 1
         done = 0
 
-        async def fuse_part(index: int, part: list[Entry]) -> ModelDossier:
+        async def fuse_part(index: int, part: list[Entry]) -> Checked:
             nonlocal done
             what = f"part {index} of {len(parts)}"
             answer = await self._ask(self.prompts.fuse(part, Part(index, len(parts))), what, budget)
-            checked = self._checker.check(answer, {e.id for e in part}, what)
-            rejected.extend(checked.rejected)
             done += 1
             self._report(0.05 + 0.9 * done / steps, f"fused {done} of {len(parts)} parts")
-            return checked.answer
+            return self._checker.check(answer, {e.id for e in part}, what)
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(fuse_part(i, part)) for i, part in enumerate(parts, start=1)]
-        partials = [task.result() for task in tasks]
+        partials = [task.result().answer for task in tasks]
+        rejected = [line for task in tasks for line in task.result().rejected]  # in the parts' order
         fallback = [indicator for partial in partials for indicator in partial.sensitive]
         final = await self._reduce(partials, budget, rejected)
         return Outcome(final, rejected, "map-reduce", self._model, fallback, self._requests)
@@ -137,23 +136,27 @@ class Fusion:
                     "raise the endpoint's max_input_tokens."
                 )
             self._report(0.95, f"combining {len(partials)} partial dossiers")
-
-            async def combine(first: int, group: list[ModelDossier], total: int) -> ModelDossier:
-                if len(group) == 1:
-                    return group[0]
-                what = f"the combination of parts {first}-{first + len(group) - 1} of {total}"
-                answer = await self._ask(self.prompts.reduce(group, first, total), what, budget)
-                allowed = set().union(*(p.cited() for p in group))
-                checked = self._checker.check(answer, allowed, what)
-                rejected.extend(checked.rejected)
-                return checked.answer
-
-            starts = [1 + sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+            firsts = list(itertools.accumulate((len(g) for g in groups[:-1]), initial=1))
             async with asyncio.TaskGroup() as tasks:
-                jobs = [tasks.create_task(combine(s, g, len(partials))) for s, g in zip(starts, groups, strict=True)]
-            partials = [job.result() for job in jobs]
+                jobs = [
+                    tasks.create_task(self._combine(g, first, len(partials), round_number, budget))
+                    for first, g in zip(firsts, groups, strict=True)
+                ]
+            partials = [job.result().answer for job in jobs]
+            rejected.extend(line for job in jobs for line in job.result().rejected)
             logger.info("fusion reduce round %d left %d partial dossiers", round_number, len(partials))
         return partials[0]
+
+    async def _combine(
+        self, group: list[ModelDossier], first: int, total: int, round_number: int, budget: int
+    ) -> Checked:
+        """One reduce request for `group`, partial dossiers `first`.. of `total` (one alone passes through)."""
+        if len(group) == 1:
+            return Checked(group[0])
+        last = first + len(group) - 1
+        what = f"the combination of partial dossiers {first}-{last} of {total} (round {round_number})"
+        answer = await self._ask(self.prompts.reduce(group, first, total), what, budget)
+        return self._checker.check(answer, set().union(*(p.cited() for p in group)), what)
 
     def _groups(self, partials: list[ModelDossier], budget: int) -> list[list[ModelDossier]]:
         """Consecutive partial dossiers, as many per group as one reduce prompt holds."""
