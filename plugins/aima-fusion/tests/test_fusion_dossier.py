@@ -156,10 +156,10 @@ async def test_a_case_without_evidence_needs_no_request(server: ModelServer) -> 
 
     assert server.count() == 0
     assert dossier.strategy == "none"
-    assert {i.label: i.assessment for i in dossier.sensitive} == {
-        SensitiveLabel.RESTRAINT: Assessment.INSUFFICIENT_EVIDENCE,
-        SensitiveLabel.COERCION: Assessment.INSUFFICIENT_EVIDENCE,
-    }
+    assert [(i.label, i.assessment, i.rationale) for i in dossier.sensitive] == [
+        (SensitiveLabel.RESTRAINT, Assessment.INSUFFICIENT_EVIDENCE, "The case holds no analysis result to assess."),
+        (SensitiveLabel.COERCION, Assessment.INSUFFICIENT_EVIDENCE, "The case holds no analysis result to assess."),
+    ]
     assert "vision" in [m.modality for m in dossier.missing]
     assert progress[-1] == (1.0, "no evidence to fuse")
 

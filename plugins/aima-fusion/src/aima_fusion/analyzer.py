@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from aima.analysis import CaseAnalyzer, CaseInput, LazyModel
 from aima.dossier import Dossier, MissingModality
 from aima.inference import Endpoint
-from aima_fusion.assemble import assemble
+from aima_fusion.assemble import REQUIRED, assemble, insufficient
 from aima_fusion.catalogue import Catalogue
 from aima_fusion.errors import NoEndpoint
 from aima_fusion.fuse import Fusion
@@ -31,7 +31,7 @@ from aima_fusion.tokens import EstimatedTokens, TokenCounter, TokenizerTokens
 
 logger = logging.getLogger(__name__)
 
-NO_EVIDENCE = "no evidence of the case could be assessed"
+NO_EVIDENCE = "The case holds no analysis result to assess."
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class FusionAnalyzer(CaseAnalyzer):
                 f"The case has {len(item.media)} media item(s) but no analysis result that can be cited, so the "
                 "dossier cannot say what they show or say."
             )
-            return case.dossier(empty_answer(summary), [], endpoint.model or endpoint.name, "none")
+            unassessed = [insufficient(label, NO_EVIDENCE) for label in REQUIRED]
+            return case.dossier(empty_answer(summary), [], endpoint.model or endpoint.name, "none", unassessed)
         limit = endpoint.settings.max_new_tokens
         answer_tokens = min(self.settings.answer_tokens or limit, limit)
         budget = await self._budget(endpoint, answer_tokens)

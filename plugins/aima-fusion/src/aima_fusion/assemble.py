@@ -114,14 +114,14 @@ class Checker:
         what = f"{source}, sensitive {item.label.value} ({item.assessment.value}): {_clip(item.rationale)}"
         if unknown:
             rejected.append(f"{what} (cites evidence it was not given: {', '.join(unknown)})")
-            return _insufficient(
+            return insufficient(
                 item.label,
                 f"The model's assessment ({item.assessment.value}) cited evidence it was not given "
                 f"({', '.join(unknown)}) and was rejected.",
             )
         if item.assessment is Assessment.INDICATED and not entries:
             rejected.append(f"{what} (indicated without evidence)")
-            return _insufficient(
+            return insufficient(
                 item.label, f"The model reported it as indicated without citing evidence: {item.rationale}"
             )
         return item.model_copy(update={"evidence": [e.id for e in entries]})
@@ -215,7 +215,7 @@ def _sensitive(
     for label in REQUIRED:
         if label not in best:
             candidates = [i for i in fallback if i.label is label]
-            best[label] = min(candidates, key=_strength) if candidates else _insufficient(label, NOT_ASSESSED)
+            best[label] = min(candidates, key=_strength) if candidates else insufficient(label, NOT_ASSESSED)
     ordered = [best[label] for label in REQUIRED] + [
         best[label] for label in SensitiveLabel if label in best and label not in REQUIRED
     ]
@@ -232,14 +232,14 @@ def _sensitive(
 
 
 def _strength(item: ModelIndicator) -> tuple[int, float]:
-    return (_RANK[item.assessment], -item.confidence)
+    return (_RANK[item.assessment], -_unit(item.confidence))
 
 
 def _stronger(item: ModelIndicator, than: ModelIndicator) -> bool:
     return _strength(item) < _strength(than)
 
 
-def _insufficient(label: SensitiveLabel, rationale: str) -> ModelIndicator:
+def insufficient(label: SensitiveLabel, rationale: str) -> ModelIndicator:
     return ModelIndicator(
         label=label, assessment=Assessment.INSUFFICIENT_EVIDENCE, confidence=0.0, rationale=rationale, evidence=[]
     )
