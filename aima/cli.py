@@ -126,9 +126,14 @@ def plugins() -> None:
         raise typer.Exit(2) from None
     registry = AnalyzerRegistry(create_plugin_manager(), config)
     analyzers = {a.name: a for a in registry.all()}
+    case_analyzers = {a.name: a for a in registry.case_analyzers()}
     for info in registry.plugins():
         typer.echo(f"{info.name} {info.version or ''}".rstrip())
         for name in info.analyzers:
+            if name in case_analyzers:
+                c = case_analyzers[name]
+                typer.echo(f"  {c.name} {c.version}  [case] on {c.runs_on}  {c.description}")
+                continue
             a = analyzers[name]
             kinds = ",".join(sorted(a.media_kinds))
             typer.echo(f"  {a.name} {a.version}  [{kinds}] on {a.runs_on}  {a.description}")

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from aima import hookspecs
-from aima.analysis import Analyzer, Embedder, PluginConfig
+from aima.analysis import Analyzer, CaseAnalyzer, Embedder, PluginConfig
 from aima.errors import UnknownAnalyzer
 
 logger = logging.getLogger(__name__)
@@ -57,21 +57,30 @@ class PluginInfo:
 
 
 class AnalyzerRegistry:
-    """The analyzers (and text embedders) every loaded plugin registered, by name."""
+    """The analyzers (media and case analyzers) and text embedders every loaded plugin registered, by name.
+
+    Media and case analyzers share one namespace: a task names its analyzer, whichever kind it is.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, config: PluginConfig | None = None) -> None:
         self._pm = pm
         self._analyzers: dict[str, Analyzer] = {}
+        self._case_analyzers: dict[str, CaseAnalyzer] = {}
         self._owners: dict[str, str] = {}
         self._embedders: dict[str, Embedder] = {}
         plugin_config: Mapping[str, Mapping[str, Any]] = config or {}
         for impl in pm.hook.register_analyzers.get_hookimpls():
             owner = pm.get_name(impl.plugin) or impl.plugin_name
 
-            def register(analyzer: Analyzer, _owner: str = owner) -> None:
-                if analyzer.name in self._analyzers:
+            def register(analyzer: Analyzer | CaseAnalyzer, _owner: str = owner) -> None:
+                if analyzer.name in self._owners:
                     raise ValueError(f"analyzer {analyzer.name!r} registered twice ({_owner})")
-                self._analyzers[analyzer.name] = analyzer
+                if isinstance(analyzer, CaseAnalyzer):
+                    self._case_analyzers[analyzer.name] = analyzer
+                elif isinstance(analyzer, Analyzer):
+                    self._analyzers[analyzer.name] = analyzer
+                else:
+                    raise TypeError(f"plugin {_owner} registered {analyzer!r}, neither an Analyzer nor a CaseAnalyzer")
                 self._owners[analyzer.name] = _owner
 
             impl.function(**_arguments(impl, register=register, config=plugin_config))
@@ -98,10 +107,25 @@ class AnalyzerRegistry:
             raise UnknownAnalyzer(name, self._analyzers) from None
 
     def all(self) -> list[Analyzer]:
+        """The media analyzers, by name."""
         return [self._analyzers[name] for name in sorted(self._analyzers)]
 
     def names(self) -> list[str]:
+        """The media analyzers' names."""
         return sorted(self._analyzers)
+
+    def get_case(self, name: str) -> CaseAnalyzer:
+        try:
+            return self._case_analyzers[name]
+        except KeyError:
+            raise UnknownAnalyzer(name, self._case_analyzers) from None
+
+    def case_analyzers(self) -> list[CaseAnalyzer]:
+        """The case analyzers (a dossier's fusion), by name."""
+        return [self._case_analyzers[name] for name in sorted(self._case_analyzers)]
+
+    def is_case_analyzer(self, name: str) -> bool:
+        return name in self._case_analyzers
 
     def plugins(self) -> list[PluginInfo]:
         versions = {self._pm.get_name(plugin): dist.version for plugin, dist in self._pm.list_plugin_distinfo()}

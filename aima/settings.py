@@ -148,6 +148,9 @@ class WorkerSettings(BaseModel):
     #: ("full jitter"), during which the task shows as waiting for model.
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)
+    #: Longest a task on a model endpoint keeps waiting for it (transient errors) after its first run: then it fails
+    #: even with runs left, so that the job's dossier is made from what exists and names what is missing.
+    model_wait_deadline_s: float = Field(default=900.0, gt=0)
     #: How often a worker tells PostgreSQL that its running tasks are alive (and checks whether they were cancelled).
     heartbeat_s: float = Field(default=1.0, gt=0)
     #: A running task whose heartbeat is older than this lost its worker: the reconciler runs it again.

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -252,13 +253,15 @@ class Job(Base):
 
 
 class Task(Base):
-    """One (media, analyzer) unit of work; its row, not the queue, says where it stands."""
+    """One (media, analyzer) unit of work, or (no media) one case analyzer's run over the whole case; its row, not
+    the queue, says where it stands."""
 
     __tablename__ = "tasks"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
-    media_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), nullable=False)
+    #: None for a case task (a case analyzer's run, which starts once every other task of its job ended).
+    media_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"))
     analyzer: Mapped[str] = mapped_column(String(100), nullable=False)
     analyzer_version: Mapped[str] = mapped_column(String(50), nullable=False)
     state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), nullable=False, default=TaskState.QUEUED)
@@ -277,11 +280,22 @@ class Task(Base):
     priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal", server_default="normal")
     #: When a task waiting after a transient error (a model endpoint down or busy) is tried again.
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    #: Tasks that must succeed before this one is handed to a worker (preparation before analysis).
+    #: Tasks that must succeed before this one is handed to a worker (preparation before analysis); a case task's
+    #: must only have ended, whatever their outcome.
     depends_on: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(Uuid), nullable=False, default=list, server_default="{}")
+    #: When its first run since it was (re)queued from the start began: how long it has waited for its model.
+    first_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         UniqueConstraint("job_id", "media_id", "analyzer", name="uq_tasks_job_media_analyzer"),
+        # NULLs are distinct in the constraint above: one task per case analyzer and job needs its own index.
+        Index(
+            "uq_tasks_job_case_analyzer",
+            "job_id",
+            "analyzer",
+            unique=True,
+            postgresql_where=text("media_id IS NULL"),
+        ),
         Index("ix_tasks_job", "job_id"),
         Index("ix_tasks_state", "state"),
         Index("ix_tasks_state_heartbeat", "state", "heartbeat_at"),
@@ -439,3 +453,30 @@ class IdentitySync(Base):
     kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind, "identity_kind"), primary_key=True)
     synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     members: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class DossierVersion(Base):
+    """One version of a case's dossier (`aima.dossier.Dossier` as JSON), made by a case task. Every run adds the next
+    version; earlier ones stay. Keyed by its task too, so that a task run twice leaves one version."""
+
+    __tablename__ = "dossiers"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), nullable=False)
+    #: 1 for the case's first dossier, then 2, 3, ...
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    task_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    analyzer: Mapped[str] = mapped_column(String(100), nullable=False)
+    analyzer_version: Mapped[str] = mapped_column(String(50), nullable=False)
+    #: The language model that wrote it, as the dossier names it.
+    model: Mapped[str] = mapped_column(String(200), nullable=False, default="", server_default="")
+    created_at: Mapped[datetime] = _now_column()
+    content: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False)
+    #: Who started the job that made it.
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        UniqueConstraint("case_id", "version", name="uq_dossiers_case_version"),
+        UniqueConstraint("task_id", name="uq_dossiers_task"),
+    )

@@ -379,7 +379,9 @@ class TaskError:
 class TaskNode:
     id: strawberry.ID
     job_id: strawberry.ID
-    media_id: strawberry.ID
+    media_id: strawberry.ID | None = strawberry.field(
+        description="The media item it analyses; null for a case task (a case analyzer over the whole case)."
+    )
     analyzer: str
     analyzer_version: str
     state: TaskState  # type: ignore[valid-type]
@@ -398,7 +400,9 @@ class TaskNode:
         default=None, description="When a task waiting for its model endpoint is tried again."
     )
     depends_on: list[strawberry.ID] = strawberry.field(
-        default_factory=list, description="Tasks that must succeed first (preparations)."
+        default_factory=list,
+        description="Tasks that must succeed first (preparations); for a case task, every other task of its job, "
+        "which must only have ended.",
     )
 
     @strawberry.field(description="Seconds it waited in the queue before a worker started it.")
@@ -419,7 +423,7 @@ class TaskNode:
         return cls(
             id=strawberry.ID(str(row.id)),
             job_id=strawberry.ID(str(row.job_id)),
-            media_id=strawberry.ID(str(row.media_id)),
+            media_id=strawberry.ID(str(row.media_id)) if row.media_id else None,
             analyzer=row.analyzer,
             analyzer_version=row.analyzer_version,
             state=row.state,

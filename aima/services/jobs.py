@@ -8,6 +8,12 @@ one ``prepare:<name>`` task per thing its analyzers need made from the original 
 dependencies are enqueued here, the others when their preparations succeed (`task_runs.finish_task`). A job also
 makes the media's preview when it has none yet (``prepare:thumbnail`` for images, ``prepare:poster`` for videos),
 as a task nothing depends on. A preparation whose files are stored already succeeds at once.
+
+A case job may also hold *case tasks*: one per requested case analyzer (the dossier's fusion), without media,
+depending on every other task of the job and starting once they have all ended, whatever their outcome (the
+analyzer says what is missing). When a job has one, every media item with sound also gets the `AUDIO_ANALYZER`
+task when it is installed: audio always goes through Whisper. An analysis may ask for more analyses of its media
+item in the same job (`AnalysisOutput.follow_ups`, `add_follow_ups`); the job's case tasks then wait for those too.
 """
 
 from __future__ import annotations
@@ -15,18 +21,19 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, case, exists, insert, literal, select, tuple_
+from sqlalchemy import Select, Table, Uuid, and_, bindparam, case, exists, func, insert, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aima import queues
-from aima.analysis import Analyzer, MediaKind
+from aima.analysis import Analyzer, CaseAnalyzer, MediaKind
 from aima.db.models import Artifact, Case, CaseRole, Job, JobState, Media, Priority, Task, TaskState
-from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound
+from aima.errors import AnalyzerNotApplicable, BackendUnavailable, InvalidInput, NotFound, UnknownAnalyzer
 from aima.plugins import AnalyzerRegistry
 from aima.resources import Resources
 from aima.services import artifacts, task_runs
@@ -38,6 +45,9 @@ from aima.services.task_runs import TASK_FUNCTION, arq_job_id
 __all__ = ["TASK_FUNCTION", "analyze_case", "analyze_media", "arq_job_id", "get_job", "jobs_of_case", "tasks_of_job"]
 
 logger = logging.getLogger(__name__)
+
+#: The analyzer every media item with sound goes through when a case analyzer is in the job.
+AUDIO_ANALYZER = "whisper"
 
 
 async def analyze_media(
@@ -75,13 +85,12 @@ async def analyze_case(
     analyzers: Sequence[str] | None,
     priority: Priority = Priority.NORMAL,
 ) -> Job:
-    """One job over every media item of a case: each analyzer (all installed when None) on each media it accepts."""
+    """One job over every media item of a case: each media analyzer on each media item it accepts, then each case
+    analyzer once over the whole case. None: every installed analyzer of both kinds."""
     async with resources.sessions() as session:
         await get_case(session=session, actor=actor, case_id=case_id, needed=CaseAccess.EDITOR)
-    registry = resources.analyzers
-    if analyzers is not None and not analyzers:
-        raise InvalidInput(f"Name at least one analyzer. Available analyzers: {', '.join(registry.names())}.")
-    wanted = registry.all() if analyzers is None else [registry.get(name) for name in dict.fromkeys(analyzers)]
+    wanted, case_wanted = _case_job_analyzers(resources.analyzers, analyzers)
+    audio = _audio_analyzer(resources.analyzers) if case_wanted else None
     async with resources.engine.begin() as conn:
         query = _media_rows(actor).where(Media.case_id == case_id).order_by(Media.created_at, Media.id)
         rows = list(await conn.execute(query))
@@ -91,16 +100,75 @@ async def analyze_case(
         tasks: list[Task] = []
         for row in rows:
             accepting = [a for a in wanted if a.accepts(MediaKind(row.kind))]
+            if audio is not None and audio not in accepting and _has_sound(row):
+                accepting.append(audio)
             if accepting:
                 tasks.extend(_plan_tasks(job, row, accepting))
-        if not tasks:
+        if not tasks and not case_wanted:
             names = ", ".join(a.name for a in wanted)
             raise AnalyzerNotApplicable(f"None of the analyzers ({names}) accepts any media of this case.")
+        case_tasks = [_case_task(job, analyzer, [task.id for task in tasks]) for analyzer in case_wanted]
         await conn.execute(insert(_jobs), _columns(job))
-        await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
-    await _queue(resources, job, tasks)
-    logger.info("case job %s queued with %d tasks over %d media of case %s", job.id, len(tasks), len(rows), case_id)
+        if tasks:
+            await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
+        if case_tasks:  # apart: their rows leave media_id out, and one statement takes one set of columns
+            await conn.execute(insert(_tasks), [_columns(task) for task in case_tasks])
+    await _queue(resources, job, [*tasks, *case_tasks])
+    logger.info(
+        "case job %s queued with %d tasks over %d media of case %s, and %d case tasks",
+        job.id,
+        len(tasks),
+        len(rows),
+        case_id,
+        len(case_tasks),
+    )
     return job
+
+
+def _case_job_analyzers(
+    registry: AnalyzerRegistry, names: Sequence[str] | None
+) -> tuple[list[Analyzer], list[CaseAnalyzer]]:
+    """The media and case analyzers a case job runs: those named, or every installed one of both kinds."""
+    if names is None:
+        return registry.all(), registry.case_analyzers()
+    if not names:
+        available = ", ".join(sorted([*registry.names(), *(a.name for a in registry.case_analyzers())]))
+        raise InvalidInput(f"Name at least one analyzer. Available analyzers: {available}.")
+    media: list[Analyzer] = []
+    case_level: list[CaseAnalyzer] = []
+    for name in dict.fromkeys(names):
+        if registry.is_case_analyzer(name):
+            case_level.append(registry.get_case(name))
+        else:
+            media.append(registry.get(name))
+    return media, case_level
+
+
+def _audio_analyzer(registry: AnalyzerRegistry) -> Analyzer | None:
+    return registry.get(AUDIO_ANALYZER) if AUDIO_ANALYZER in registry.names() else None
+
+
+def _has_sound(media: Any) -> bool:
+    """Audio always; a video unless its probe found no audio stream; never an image."""
+    kind = MediaKind(media.kind)
+    return kind is MediaKind.AUDIO or (kind is MediaKind.VIDEO and media.has_audio is not False)
+
+
+def _case_task(job: Job, analyzer: CaseAnalyzer, depends_on: list[uuid.UUID]) -> Task:
+    """A case analyzer's task: no media; it starts once every other task of the job (`depends_on`) ended."""
+    return Task(
+        id=uuid.uuid4(),
+        job_id=job.id,
+        media_id=None,
+        analyzer=analyzer.name,
+        analyzer_version=analyzer.version,
+        state=TaskState.QUEUED,
+        progress=0.0,
+        attempts=0,
+        depends_on=depends_on,
+        resource=analyzer.runs_on,
+        priority=job.priority,
+    )
 
 
 def _new_job(case_id: uuid.UUID, media_id: uuid.UUID | None, actor: Actor, priority: Priority) -> Job:
@@ -217,6 +285,9 @@ def _choose_analyzers(registry: AnalyzerRegistry, kind: MediaKind, names: Sequen
         return chosen
     if not names:
         raise InvalidInput(f"Name at least one analyzer. Available analyzers: {', '.join(registry.names())}.")
+    for name in names:
+        if registry.is_case_analyzer(name):
+            raise AnalyzerNotApplicable(f"{name!r} analyses a whole case: start it with analyzeCase.")
     chosen = [registry.get(name) for name in dict.fromkeys(names)]
     for analyzer in chosen:
         if not analyzer.accepts(kind):
@@ -326,3 +397,103 @@ async def retry_job(*, resources: Resources, actor: Actor, job_id: uuid.UUID) ->
     retried = await task_runs.retry_failed(resources=resources, job_id=job_id)
     async with resources.sessions() as session:
         return await get_job(session=session, actor=actor, job_id=job_id), len(retried)
+
+
+@dataclass(frozen=True)
+class _FollowUpMedia:
+    """What `_plan_tasks` reads of a media item, for follow-ups (which never add a preview)."""
+
+    id: uuid.UUID
+    kind: str
+    has_audio: bool | None
+    has_preview: bool = True
+
+
+_LOCKED_JOB = select(Job.cancel_requested_at, Job.state, Job.priority).where(Job.id == bindparam("p_job_id"))
+
+
+async def add_follow_ups(*, resources: Resources, run: task_runs.TaskRun, names: Sequence[str]) -> list[uuid.UUID]:
+    """Add to the run's job a task for each analyzer an analysis asked to look at its media item too
+    (`AnalysisOutput.follow_ups`), unless the media has a result of it or a task of it in the job already, or the
+    analyzer does not accept the media (or is not installed: logged). Preparations the job already has for the media
+    are reused. The job's queued case tasks wait for the new tasks too (under the job's row lock, so a case task
+    cannot start in between). Returns the ids of the tasks added; those ready are queued."""
+    if run.media_id is None or run.media is None or not names:
+        return []
+    media_id, kind = run.media_id, run.media.kind
+    wanted: list[Analyzer] = []
+    for name in dict.fromkeys(names):
+        try:
+            analyzer = resources.analyzers.get(name)
+        except UnknownAnalyzer:
+            logger.warning("task %s asked for %r, which is not installed here; not added", run.id, name)
+            continue
+        if name == run.analyzer or not analyzer.accepts(kind):
+            continue
+        if await resources.results.find_one({"media_id": str(media_id), "analyzer": name}, {"_id": 1}) is None:
+            wanted.append(analyzer)
+    if not wanted:
+        return []
+    async with resources.engine.begin() as conn:
+        job = (await conn.execute(_LOCKED_JOB.with_for_update(), {"p_job_id": run.job_id})).first()
+        if job is None or job.cancel_requested_at is not None or JobState(job.state).terminal:
+            return []
+        existing = {
+            row.analyzer: row
+            for row in await conn.execute(
+                select(Task.id, Task.analyzer, Task.state).where(Task.job_id == run.job_id, Task.media_id == media_id)
+            )
+        }
+        wanted = [a for a in wanted if a.name not in existing]
+        has_audio = await conn.scalar(
+            select(Media.probe["streams"].contains([{"type": "audio"}])).where(Media.id == media_id)
+        )
+        planned = _plan_tasks(
+            Job(id=run.job_id, priority=job.priority), _FollowUpMedia(media_id, str(kind), has_audio), wanted
+        )
+        tasks = _reuse_preparations(planned, existing)
+        if not tasks:
+            return []
+        await conn.execute(insert(_tasks), [_columns(task) for task in tasks])
+        added = [task.id for task in tasks]
+        await conn.execute(
+            update(Task)
+            .where(Task.job_id == run.job_id, Task.media_id.is_(None), Task.state == TaskState.QUEUED)
+            .values(depends_on=func.array_cat(Task.depends_on, bindparam("p_added", added, type_=ARRAY(Uuid))))
+        )
+        ready = list((await conn.execute(task_runs.READY_AMONG, {"p_ids": added})).scalars())
+    for task in tasks:
+        await task_runs.publish_task_event(
+            resources,
+            run.job_id,
+            task,
+            TaskState.QUEUED,
+            f"{task.analyzer} queued: {run.analyzer} asked for it",
+            case_id=run.case_id,
+        )
+    if ready:
+        await task_runs.hand_over(resources, run.job_id, ready)
+    logger.info("task %s (%s) added %s to job %s", run.id, run.analyzer, [t.analyzer for t in tasks], run.job_id)
+    return added
+
+
+def _reuse_preparations(planned: list[Task], existing: Mapping[str, Any]) -> list[Task]:
+    """Point the planned analyses at the job's own preparation tasks for the media where it has them; analyses
+    whose preparation failed there are left out (they could not run)."""
+    replaced: dict[uuid.UUID, uuid.UUID | None] = {}
+    kept: list[Task] = []
+    for task in planned:
+        if not task.analyzer.startswith(artifacts.PREPARE_PREFIX) or task.analyzer not in existing:
+            kept.append(task)
+            continue
+        found = existing[task.analyzer]
+        ended_badly = TaskState(found.state) in (TaskState.FAILED, TaskState.CANCELLED)
+        replaced[task.id] = None if ended_badly else found.id
+    result: list[Task] = []
+    for task in kept:
+        if any(replaced.get(dep, dep) is None for dep in task.depends_on):
+            logger.info("follow-up %s left out: its preparation failed in this job", task.analyzer)
+            continue
+        task.depends_on = [replaced.get(dep) or dep for dep in task.depends_on]
+        result.append(task)
+    return result

@@ -5,10 +5,16 @@ not a series of ORM round trips.
 
 Dependencies: a task lists in `depends_on` the tasks that must succeed before it is handed to a worker (the
 preparation tasks of its job: keyframes, audio track). Such a task stays queued in PostgreSQL without an arq job.
-The finish of a task with waiting dependents does one more statement in the same transaction, under the job's row
-lock that every finisher of the job takes: a success selects the dependents whose dependencies have now all
-succeeded, which are then enqueued (only the last dependency to succeed sees them ready, so each is enqueued once;
-arq's job id guards a repeat); a failure fails the dependents with `PREPARATION_FAILED` and the reason.
+The finish of a task with waiting dependents does more statements in the same transaction, under the job's row
+lock that every finisher of the job takes: a success selects the dependents whose dependencies are now met, which
+are then enqueued (only the last dependency to end sees them ready, so each is enqueued once; arq's job id guards a
+repeat); a failure fails the media dependents with `PREPARATION_FAILED` and the reason. A *case task* (no media: a
+case analyzer's run over the whole case, `aima.services.jobs.analyze_case`) depends on every other task of its job
+and waits only for them to end, whatever their outcome: its analyzer reports what is missing.
+
+Deadline: a task on a model endpoint that keeps meeting transient errors fails once `worker.model_wait_deadline_s`
+has passed since its first run (`first_started_at`), even with runs left, so that the job's case task can go on
+without it and say what is missing.
 
 Deliveries: each delivery of a task is its own arq job, named after the task and its *generation* (the number of
 runs the task had when it was enqueued, `arq_job_id`), and the claim only accepts a delivery of the current
@@ -53,6 +59,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aima import queues
@@ -135,16 +142,25 @@ class _RunRef(Protocol):
 class TaskRun:
     """A task a worker has claimed (its `attempt`-th run, started at `started_at`), with the facts of its media it
     needs. The pair fences the run: a task retried from the start counts its runs from 0 again, its start time
-    tells a new run from an old one."""
+    tells a new run from an old one. A case task has no media (`media_id` and `media` are None)."""
 
     id: uuid.UUID
     job_id: uuid.UUID
     analyzer: str
     analyzer_version: str
-    media_id: uuid.UUID
+    media_id: uuid.UUID | None
     attempt: int
     started_at: datetime
-    media: MediaFacts
+    media: MediaFacts | None
+    case_id: uuid.UUID
+    #: What it runs on: "cpu" or a model endpoint's name.
+    resource: str = queues.CPU
+    #: When its first run began (the model-wait deadline counts from there).
+    first_started_at: datetime | None = None
+
+    @property
+    def is_case_task(self) -> bool:
+        return self.media_id is None
 
 
 # Bind parameters are prefixed with p_: an UPDATE given a parameter named like one of its columns sets it.
@@ -156,9 +172,9 @@ def _cancel_requested() -> Any:
 
 
 def _claim_statement() -> Select[Any]:
-    """Mark a queued or waiting task running and its job; return the task with its media. Only a delivery of the
-    task's current generation (`p_generation`, None: any) claims it, and none of a job being cancelled. Media
-    deletion cascades to tasks, so the inner join finds the media whenever it finds the task."""
+    """Mark a queued or waiting task running and its job; return the task with its case and media (none for a case
+    task). Only a delivery of the task's current generation (`p_generation`, None: any) claims it, and none of a job
+    being cancelled. Media deletion cascades to tasks, so a media task's media is there whenever the task is."""
     generation = bindparam("p_generation", type_=Integer)
     claimed = (
         update(_tasks)
@@ -173,6 +189,7 @@ def _claim_statement() -> Select[Any]:
             attempts=_tasks.c.attempts + 1,
             worker=bindparam("p_worker"),
             started_at=bindparam("p_now"),
+            first_started_at=func.coalesce(_tasks.c.first_started_at, bindparam("p_now")),
             heartbeat_at=bindparam("p_now"),
             deadline_at=bindparam("p_deadline"),
             next_attempt_at=None,
@@ -189,6 +206,8 @@ def _claim_statement() -> Select[Any]:
             _tasks.c.analyzer_version,
             _tasks.c.attempts,
             _tasks.c.started_at,
+            _tasks.c.first_started_at,
+            _tasks.c.resource,
         )
         .cte("claimed")
     )
@@ -201,7 +220,7 @@ def _claim_statement() -> Select[Any]:
     return (
         select(
             claimed,
-            _media.c.case_id,
+            _jobs.c.case_id,
             _media.c.kind,
             _media.c.content_type,
             _media.c.size_bytes,
@@ -209,7 +228,9 @@ def _claim_statement() -> Select[Any]:
             _media.c.storage_key,
             _media.c.format,
         )
-        .join_from(claimed, _media, _media.c.id == claimed.c.media_id)
+        .select_from(
+            claimed.join(_jobs, _jobs.c.id == claimed.c.job_id).outerjoin(_media, _media.c.id == claimed.c.media_id)
+        )
         .add_cte(job_running)
     )
 
@@ -266,18 +287,35 @@ def _waiting_dependents() -> Any:
     )
 
 
-def _ready_statement() -> Select[Any]:
-    """The waiting dependents of `p_task_id` whose every dependency has succeeded (run after its success)."""
+def unmet_dependencies() -> Any:
+    """Whether the task row in scope still waits for one of its dependencies: a media task for one that has not
+    succeeded, a case task (no media) for one that has not ended."""
     other = _tasks.alias("dependency")
-    unmet = exists().where(other.c.id == any_(_tasks.c.depends_on), other.c.state != TaskState.SUCCEEDED)
-    return select(_tasks.c.id, _tasks.c.analyzer).where(_waiting_dependents(), ~unmet).order_by(_tasks.c.analyzer)
+    return exists().where(
+        other.c.id == any_(_tasks.c.depends_on),
+        or_(
+            and_(_tasks.c.media_id.is_not(None), other.c.state != TaskState.SUCCEEDED),
+            and_(_tasks.c.media_id.is_(None), other.c.state.not_in(TERMINAL_TASK_STATES)),
+        ),
+    )
+
+
+def _ready_statement() -> Select[Any]:
+    """The queued tasks of job `p_job_id` that wait for one of `p_ended` and whose dependencies are all met now
+    (run after those ended)."""
+    waiting = and_(
+        _tasks.c.job_id == bindparam("p_job_id"),
+        _tasks.c.depends_on.overlap(bindparam("p_ended", type_=ARRAY(Uuid))),
+        _tasks.c.state == TaskState.QUEUED,
+    )
+    return select(_tasks.c.id, _tasks.c.analyzer).where(waiting, ~unmet_dependencies()).order_by(_tasks.c.analyzer)
 
 
 def _fail_dependents_statement() -> Any:
-    """Fail the waiting dependents of `p_task_id` (run after it failed for good)."""
+    """Fail the waiting media dependents of `p_task_id` (run after it failed for good); case tasks wait on."""
     return (
         update(_tasks)
-        .where(_waiting_dependents())
+        .where(_waiting_dependents(), _tasks.c.media_id.is_not(None))
         .values(
             state=TaskState.FAILED,
             error_code=PREPARATION_FAILED,
@@ -351,15 +389,17 @@ async def start_task(
         row = (await conn.execute(_CLAIM, params)).first()
     if row is None:
         return None
-    media = MediaFacts(
-        case_id=row.case_id,
-        kind=MediaKind(row.kind),
-        content_type=row.content_type,
-        size_bytes=row.size_bytes,
-        sha256=row.sha256,
-        storage_key=row.storage_key,
-        format=row.format,
-    )
+    media = None
+    if row.media_id is not None:
+        media = MediaFacts(
+            case_id=row.case_id,
+            kind=MediaKind(row.kind),
+            content_type=row.content_type,
+            size_bytes=row.size_bytes,
+            sha256=row.sha256,
+            storage_key=row.storage_key,
+            format=row.format,
+        )
     run = TaskRun(
         id=row.id,
         job_id=row.job_id,
@@ -369,6 +409,9 @@ async def start_task(
         attempt=row.attempts,
         started_at=row.started_at,
         media=media,
+        case_id=row.case_id,
+        resource=row.resource,
+        first_started_at=row.first_started_at,
     )
     await _publish(
         resources,
@@ -378,7 +421,7 @@ async def start_task(
         TaskState.RUNNING,
         0.0,
         f"{run.analyzer} started",
-        case_id=media.case_id,
+        case_id=run.case_id,
     )
     return run
 
@@ -407,7 +450,7 @@ async def requeue_task(*, resources: Resources, run: TaskRun, reason: AimaError)
         return
     message = f"{run.analyzer} will run again: {reason.message}"
     await _publish(
-        resources, run.job_id, JobState.RUNNING, run, TaskState.QUEUED, 0.0, message, reason.code, run.media.case_id
+        resources, run.job_id, JobState.RUNNING, run, TaskState.QUEUED, 0.0, message, reason.code, run.case_id
     )
 
 
@@ -418,17 +461,28 @@ def backoff_s(worker: WorkerSettings, attempt: int) -> float:
 
 async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) -> float | None:
     """After a transient error: wait (state waiting for model) and run again after a backoff, or, when the task has
-    had `worker.max_tries` runs, fail it with the reason. Returns the wait in seconds, None when it failed (or was
-    cancelled meanwhile)."""
-    max_tries = resources.settings.worker.max_tries
-    if run.attempt >= max_tries:
-        message = f"{reason.message} (gave up after {run.attempt} runs)"
+    had `worker.max_tries` runs, or runs on a model endpoint and has waited past `worker.model_wait_deadline_s` since
+    its first run, fail it with the reason. Returns the wait in seconds, None when it failed (or was cancelled
+    meanwhile)."""
+    worker = resources.settings.worker
+    now = datetime.now(UTC)
+    give_up: str | None = None
+    remaining_s = float("inf")
+    if run.resource != queues.CPU and run.first_started_at is not None:
+        waited_s = (now - run.first_started_at).total_seconds()
+        remaining_s = worker.model_wait_deadline_s - waited_s
+        if remaining_s <= 0:
+            give_up = f"gave up after {waited_s:.0f} s"
+    if give_up is None and run.attempt >= worker.max_tries:
+        give_up = f"gave up after {run.attempt} runs"
+    if give_up is not None:
+        message = f"{reason.message} ({give_up})"
         await finish_task(
             resources=resources, run=run, state=TaskState.FAILED, error_code=reason.code, error_message=message
         )
         return None
-    delay = backoff_s(resources.settings.worker, run.attempt)
-    now = datetime.now(UTC)
+    # The last wait ends at the deadline, so that the task fails then rather than a whole backoff later.
+    delay = min(backoff_s(worker, run.attempt), remaining_s)
     async with resources.engine.begin() as conn:
         row = (
             await conn.execute(
@@ -458,7 +512,7 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
         0.0,
         message,
         reason.code,
-        run.media.case_id,
+        run.case_id,
     )
     try:
         await enqueue_task(
@@ -478,7 +532,7 @@ async def report_progress(*, resources: Resources, run: TaskRun, progress: float
     """Tell subscribers how far a running task is. Only an event: the task's row records its start and end."""
     progress = min(max(progress, 0.0), 1.0)
     await _publish(
-        resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, progress, message, case_id=run.media.case_id
+        resources, run.job_id, JobState.RUNNING, run, TaskState.RUNNING, progress, message, case_id=run.case_id
     )
 
 
@@ -493,9 +547,10 @@ async def finish_task(
     """Record how this run ended, close the job when it was its last open task, and tell the subscribers.
 
     A run of a job whose cancellation was requested ends cancelled, whatever `state` says. A success hands the
-    dependents it was the last dependency of to the workers; a failure (or cancellation) ends the dependents.
-    Returns the state recorded, or None when the task was no longer this run's (another delivery took it over, or
-    its row is gone): nothing is changed.
+    dependents it was the last dependency of to the workers; a failure (or cancellation) ends the media dependents,
+    and hands over the case tasks for which it (or a dependent it failed) was the last task to end. Returns the
+    state recorded, or None when the task was no longer this run's (another delivery took it over, or its row is
+    gone): nothing is changed.
     """
     now = datetime.now(UTC)
     ready: list[_TaskRef] = []
@@ -524,10 +579,11 @@ async def finish_task(
             error_code, error_message = JOB_CANCELLED, CANCELLED_MESSAGE
         reason = f"{run.analyzer} {recorded}" + (f": {error_message}" if error_message else "")
         if recorded is not None and row.dependents:
-            if recorded is TaskState.SUCCEEDED:
-                ready = list((await conn.execute(_READY, params)).all())
-            else:
+            if recorded is not TaskState.SUCCEEDED:
                 failed = list((await conn.execute(_FAIL_DEPENDENTS, {**params, "p_error_message": reason})).all())
+            ended = [run.id, *(task.id for task in failed)]
+            ready = list((await conn.execute(_READY, {**params, "p_ended": ended})).all())
+            if recorded is not TaskState.SUCCEEDED and not ready:
                 closed_by_failure = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
     if recorded is None:
         return None
@@ -554,23 +610,24 @@ async def finish_task(
     if job_state is not None:
         await _publish(resources, run.job_id, job_state, None, None, 1.0, f"job {job_state}", case_id=case_id)
     if ready:
-        await _hand_over(resources, run.job_id, [task.id for task in ready])
+        await hand_over(resources, run.job_id, [task.id for task in ready])
     return recorded
 
 
 async def release_dependents(*, resources: Resources, task_id: uuid.UUID) -> list[uuid.UUID]:
-    """Enqueue the waiting dependents of a succeeded task whose dependencies have all succeeded.
+    """Enqueue the waiting dependents of an ended task whose dependencies are now met.
 
     For a repeated delivery of a finished task: the worker that finished it may have stopped before it handed the
     dependents over. Enqueueing one twice is harmless (arq's job id; a finished task is skipped).
     """
     async with resources.engine.connect() as conn:
         row = (await conn.execute(_TASK_STATE, {"p_task_id": task_id})).first()
-        if row is None or row.state != TaskState.SUCCEEDED:
+        if row is None or not TaskState(row.state).terminal:
             return []
-        ready = [r.id for r in await conn.execute(_READY, {"p_task_id": task_id, "p_job_id": row.job_id})]
+        params = {"p_ended": [task_id], "p_job_id": row.job_id}
+        ready = [r.id for r in await conn.execute(_READY, params)]
     if ready:
-        await _hand_over(resources, row.job_id, ready)
+        await hand_over(resources, row.job_id, ready)
     return ready
 
 
@@ -623,7 +680,7 @@ _ROUTING = select(Task.id, Task.resource, Task.priority, Task.attempts).where(
 )
 
 
-async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid.UUID]) -> None:
+async def hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid.UUID]) -> None:
     """Enqueue tasks whose dependencies succeeded; those the queue does not take fail (their job may close)."""
     queued: list[uuid.UUID] = []
     try:
@@ -652,7 +709,8 @@ async def _hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uui
 async def fail_unqueued(
     *, resources: Resources, job_id: uuid.UUID, task_ids: Sequence[uuid.UUID], reason: AimaError
 ) -> None:
-    """Fail tasks that never reached the queue, and close their job if nothing else of it is open."""
+    """Fail tasks that never reached the queue, and close their job if nothing else of it is open (case tasks that
+    waited only for them are handed over)."""
     if not task_ids:
         return
     now = datetime.now(UTC)
@@ -663,6 +721,7 @@ async def fail_unqueued(
             .where(_tasks.c.id.in_(task_ids), _tasks.c.state == TaskState.QUEUED)
             .values(state=TaskState.FAILED, error_code=reason.code, error_message=reason.message, finished_at=now)
         )
+        ready = [r.id for r in await conn.execute(_READY, {"p_job_id": job_id, "p_ended": list(task_ids)})]
         closed = (
             await conn.execute(
                 _close_job_statement(),
@@ -673,6 +732,8 @@ async def fail_unqueued(
     if closed is not None:
         message = f"job {closed}: {reason.message}"
         await _publish(resources, job_id, JobState(closed), None, None, 1.0, message, case_id=case_id)
+    if ready:
+        await hand_over(resources, job_id, ready)
 
 
 # Heartbeats: one statement per worker process for all its running tasks.
@@ -802,6 +863,7 @@ _RETRY = (
         error_message=None,
         worker=None,
         started_at=None,
+        first_started_at=None,
         finished_at=None,
         deadline_at=None,
         next_attempt_at=None,
@@ -822,17 +884,16 @@ _REOPEN = (
     )
     .returning(_jobs.c.state, _jobs.c.case_id)
 )
-_SUCCEEDED_AMONG = select(_tasks.c.id).where(
-    _tasks.c.id.in_(bindparam("p_ids", expanding=True)), _tasks.c.state == TaskState.SUCCEEDED
-)
+#: Which of the tasks `p_ids` have their dependencies met.
+READY_AMONG = select(_tasks.c.id).where(_tasks.c.id.in_(bindparam("p_ids", expanding=True)), ~unmet_dependencies())
 
 
 async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.UUID]:
     """Run the failed and cancelled tasks of a job again, from the start: each gets a fresh set of
     `worker.max_tries` runs (attempts back to 0; the earlier errors are dropped), the job is reopened (a
-    cancellation request is withdrawn), and the tasks whose dependencies have succeeded are enqueued (the others
-    when their dependencies succeed). Returns the ids of the tasks queued again (none: nothing to retry). The
-    caller checks that the actor may do this."""
+    cancellation request is withdrawn), and the tasks whose dependencies are met are enqueued (the others when
+    they are). A case task that succeeded is not run again. Returns the ids of the tasks queued again (none:
+    nothing to retry). The caller checks that the actor may do this."""
     now = datetime.now(UTC)
     params = {"p_job_id": job_id, "p_now": now}
     async with resources.engine.begin() as conn:
@@ -841,11 +902,8 @@ async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.
         if not retried:
             return []
         job = (await conn.execute(_REOPEN, params)).one()
-        dependencies = {dep for task in retried for dep in task.depends_on}
-        succeeded = set()
-        if dependencies:
-            succeeded = set((await conn.execute(_SUCCEEDED_AMONG, {"p_ids": list(dependencies)})).scalars())
-    ready = [task for task in retried if set(task.depends_on) <= succeeded]
+        met = set((await conn.execute(READY_AMONG, {"p_ids": [task.id for task in retried]})).scalars())
+    ready = [task for task in retried if task.id in met]
     job_state = JobState(job.state)
     for task in retried:
         await _publish(

@@ -8,7 +8,12 @@ They need nothing prepared (no download of the original) and are steered by envi
   worker in the middle of, or to cancel;
 - ``remote-model``: runs on the model endpoint ``test-endpoint`` and posts to ``AIMA_TEST_ENDPOINT_URL``; an answer
   of 429 or 503, or no connection, is `ModelUnavailable` (the task waits for the model), any other error status
-  fails the task.
+  fails the task;
+- ``notes``: two timed "notes" per media item, each a citable evidence item (`Analyzer.evidence`);
+- ``spotter``: finds nothing itself but asks for ``notes`` on the same media item (`AnalysisOutput.follow_ups`);
+- ``broken``: always fails (permanently);
+- case analyzers: ``digest`` makes a dossier citing every evidence item of the case (and lists what is missing);
+  ``liar`` cites a note that does not exist, which the server refuses.
 
 Each result names the process that made it (``pid``), so a test can tell which worker ran a task.
 """
@@ -18,10 +23,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
-from aima.analysis import AnalysisInput, Analyzer, RegisterAnalyzer
+from aima.analysis import (
+    AnalysisInput,
+    AnalysisOutput,
+    Analyzer,
+    CaseAnalyzer,
+    CaseInput,
+    EvidenceItem,
+    RegisterAnalyzer,
+)
+from aima.dossier import Assessment, Citation, Dossier, Finding, MissingModality, SensitiveIndicator, SensitiveLabel
 from aima.errors import AimaError, ModelUnavailable
 from aima.hookspecs import hookimpl
 
@@ -87,7 +103,118 @@ class RemoteModel(Analyzer):
         return Ran(pid=os.getpid(), answer=answer.text)
 
 
-ANALYZERS: tuple[Analyzer, ...] = (Noop(), Sleeper(), RemoteModel())
+class Note(BaseModel):
+    key: str
+    start_s: float
+    end_s: float
+    text: str
+
+
+class Notes(BaseModel):
+    notes: list[Note]
+
+
+class NoteTaker(Analyzer):
+    name = "notes"
+    version = "1.0"
+    description = "Two timed notes per media item, each citable."
+    needs = frozenset()
+    result_model = Notes
+
+    async def analyze(self, item: AnalysisInput) -> BaseModel:
+        return Notes(
+            notes=[
+                Note(key=f"note-{n}", start_s=2.0 * n, end_s=2.0 * n + 2.0, text=f"note {n} of {item.media_id[:8]}")
+                for n in range(2)
+            ]
+        )
+
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        notes = Notes.model_validate(payload).notes
+        return [EvidenceItem(media_id, self.name, n.key, "speech", n.text, n.start_s, n.end_s) for n in notes]
+
+
+class Spotter(Analyzer):
+    name = "spotter"
+    version = "1.0"
+    description = "Asks for notes on the media item it looked at."
+    needs = frozenset()
+    result_model = Ran
+
+    async def analyze(self, item: AnalysisInput) -> AnalysisOutput:
+        return AnalysisOutput(Ran(pid=os.getpid(), answer="take notes"), follow_ups=["notes"])
+
+
+class Broken(Analyzer):
+    name = "broken"
+    version = "1.0"
+    description = "Always fails."
+    needs = frozenset()
+    result_model = Ran
+
+    async def analyze(self, item: AnalysisInput) -> BaseModel:
+        raise AimaError("This analyzer always fails.", code="TEST_BROKEN")
+
+
+class Digest(CaseAnalyzer):
+    name = "digest"
+    version = "1.0"
+    description = "A dossier citing every evidence item of the case."
+    result_model = Dossier
+
+    async def analyze_case(self, item: CaseInput) -> BaseModel:
+        findings = []
+        for n, evidence in enumerate(item.evidence):
+            item.report_progress(n / max(len(item.evidence), 1), f"read {n} of {len(item.evidence)} items")
+            cited = Citation(
+                media_id=evidence.media_id,
+                analyzer=evidence.analyzer,
+                key=evidence.key,
+                start_s=evidence.start_s,
+                end_s=evidence.end_s,
+                keyframe=evidence.keyframe,
+                box=list(evidence.box) if evidence.box is not None else None,
+            )
+            findings.append(Finding(statement=evidence.summary, confidence=0.9, evidence=[cited]))
+        return Dossier(
+            summary=f"Version {item.version} of {item.title!r}: {len(item.media)} media, {len(findings)} items.",
+            findings=findings,
+            sensitive=[
+                SensitiveIndicator(
+                    label=SensitiveLabel.RESTRAINT,
+                    assessment=Assessment.INSUFFICIENT_EVIDENCE,
+                    confidence=0.5,
+                    rationale="Notes say nothing about restraint.",
+                )
+            ],
+            missing=[MissingModality(modality=m.analyzer, media_id=m.media_id, reason=m.reason) for m in item.missing],
+            model="digest-test",
+        )
+
+    def citations(self, result: BaseModel) -> Sequence[Citation]:
+        return result.citations() if isinstance(result, Dossier) else []
+
+
+class Liar(Digest):
+    name = "liar"
+    description = "Cites a note that does not exist."
+
+    async def analyze_case(self, item: CaseInput) -> BaseModel:
+        made = Citation(media_id=item.media[0].media_id, analyzer="notes", key="note-99")
+        finding = Finding(statement="Something nobody noted.", confidence=0.99, evidence=[made])
+        return Dossier(summary="Invented.", findings=[finding], model="liar-test")
+
+
+ANALYZERS: tuple[Analyzer | CaseAnalyzer, ...] = (
+    Noop(),
+    Sleeper(),
+    RemoteModel(),
+    NoteTaker(),
+    Spotter(),
+    Broken(),
+    Digest(),
+    Liar(),
+)
 
 
 @hookimpl

@@ -14,9 +14,13 @@ Stopping a run cancels the asyncio task doing its work; the task function then r
 (`aima.workers.tasks`). Work in a thread (a blocking analyzer) cannot be interrupted: it goes on, and its result is
 dropped when it returns.
 
-Before it connects anywhere, the process checks that the models of the analyzers it runs (those whose `runs_on`
-is one of the resources it serves) and of the text embedder are installed (`check_models`): a missing one stops
-the worker at startup with the message saying how to install it, instead of failing every task later.
+Before it connects anywhere, the process checks that the models of the analyzers it runs (media and case analyzers
+whose `runs_on` is one of the resources it serves) and of the text embedder are installed (`check_models`): a
+missing one stops the worker at startup with the message saying how to install it, instead of failing every task
+later.
+
+The process's model endpoints (`aima.inference.Endpoints`, one connection pool and set of concurrency slots per
+endpoint) are made on first use and closed when the process stops; analyzers get them in their input.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from aima import queues
-from aima.analysis import ModelNotInstalled
+from aima.analysis import Analyzer, CaseAnalyzer, ModelNotInstalled
 from aima.config_sync import ConfigSync
 from aima.db.vectors import TEXT_COLLECTION, collection_named
+from aima.inference import Endpoints, endpoints_for
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources, open_resources
 from aima.services import task_runs
@@ -86,7 +91,8 @@ def check_models(analyzers: AnalyzerRegistry, serves: Collection[str]) -> None:
     """Raise `ModelNotInstalled` naming every model missing for the analyzers that run on `serves` and for the text
     embedder (each plugin's message says how to install it). Cheap: plugins look for files, they load nothing."""
     problems: list[str] = []
-    for analyzer in analyzers.all():
+    runnable: list[Analyzer | CaseAnalyzer] = [*analyzers.all(), *analyzers.case_analyzers()]
+    for analyzer in runnable:
         if analyzer.runs_on in serves:
             try:
                 analyzer.check()
@@ -127,12 +133,20 @@ class WorkerProcess:
         self._cancelled_jobs: dict[uuid.UUID, float] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_started = False
+        self._endpoints: Endpoints | None = None
 
     @property
     def resources(self) -> Resources:
         if self._resources is None:
             raise RuntimeError("the worker process has not started")
         return self._resources
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """The model endpoints, made on first use (nothing connects before a request); closed when the process stops."""
+        if self._endpoints is None:
+            self._endpoints = endpoints_for(self.settings)
+        return self._endpoints
 
     async def acquire(self) -> Resources:
         async with self._lock:
@@ -178,6 +192,9 @@ class WorkerProcess:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        if self._endpoints is not None:
+            endpoints, self._endpoints = self._endpoints, None
+            await endpoints.aclose()
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()

@@ -5,7 +5,13 @@ An analysis stores, before its task is marked succeeded, what the analyzer retur
 embeddings and embedded searchable texts in Milvus: `aima.services.outputs`), then the result document naming the
 files, then hands the faces and voices that changed to the identities service. The checks and the embedding of
 texts belong to the analysis (a cancellation stops them); the writes happen outside it, so a stop never
-interrupts one.
+interrupts one. The follow-ups an analysis asks for (`AnalysisOutput.follow_ups`) join its job once its result is
+stored (`aima.services.jobs.add_follow_ups`).
+
+A case task (no media) runs its case analyzer over the whole case (`aima.services.case_input`), checks every
+citation of the result against the case's stored results (`aima.services.dossiers`: `INVALID_CITATIONS` fails
+the task) and stores it as the case's next dossier version. Analyzers on a model endpoint get the process's
+endpoints (`WorkerProcess.endpoints`) in their input.
 
 A task whose row vanished while it ran (its media, case or job was deleted) leaves nothing behind: after storing a
 result the worker checks that the row is still there and deletes the result document, its vectors and its files if
@@ -30,19 +36,23 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aima.analysis import AnalysisInput, Analyzer, Keyframe, Need
+from aima import queues
+from aima.analysis import AnalysisInput, AnalysisOutput, Analyzer, Keyframe, Need
 from aima.db.models import TaskState
 from aima.errors import AimaError
+from aima.inference import EndpointConfigError, Endpoints
 from aima.logs import log_context
 from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
-from aima.services import artifacts, outputs, task_runs
+from aima.services import artifacts, case_input, dossiers, jobs, outputs, task_runs
 from aima.services.artifacts import Preparation, SourceMedia
 from aima.services.results import upsert_result
-from aima.services.task_runs import TaskRun
+from aima.services.task_runs import MediaFacts, TaskRun
 from aima.workers.process import Running, StopReason, WorkerProcess
 
 logger = logging.getLogger(__name__)
@@ -50,6 +60,29 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR_CODE = "ANALYZER_CRASHED"
 #: Seconds between two progress reports of one task, so a chatty analyzer cannot flood Redis.
 PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """A media analysis, checked and ready to store, with the analyses it asks for."""
+
+    outputs: outputs.Outputs
+    follow_ups: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class _CaseResult:
+    """A case analyzer's result, its citations checked, ready to store as the next dossier version."""
+
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What a run stored, to delete again when its job was cancelled (or its row went) meanwhile."""
+
+    outputs: outputs.Stored | None = None
+    dossier: dossiers.StoredDossier | None = None
 
 
 async def run_analysis_task(ctx: dict[str, Any], task_id: str, generation: int | None = None) -> str:
@@ -69,13 +102,16 @@ async def run_analysis_task(ctx: dict[str, Any], task_id: str, generation: int |
             await task_runs.release_dependents(resources=resources, task_id=uuid.UUID(task_id))
             return "skipped"
         with log_context(job_id=str(run.job_id)):
+            endpoints = ctx.get("endpoints")
             if process is None:
-                return await _run(resources, run, None)
+                return await _run(resources, run, None, endpoints)
             with process.running(run) as running:
-                return await _run(resources, run, running)
+                return await _run(resources, run, running, endpoints or process)
 
 
-async def _run(resources: Resources, task: TaskRun, running: Running | None) -> str:
+async def _run(
+    resources: Resources, task: TaskRun, running: Running | None, endpoints: Endpoints | WorkerProcess | None
+) -> str:
     """Do the work in an asyncio task of its own, which the process stops when the job is cancelled (or the run
     is no longer this worker's); store its result outside it, so that a stop never interrupts a write."""
     started = time.perf_counter()
@@ -84,7 +120,7 @@ async def _run(resources: Resources, task: TaskRun, running: Running | None) -> 
     # down) puts it back in line for the next worker.
     deadline = max(1.0, resources.settings.worker.job_timeout_s - 5.0)
     preparation = artifacts.preparation_of_task(task.analyzer)
-    work = asyncio.ensure_future(_work(resources, task, preparation, deadline))
+    work = asyncio.ensure_future(_work(resources, task, preparation, deadline, endpoints))
     if running is not None:
         running.attach(work)
     try:
@@ -100,7 +136,7 @@ async def _run(resources: Resources, task: TaskRun, running: Running | None) -> 
             if running is not None and running.stop_reason is not None:
                 return await _stopped(resources, task, running, started)
             return await _failed(resources, task, exc, started, deadline)
-        stored: outputs.Stored | None = None
+        stored: _Kept | None = None
         if prepared is not None and (running is None or running.stop_reason is None):
             try:
                 stored = await _store(resources, task, prepared)
@@ -122,34 +158,72 @@ async def _run(resources: Resources, task: TaskRun, running: Running | None) -> 
     return "succeeded"
 
 
-async def _store(resources: Resources, task: TaskRun, prepared: outputs.Outputs) -> outputs.Stored:
+async def _store(resources: Resources, task: TaskRun, prepared: _Analysis | _CaseResult) -> _Kept:
     """Store what goes beside the result (files, vectors), then the result document naming the files, then let
-    the identities service regroup the faces and voices that changed."""
+    the identities service regroup the faces and voices that changed, then add the follow-ups it asked for. A case
+    task's result is stored as the case's next dossier version."""
+    if isinstance(prepared, _CaseResult):
+        dossier = await dossiers.store_version(
+            resources,
+            case_id=task.case_id,
+            job_id=task.job_id,
+            task_id=task.id,
+            analyzer=task.analyzer,
+            analyzer_version=task.analyzer_version,
+            content=prepared.content,
+        )
+        return _Kept(dossier=dossier)
     origin = _origin(task)
-    stored = await outputs.store(resources, origin, prepared)
+    stored = await outputs.store(resources, origin, prepared.outputs)
     await upsert_result(
         resources.results,
-        media_id=task.media_id,
-        case_id=task.media.case_id,
+        media_id=origin.media_id,
+        case_id=task.case_id,
         analyzer=task.analyzer,
         analyzer_version=task.analyzer_version,
         task_id=task.id,
-        payload=prepared.payload,
+        payload=prepared.outputs.payload,
         files=stored.files,
     )
     await outputs.cluster(resources, origin, stored)
-    return stored
+    if prepared.follow_ups:
+        try:
+            await jobs.add_follow_ups(resources=resources, run=task, names=prepared.follow_ups)
+        except Exception:  # the analysis itself is done and stored; only the extra analyses are lost
+            logger.exception("task %s: could not add the follow-ups %s", task.id, list(prepared.follow_ups))
+    return _Kept(outputs=stored)
 
 
 async def _work(
-    resources: Resources, task: TaskRun, preparation: Preparation | None, deadline: float
-) -> outputs.Outputs | None:
-    """The analysis (its result and outputs, checked, to store) or the preparation (stored as it is made: None)."""
+    resources: Resources,
+    task: TaskRun,
+    preparation: Preparation | None,
+    deadline: float,
+    endpoints: Endpoints | WorkerProcess | None,
+) -> _Analysis | _CaseResult | None:
+    """The analysis (its result and outputs, checked, to store), the case analysis (its result, citations checked,
+    to store) or the preparation (stored as it is made: None)."""
     async with asyncio.timeout(deadline):
         if preparation is not None:
             await _prepare(resources, task, preparation)
             return None
-        return await _analyze(resources, task)
+        inference = _endpoints(task, endpoints)
+        if task.is_case_task:
+            return await _analyze_case(resources, task, inference)
+        return await _analyze(resources, task, inference)
+
+
+def _endpoints(task: TaskRun, endpoints: Endpoints | WorkerProcess | None) -> Endpoints | None:
+    """The process's model endpoints for an analyzer's input. Settings that cannot make them fail only the tasks
+    that run on an endpoint."""
+    if not isinstance(endpoints, WorkerProcess):
+        return endpoints
+    try:
+        return endpoints.endpoints
+    except EndpointConfigError as exc:
+        if task.resource == queues.CPU:
+            return None
+        raise AimaError(f"The model endpoints are misconfigured: {exc}", code="ENDPOINT_CONFIG") from None
 
 
 def _shutting_down() -> bool:
@@ -159,7 +233,7 @@ def _shutting_down() -> bool:
 
 
 async def _stopped(
-    resources: Resources, task: TaskRun, running: Running, started: float, stored: outputs.Stored | None = None
+    resources: Resources, task: TaskRun, running: Running, started: float, stored: _Kept | None = None
 ) -> str:
     """The process stopped this run: the job was cancelled (nothing it made is kept), or another worker has the
     task now (its row is not this run's to change)."""
@@ -199,10 +273,15 @@ async def _failed(resources: Resources, task: TaskRun, exc: Exception, started: 
     return "failed"
 
 
-async def _discard_result(resources: Resources, task: TaskRun, stored: outputs.Stored | None = None) -> None:
+async def _discard_result(resources: Resources, task: TaskRun, stored: _Kept | None = None) -> None:
     """The task's row went (its media, case or job was deleted) or its job was cancelled while it ran: its result
     goes too, with the vectors and files stored beside it (results are keyed by task, so this removes nothing
-    another task stored). `stored`: what this run stored, when it got that far."""
+    another task stored); a case task's dossier version goes. `stored`: what this run stored, when it got that
+    far."""
+    if task.is_case_task:
+        if await dossiers.discard_version(resources, task.id):
+            logger.info("task %s was cancelled or deleted while it ran; its dossier version was discarded", task.id)
+        return
     query = {
         "media_id": str(task.media_id),
         "analyzer": task.analyzer,
@@ -211,7 +290,7 @@ async def _discard_result(resources: Resources, task: TaskRun, stored: outputs.S
     }
     document = await resources.results.find_one(query, {"files": 1})
     names = {str(f["name"]) for f in (document or {}).get("files", [])}
-    names.update(f.name for f in (stored.files if stored is not None else []))
+    names.update(f.name for f in (stored.outputs.files if stored is not None and stored.outputs is not None else []))
     origin = _origin(task)
     try:
         gone = await outputs.discard(resources, origin, names)
@@ -248,10 +327,31 @@ async def _finish(
     return recorded
 
 
-async def _analyze(resources: Resources, task: TaskRun) -> outputs.Outputs:
+async def _analyze_case(resources: Resources, task: TaskRun, inference: Endpoints | None) -> _CaseResult:
+    """Run a case analyzer over the whole case as it stands, and check its result's citations."""
+    analyzer = resources.analyzers.get_case(task.analyzer)
+    _check_version(task, analyzer.version, analyzer.name)
+    reporter = _ProgressReporter(resources, task)
+    version = await dossiers.next_version(resources, case_id=task.case_id, task_id=task.id)
+    item = await case_input.build_case_input(
+        resources,
+        case_id=task.case_id,
+        job_id=task.job_id,
+        version=version,
+        inference=inference,
+        report_progress=reporter,
+    )
+    try:
+        result = await analyzer.analyze_case(item)
+    finally:
+        await reporter.drain()
+    return _CaseResult(dossiers.checked_result(analyzer, result, item))
+
+
+async def _analyze(resources: Resources, task: TaskRun, inference: Endpoints | None) -> _Analysis:
     analyzer = resources.analyzers.get(task.analyzer)
     _check_version(task, analyzer.version, analyzer.name)
-    media = task.media
+    media = _media(task)
     reporter = _ProgressReporter(resources, task)
     workdir = await _workdir(task)
     try:
@@ -261,7 +361,7 @@ async def _analyze(resources: Resources, task: TaskRun) -> outputs.Outputs:
         keyframes, audio_track = await _prepared_inputs(resources, task, analyzer, workdir)
         item = AnalysisInput(
             media_id=str(task.media_id),
-            case_id=str(media.case_id),
+            case_id=str(task.case_id),
             kind=media.kind,
             content_type=media.content_type,
             size_bytes=media.size_bytes,
@@ -270,6 +370,7 @@ async def _analyze(resources: Resources, task: TaskRun) -> outputs.Outputs:
             report_progress=reporter,
             keyframes=keyframes,
             audio_track_path=audio_track,
+            inference=inference,
         )
         try:
             result = await analyzer.analyze(item)
@@ -277,7 +378,8 @@ async def _analyze(resources: Resources, task: TaskRun) -> outputs.Outputs:
             await reporter.drain()
     finally:
         await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
-    return await outputs.prepare(result, analyzer=analyzer.name, embedder=resources.analyzers.embedder())
+    prepared = await outputs.prepare(result, analyzer=analyzer.name, embedder=resources.analyzers.embedder())
+    return _Analysis(prepared, result.follow_ups if isinstance(result, AnalysisOutput) else ())
 
 
 async def _prepared_inputs(
@@ -287,8 +389,8 @@ async def _prepared_inputs(
     keyframes: list[Keyframe] = []
     audio_track: Path | None = None
     source = _source(task)
-    for preparation in artifacts.preparations_for(task.media.kind, analyzer.needs):
-        stored = await artifacts.artifacts_of(resources, task.media_id, preparation.kind)
+    for preparation in artifacts.preparations_for(source.kind, analyzer.needs):
+        stored = await artifacts.artifacts_of(resources, source.id, preparation.kind)
         if preparation is artifacts.KEYFRAMES:
             if not stored:  # not prepared by this job (a task made some other way): make them now
                 prepared = await artifacts.ensure_artifacts(resources, source, preparation, workdir=workdir)
@@ -328,9 +430,17 @@ def _check_version(task: TaskRun, version: str, name: str) -> None:
         )
 
 
+def _media(task: TaskRun) -> MediaFacts:
+    if task.media is None:
+        raise RuntimeError(f"task {task.id} ({task.analyzer}) is a case task: it has no media")
+    return task.media
+
+
 def _origin(task: TaskRun) -> outputs.Origin:
+    _media(task)
+    assert task.media_id is not None
     return outputs.Origin(
-        case_id=task.media.case_id,
+        case_id=task.case_id,
         media_id=task.media_id,
         analyzer=task.analyzer,
         analyzer_version=task.analyzer_version,
@@ -339,7 +449,8 @@ def _origin(task: TaskRun) -> outputs.Origin:
 
 
 def _source(task: TaskRun) -> SourceMedia:
-    media = task.media
+    media = _media(task)
+    assert task.media_id is not None
     return SourceMedia(
         id=task.media_id,
         case_id=media.case_id,
