@@ -3,15 +3,15 @@ and the checks of the model's ids."""
 
 from __future__ import annotations
 
+from fusion_cases import AUDIO, IMAGE, VIDEO, face, sample_case, scene, speech, turn
+
+from aima.analysis import IdentityCluster, MissingAnalysis
+from aima.dossier import Assessment, SensitiveLabel
 from aima_fusion.assemble import Checker, assemble
 from aima_fusion.catalogue import Catalogue
 from aima_fusion.missing import missing_modalities
 from aima_fusion.persons import build_persons
 from aima_fusion.schema import ModelDossier, ModelFinding, ModelIndicator, ModelPerson, empty_answer
-from fusion_cases import AUDIO, IMAGE, VIDEO, face, sample_case, scene, speech, turn
-
-from aima.analysis import IdentityCluster, MissingAnalysis
-from aima.dossier import Assessment, SensitiveLabel
 
 #: A picture description by a vision analyzer of another name.
 DESCRIBED = {"kind": "image", "model": "qwen", "endpoint": "qwen", "timeline": []}

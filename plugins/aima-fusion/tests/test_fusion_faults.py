@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from aima_fusion import FusionAnalyzer, FusionSettings
-from aima_fusion.errors import NoEndpoint
 from fusion_cases import catalogue_ids, make_endpoints, sample_case
 
 from aima.errors import ModelUnavailable
 from aima.inference import InvalidModelOutput, UnknownEndpoint
 from aima.testing.model_server import ModelServer
+from aima_fusion import FusionAnalyzer, FusionSettings
+from aima_fusion.errors import NoEndpoint
 
 
 async def test_an_unavailable_server_is_transient(server: ModelServer, protocol: str) -> None:

@@ -8,8 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from aima_fusion import FusionAnalyzer
-from aima_fusion.tokens import EstimatedTokens
 from fusion_cases import (
     ScriptedModel,
     assert_citations_resolve,
@@ -21,6 +19,8 @@ from fusion_cases import (
 
 from aima.inference import PromptTooLong
 from aima.testing.model_server import ModelServer, RecordedRequest
+from aima_fusion import FusionAnalyzer
+from aima_fusion.tokens import EstimatedTokens
 
 BUDGET = 4000
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from aima_fusion import FusionAnalyzer, FusionSettings
-from aima_fusion.tokens import EstimatedTokens, TokenizerTokens
 from fusion_cases import sample_case
 
 from aima.analysis import ModelNotInstalled
 from aima.dossier import Dossier
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima_fusion import FusionAnalyzer, FusionSettings
+from aima_fusion.tokens import EstimatedTokens, TokenizerTokens
 
 
 def test_the_entry_point_registers_the_case_analyzer(monkeypatch: pytest.MonkeyPatch) -> None:
