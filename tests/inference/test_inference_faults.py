@@ -83,7 +83,7 @@ async def test_an_answer_slower_than_the_read_timeout_is_transient(
 
 async def test_a_stream_that_trickles_past_the_request_timeout_is_transient(server: ModelServer) -> None:
     server.slow(0, token_delay_s=0.05)
-    settings = {"read_timeout_s": 0.2, "request_timeout_s": 0.25, "max_attempts": 1}
+    settings = {"read_timeout_s": 0.3, "request_timeout_s": 0.3, "max_attempts": 1}  # tokens come every 0.05 s
     async with make_endpoints(server.url, "tgi", **settings) as endpoints:
         with pytest.raises(ModelUnavailable, match="longer than request_timeout_s"):
             await endpoints.vision.generate_text([Message.user("a long answer with many many words in it")])
@@ -162,7 +162,7 @@ async def test_tgi_error_events_inside_a_stream(server: ModelServer, error_type:
 
 async def test_429_at_capacity_then_room(server: ModelServer) -> None:
     server.limit(2)
-    server.slow(0.2)
+    server.slow(0.5)  # all four arrive while the first two are in flight
     async with make_endpoints(server.url, "tgi", max_concurrency=4, max_attempts=1) as endpoints:
         outcomes = await asyncio.gather(
             *(endpoints.vision.generate_json(ASK, Verdict) for _ in range(4)), return_exceptions=True
