@@ -415,16 +415,16 @@ async def test_voices_follow_speakers_across_recordings(resources: Resources) ->
         case_id,
         first,
         [
-            Turn("turn-1", near(dan, 0.9), "S1", 0.0, 2.0),
-            Turn("turn-2", near(near(dan, 0.9), 0.9), "S2", 2.0, 4.0),  # diarization says: another speaker
-            Turn("turn-3", near(dan, 0.9), "S1", 4.0, 6.0),
+            Turn("turn-1", near(dan, 0.97), "S1", 0.0, 2.0),
+            Turn("turn-2", near(near(dan, 0.97), 0.97), "S2", 2.0, 4.0),  # diarization says: another speaker
+            Turn("turn-3", near(dan, 0.97), "S1", 4.0, 6.0),
         ],
     )
     await store_turns(
         resources,
         case_id,
         second,
-        [Turn("turn-1", near(dan, 0.9), "S1", 0.0, 3.0), Turn("turn-2", near(eve, 0.9), "S2", 3.0, 5.0)],
+        [Turn("turn-1", near(dan, 0.97), "S1", 0.0, 3.0), Turn("turn-2", near(eve, 0.97), "S2", 3.0, 5.0)],
     )
     for media_id in (first, second):
         await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer="speakers", kind="voice")
