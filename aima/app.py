@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -91,14 +92,19 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when every backend answers. Model endpoints are reported beside them (``model:<endpoint>``) but a
+    down one only makes the status "degraded": the API itself needs no model (its tasks wait for the model, and a
+    dossier names what it had to do without), so taking it out of a load balancer would help no one."""
     resources: Resources = request.state.resources
-    checks = await resources.check_backends()
+    checks, models = await asyncio.gather(resources.check_backends(), resources.check_models())
     down = {name: reason for name, reason in checks.items() if reason is not None}
+    models_down = {name: reason for name, reason in models.items() if reason is not None}
+    status = "unavailable" if down else "degraded" if models_down else "ready"
     body: dict[str, Any] = {
-        "status": "ready" if not down else "unavailable",
-        "checks": {name: ("ok" if reason is None else "down") for name, reason in checks.items()},
+        "status": status,
+        "checks": {name: ("ok" if reason is None else "down") for name, reason in {**checks, **models}.items()},
     }
-    for name, reason in sorted(down.items()):  # the reasons may name hosts and credentials: logs only
+    for name, reason in sorted({**down, **models_down}.items()):  # the reasons may name hosts: logs only
         logger.warning("not ready: %s is down (%s)", name, reason)
     return JSONResponse(body, status_code=503 if down else 200)
 

@@ -27,6 +27,7 @@ from sqlalchemy.sql import text
 
 from aima.db.documents import DOCUMENT_MODELS, AnalysisResultDocument
 from aima.db.vectors import ensure_collections
+from aima.inference import Endpoints, endpoints_for
 from aima.media.inspect import Inspector
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.security import password_hasher
@@ -56,6 +57,9 @@ class Resources:
     authenticator: Authenticator
     #: Probes uploads in child processes under memory and time limits (started on first use).
     inspector: Inspector
+    #: The configured model endpoints (`aima.inference`): nothing connects before a request; the worker hands them
+    #: to analyzers, the API only checks them for readiness.
+    endpoints: Endpoints | None = None
     #: The settings the process started with (defaults, file, environment); `settings` adds the runtime overrides
     #: and is replaced whenever an administrator changes one (`aima.config_sync`), so read it at the time of use.
     base_settings: Settings = field(init=False)
@@ -89,6 +93,9 @@ class Resources:
             "s3": self.store.ping,
             "redis": self.redis.ping,
         }
+        return await self._run_checks(checks)
+
+    async def _run_checks(self, checks: dict[str, Callable[[], Awaitable[object]]]) -> dict[str, str | None]:
         timeout = self.settings.readiness_timeout_s
 
         async def run(check: Callable[[], Awaitable[object]]) -> str | None:
@@ -102,6 +109,12 @@ class Resources:
 
         results = await asyncio.gather(*(run(c) for c in checks.values()))
         return dict(zip(checks, results, strict=True))
+
+    async def check_models(self) -> dict[str, str | None]:
+        """The same for each configured model endpoint, named ``model:<endpoint>`` (none configured: empty)."""
+        if self.endpoints is None:
+            return {}
+        return await self._run_checks(self.endpoints.readiness_checks())
 
     async def _ping_postgres(self) -> None:
         async with self.engine.connect() as conn:
@@ -173,6 +186,9 @@ async def open_resources(
                 max_pixels=uploads.max_image_pixels,
             )
         )
+        # Settings that cannot work (a TGI endpoint without a known chat template) stop the process here.
+        endpoints = endpoints_for(settings)
+        stack.push_async_callback(endpoints.aclose)
         hasher = password_hasher(settings.auth)
         yield Resources(
             settings=settings,
@@ -187,6 +203,7 @@ async def open_resources(
             password_hasher=hasher,
             authenticator=Authenticator(hasher),
             inspector=inspector,
+            endpoints=endpoints,
         )
 
 

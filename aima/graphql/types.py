@@ -10,12 +10,15 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from aima import dossier as dossier_schema
+from aima import vision
 from aima.analysis import MediaKind
 from aima.db import models
 from aima.db.documents import AnalysisResultDocument
 from aima.errors import InvalidInput, NotFound
 from aima.events import JobEvent as JobEventData
 from aima.graphql.context import Context
+from aima.services import dossiers as dossier_service
 from aima.services import identities as identity_service
 from aima.services import identity_views, result_views
 from aima.services import jobs as job_service
@@ -276,6 +279,21 @@ class MediaNode:
                 for span in found.spans
             ],
         )
+
+    @strawberry.field(
+        description="What the vision model saw (the newest result of an analyzer that describes pictures); null "
+        "when the media has not been described."
+    )
+    async def description(self, info: Info[Context, None]) -> VisualDescriptionNode | None:
+        ctx = info.context
+        actor = ctx.require_actor()
+        async with ctx.resources.sessions() as session:
+            await media_service.get_media(session=session, actor=actor, media_id=self._id)
+        found = await dossier_service.visual_description(ctx.resources, self._id)
+        if found is None:
+            return None
+        await _audit_view(ctx, self.id, "description")
+        return VisualDescriptionNode.of(*found)
 
     @property
     def _id(self) -> uuid.UUID:
@@ -574,6 +592,35 @@ class CaseNode:
     ) -> list[IdentityClusterNode]:
         kind = models.IdentityKind.VOICE
         return await identity_clusters(info, uuid.UUID(self.id), kind, first, members_per_cluster)
+
+    @strawberry.field(
+        description="A version of the case's dossier (the latest when `version` is omitted), every citation resolved "
+        "into its evidence; null when there is none. Audited."
+    )
+    async def dossier(self, info: Info[Context, None], version: int | None = None) -> DossierNode | None:
+        ctx = info.context
+        actor = ctx.require_actor()
+        case_id = uuid.UUID(self.id)
+        async with ctx.resources.sessions() as session:
+            row = await dossier_service.dossier_of_case(session=session, actor=actor, case_id=case_id, version=version)
+        if row is None:
+            return None
+        dossier = dossier_service.parse(row)
+        resolved = await dossier_service.resolve_evidence(ctx.resources, case_id, dossier.citations())
+        found = {dossier_service.citation_key(e.citation): e for e in resolved}
+        await ctx.audit(
+            AuditAction.DOSSIER_READ, target_type="case", target_id=case_id, details={"version": row.version}
+        )
+        return DossierNode.of(row, dossier, found, self.title)
+
+    @strawberry.field(description="The versions of the case's dossier, newest first.")
+    async def dossiers(self, info: Info[Context, None]) -> list[DossierVersionNode]:
+        ctx = info.context
+        async with ctx.resources.sessions() as session:
+            rows = await dossier_service.versions_of_case(
+                session=session, actor=ctx.require_actor(), case_id=uuid.UUID(self.id)
+            )
+        return [DossierVersionNode.of(row) for row in rows]
 
     @strawberry.field(description="Users' corrections of the persons and voices, newest first.")
     async def identity_corrections(self, info: Info[Context, None], first: int = 50) -> list[IdentityCorrectionNode]:
@@ -962,4 +1009,413 @@ class SearchHitNode:
             start_s=hit.start_s,
             end_s=hit.end_s,
             score=hit.score,
+        )
+
+
+# --- Visual descriptions (Media.description) -------------------------------------------------------------------
+
+
+@strawberry.type(name="SeenObject")
+class SeenObjectNode:
+    name: str
+    count: int
+    position: str = strawberry.field(description="Where in the picture: 'left foreground', ...")
+    confidence: float
+
+
+@strawberry.type(name="SeenPerson")
+class SeenPersonNode:
+    appearance: str = strawberry.field(description="Clothing, build, apparent age range; never a name.")
+    actions: str
+    position: str
+    confidence: float
+
+
+@strawberry.type(name="SeenPeople")
+class SeenPeopleNode:
+    count: int
+    persons: list[SeenPersonNode]
+
+
+@strawberry.type(name="VisibleText")
+class VisibleTextNode:
+    text: str
+    where: str
+
+
+@strawberry.type(name="NotableElement")
+class NotableElementNode:
+    label: str
+    description: str
+    sensitive: bool = strawberry.field(description="Weapons, injuries, restraints, nudity, personal data, ...")
+    confidence: float
+
+
+@strawberry.type(name="FrameDescription")
+class FrameDescriptionNode:
+    """One picture (an image, or a video keyframe), as the vision model saw it."""
+
+    scene: str
+    setting: str
+    objects: list[SeenObjectNode]
+    people: SeenPeopleNode
+    visible_text: list[VisibleTextNode] = strawberry.field(description="Text seen in the picture: data, quoted.")
+    notable: list[NotableElementNode]
+    confidence: float = strawberry.field(description="How sure the model is of the description as a whole.")
+
+    @classmethod
+    def of(cls, frame: vision.FrameDescription) -> FrameDescriptionNode:
+        return cls(
+            scene=frame.scene,
+            setting=frame.setting,
+            objects=[
+                SeenObjectNode(name=o.name, count=o.count, position=o.position, confidence=o.confidence)
+                for o in frame.objects
+            ],
+            people=SeenPeopleNode(
+                count=frame.people.count,
+                persons=[
+                    SeenPersonNode(
+                        appearance=p.appearance, actions=p.actions, position=p.position, confidence=p.confidence
+                    )
+                    for p in frame.people.persons
+                ],
+            ),
+            visible_text=[VisibleTextNode(text=t.text, where=t.where) for t in frame.visible_text],
+            notable=[
+                NotableElementNode(
+                    label=n.label, description=n.description, sensitive=n.sensitive, confidence=n.confidence
+                )
+                for n in frame.notable
+            ],
+            confidence=frame.confidence,
+        )
+
+
+@strawberry.type(name="VisualTimelineEntry")
+class VisualTimelineEntryNode:
+    keyframe: int = strawberry.field(description="Index of the keyframe among the media's keyframes.")
+    timestamp_s: float
+    description: FrameDescriptionNode
+
+
+@strawberry.type(name="VisualDescription")
+class VisualDescriptionNode:
+    """What the vision model saw: an image has one entry at 0 s, a video one per keyframe, in time order."""
+
+    analyzer: str
+    analyzer_version: str
+    kind: str = strawberry.field(description="image or video.")
+    model: str
+    endpoint: str
+    timeline: list[VisualTimelineEntryNode]
+    failed: list[str] = strawberry.field(description="Keyframes left without a description, and why.")
+
+    @classmethod
+    def of(cls, analyzer: str, version: str, found: vision.VisualDescription) -> VisualDescriptionNode:
+        return cls(
+            analyzer=analyzer,
+            analyzer_version=version,
+            kind=found.kind,
+            model=found.model,
+            endpoint=found.endpoint,
+            timeline=[
+                VisualTimelineEntryNode(
+                    keyframe=e.keyframe, timestamp_s=e.timestamp_s, description=FrameDescriptionNode.of(e.description)
+                )
+                for e in found.timeline
+            ],
+            failed=found.failed,
+        )
+
+
+# --- Dossiers ----------------------------------------------------------------------------------------------------
+
+SensitiveLabelEnum = strawberry.enum(dossier_schema.SensitiveLabel, name="SensitiveLabel")
+AssessmentEnum = strawberry.enum(dossier_schema.Assessment, name="Assessment")
+
+
+@strawberry.type(name="Evidence")
+class EvidenceNode:
+    """A citation resolved: the stored analyzer result item a statement comes from, where and when in its media."""
+
+    media: MediaNode | None = strawberry.field(description="Null when the media item was deleted since.")
+    media_id: strawberry.ID
+    analyzer: str
+    key: str | None = strawberry.field(description="The item in the result; null cites the whole result.")
+    kind: str | None = strawberry.field(description="speech, speaker, face, text, scene, ... (null: whole result).")
+    summary: str | None = strawberry.field(description="What the item says (a transcript line, a face, ...).")
+    start_s: float | None
+    end_s: float | None
+    keyframe: int | None
+    box: list[float] | None = strawberry.field(description="[x1, y1, x2, y2] in pixels of the keyframe.")
+    confidence: float | None = strawberry.field(description="The analyzer's confidence in the item.")
+    storage_key: strawberry.Private[str | None] = None
+
+    @strawberry.field(description="A short-lived presigned link to the keyframe's JPEG, when the item has one.")
+    async def keyframe_url(self, info: Info[Context, None]) -> str | None:
+        info.context.require_actor()
+        return await dossier_service.keyframe_url(info.context.resources, self.storage_key)
+
+    @classmethod
+    def of(cls, found: dossier_service.Evidence) -> EvidenceNode:
+        citation, item = found.citation, found.item
+        box = citation.box if citation.box is not None else (list(item.box) if item and item.box else None)
+        return cls(
+            media=MediaNode.of(found.media) if found.media is not None else None,
+            media_id=strawberry.ID(citation.media_id),
+            analyzer=citation.analyzer,
+            key=citation.key,
+            kind=item.kind if item else None,
+            summary=item.summary if item else None,
+            start_s=found.start_s,
+            end_s=found.end_s,
+            keyframe=found.keyframe,
+            box=box,
+            confidence=item.confidence if item else None,
+            storage_key=found.keyframe_key,
+        )
+
+
+#: Resolved evidence by `dossiers.citation_key`.
+EvidenceMap = dict[tuple[object, ...], dossier_service.Evidence]
+
+
+def _evidence(citations: list[dossier_schema.Citation], found: EvidenceMap) -> list[EvidenceNode]:
+    return [EvidenceNode.of(found[dossier_service.citation_key(c)]) for c in citations]
+
+
+@strawberry.type(name="DossierFinding")
+class FindingNode:
+    statement: str
+    confidence: float
+    evidence: list[EvidenceNode]
+
+    @classmethod
+    def of(cls, finding: dossier_schema.Finding, found: EvidenceMap) -> FindingNode:
+        return cls(
+            statement=finding.statement, confidence=finding.confidence, evidence=_evidence(finding.evidence, found)
+        )
+
+
+@strawberry.type(name="DossierTimelineEvent")
+class TimelineEventNode:
+    media_id: strawberry.ID
+    start_s: float | None
+    end_s: float | None
+    description: str
+    evidence: list[EvidenceNode]
+
+
+@strawberry.type(name="DossierAppearance")
+class AppearanceNode:
+    media_id: strawberry.ID
+    start_s: float | None
+    end_s: float | None
+    evidence: list[EvidenceNode]
+
+
+@strawberry.type(name="DossierPerson")
+class DossierPersonNode:
+    """A person of the case (a face cluster and/or a voice cluster), where they appear and what they say."""
+
+    label: str
+    face_cluster_id: strawberry.ID | None
+    voice_cluster_id: strawberry.ID | None
+    description: str
+    appearances: list[AppearanceNode]
+    statements: list[FindingNode] = strawberry.field(description="What they say, quoted from transcripts.")
+
+
+@strawberry.type(name="DossierEntity")
+class EntityNode:
+    """A place, an object or an event."""
+
+    name: str
+    description: str
+    evidence: list[EvidenceNode]
+
+    @classmethod
+    def of(cls, entity: dossier_schema.Entity, found: EvidenceMap) -> EntityNode:
+        return cls(name=entity.name, description=entity.description, evidence=_evidence(entity.evidence, found))
+
+
+@strawberry.type(name="SensitiveIndicator")
+class SensitiveIndicatorNode:
+    """A contextual flag (restraint, coercion, ...): the outcome, how sure, why, and the evidence behind it."""
+
+    label: SensitiveLabelEnum  # type: ignore[valid-type]
+    assessment: AssessmentEnum  # type: ignore[valid-type]
+    confidence: float
+    rationale: str
+    evidence: list[EvidenceNode] = strawberry.field(description="Empty for insufficient evidence and not indicated.")
+
+
+@strawberry.type(name="MissingModality")
+class MissingModalityNode:
+    """An analysis the dossier had to do without (the vision endpoint stayed down, a task failed)."""
+
+    modality: str
+    media_id: strawberry.ID | None
+    reason: str
+
+
+def _id(value: str | None) -> strawberry.ID | None:
+    return strawberry.ID(value) if value else None
+
+
+@strawberry.type(name="Dossier")
+class DossierNode:
+    """One version of a case's dossier: every statement with the evidence it cites, resolved."""
+
+    version: int
+    created_at: datetime
+    analyzer: str = strawberry.field(description="The case analyzer that made it.")
+    analyzer_version: str
+    model: str = strawberry.field(description="The language model that wrote it.")
+    strategy: str = strawberry.field(description="single (one call) or map-reduce (in parts, then combined).")
+    summary: str
+    timeline: list[TimelineEventNode]
+    persons: list[DossierPersonNode]
+    places: list[EntityNode]
+    objects: list[EntityNode]
+    events: list[EntityNode]
+    findings: list[FindingNode]
+    sensitive: list[SensitiveIndicatorNode]
+    missing: list[MissingModalityNode]
+    rejected: list[str] = strawberry.field(description="Statements dropped because their citations did not resolve.")
+    case_id: strawberry.Private[uuid.UUID]
+    case_title: strawberry.Private[str]
+    row: strawberry.Private[models.DossierVersion]
+    dossier: strawberry.Private[dossier_schema.Dossier]
+    found: strawberry.Private[EvidenceMap]
+
+    @classmethod
+    def of(
+        cls, row: models.DossierVersion, dossier: dossier_schema.Dossier, found: EvidenceMap, case_title: str
+    ) -> DossierNode:
+        def evidence(citations: list[dossier_schema.Citation]) -> list[EvidenceNode]:
+            return _evidence(citations, found)
+
+        return cls(
+            version=row.version,
+            created_at=row.created_at,
+            analyzer=row.analyzer,
+            analyzer_version=row.analyzer_version,
+            model=dossier.model,
+            strategy=dossier.strategy,
+            summary=dossier.summary,
+            timeline=[
+                TimelineEventNode(
+                    media_id=strawberry.ID(t.media_id),
+                    start_s=t.start_s,
+                    end_s=t.end_s,
+                    description=t.description,
+                    evidence=evidence(t.evidence),
+                )
+                for t in dossier.timeline
+            ],
+            persons=[
+                DossierPersonNode(
+                    label=p.label,
+                    face_cluster_id=_id(p.face_cluster_id),
+                    voice_cluster_id=_id(p.voice_cluster_id),
+                    description=p.description,
+                    appearances=[
+                        AppearanceNode(
+                            media_id=strawberry.ID(a.media_id),
+                            start_s=a.start_s,
+                            end_s=a.end_s,
+                            evidence=evidence(a.evidence),
+                        )
+                        for a in p.appearances
+                    ],
+                    statements=[FindingNode.of(s, found) for s in p.statements],
+                )
+                for p in dossier.persons
+            ],
+            places=[EntityNode.of(e, found) for e in dossier.places],
+            objects=[EntityNode.of(e, found) for e in dossier.objects],
+            events=[EntityNode.of(e, found) for e in dossier.events],
+            findings=[FindingNode.of(f, found) for f in dossier.findings],
+            sensitive=[
+                SensitiveIndicatorNode(
+                    label=i.label,
+                    assessment=i.assessment,
+                    confidence=i.confidence,
+                    rationale=i.rationale,
+                    evidence=evidence(i.evidence),
+                )
+                for i in dossier.sensitive
+            ],
+            missing=[
+                MissingModalityNode(modality=m.modality, media_id=_id(m.media_id), reason=m.reason)
+                for m in dossier.missing
+            ],
+            rejected=dossier.rejected,
+            case_id=row.case_id,
+            case_title=case_title,
+            row=row,
+            dossier=dossier,
+            found=found,
+        )
+
+    @strawberry.field(description="The job that made it; null when the job was deleted.")
+    async def job(self, info: Info[Context, None]) -> JobNode | None:
+        ctx = info.context
+        actor = ctx.require_actor()
+        if self.row.job_id is None:
+            return None
+        async with ctx.resources.sessions() as session:
+            return JobNode.of(await job_service.get_job(session=session, actor=actor, job_id=self.row.job_id))
+
+    @strawberry.field(
+        description="The dossier as a readable report: every statement followed by its evidence (media file, time "
+        "range, analyzer and item). Audited as an export."
+    )
+    async def markdown(self, info: Info[Context, None]) -> str:
+        await _export(info.context, self, "markdown")
+        return dossier_service.render_markdown(
+            title=self.case_title, row=self.row, dossier=self.dossier, evidence=self.found
+        )
+
+    @strawberry.field(name="json", description="The dossier as stored (aima.dossier.Dossier). Audited as an export.")
+    async def json_(self, info: Info[Context, None]) -> JSON:
+        await _export(info.context, self, "json")
+        return cast(JSON, self.row.content)
+
+
+async def _export(ctx: Context, node: DossierNode, form: str) -> None:
+    """Exports check access again (the node may be reused) and are audited."""
+    actor = ctx.require_actor()
+    async with ctx.resources.sessions() as session:
+        await get_case(session=session, actor=actor, case_id=node.case_id)
+    await ctx.audit(
+        AuditAction.DOSSIER_EXPORT,
+        target_type="case",
+        target_id=node.case_id,
+        details={"version": node.version, "format": form},
+    )
+
+
+@strawberry.type(name="DossierVersion")
+class DossierVersionNode:
+    version: int
+    created_at: datetime
+    job_id: strawberry.ID | None
+    analyzer: str
+    analyzer_version: str
+    model: str
+    strategy: str
+
+    @classmethod
+    def of(cls, info: dossier_service.VersionInfo) -> DossierVersionNode:
+        return cls(
+            version=info.version,
+            created_at=info.created_at,
+            job_id=strawberry.ID(str(info.job_id)) if info.job_id else None,
+            analyzer=info.analyzer,
+            analyzer_version=info.analyzer_version,
+            model=info.model,
+            strategy=info.strategy,
         )

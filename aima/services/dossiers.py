@@ -31,6 +31,8 @@ from aima.services.access import Actor
 from aima.services.artifacts import ArtifactKind
 from aima.services.case_input import evidence_index, read_results
 from aima.services.cases import get_case
+from aima.services.result_views import UnreadableResult
+from aima.vision import VisualDescription
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +227,37 @@ async def dossier_of_case(
     return row
 
 
-async def versions_of_case(*, session: AsyncSession, actor: Actor, case_id: uuid.UUID) -> list[DossierVersion]:
-    """Every version of the case's dossier, newest first (their content is not loaded)."""
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a case's dossier without its content."""
+
+    version: int
+    created_at: datetime
+    job_id: uuid.UUID | None
+    analyzer: str
+    analyzer_version: str
+    model: str
+    strategy: str
+
+
+async def versions_of_case(*, session: AsyncSession, actor: Actor, case_id: uuid.UUID) -> list[VersionInfo]:
+    """Every version of the case's dossier, newest first."""
     await get_case(session=session, actor=actor, case_id=case_id)
-    columns = [c for c in _dossiers.c if c.key != "content"]
+    strategy = _dossiers.c.content["strategy"].astext
     rows = await session.execute(
-        select(*columns).where(_dossiers.c.case_id == case_id).order_by(_dossiers.c.version.desc())
+        select(
+            _dossiers.c.version,
+            _dossiers.c.created_at,
+            _dossiers.c.job_id,
+            _dossiers.c.analyzer,
+            _dossiers.c.analyzer_version,
+            _dossiers.c.model,
+            func.coalesce(strategy, "").label("strategy"),
+        )
+        .where(_dossiers.c.case_id == case_id)
+        .order_by(_dossiers.c.version.desc())
     )
-    return [DossierVersion(**row._mapping) for row in rows]
+    return [VersionInfo(**row._mapping) for row in rows]
 
 
 def parse(row: DossierVersion) -> Dossier:
@@ -301,6 +326,28 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def visual_description(resources: Resources, media_id: uuid.UUID) -> tuple[str, str, VisualDescription] | None:
+    """The newest stored result, for a media item, of any installed analyzer whose result is a
+    `VisualDescription` (the vision plugin's), with its analyzer and version; None when there is none. The caller
+    checked that the actor may read the media."""
+    names = [a.name for a in resources.analyzers.all() if issubclass(a.result_model, VisualDescription)]
+    if not names:
+        return None
+    raw = await resources.results.find_one(
+        {"media_id": str(media_id), "analyzer": {"$in": names}}, sort=[("updated_at", -1)]
+    )
+    if raw is None:
+        return None
+    analyzer, version = str(raw["analyzer"]), str(raw.get("analyzer_version", ""))
+    try:
+        return analyzer, version, VisualDescription.model_validate(raw.get("payload") or {})
+    except ValidationError:
+        logger.warning("unreadable %s result (version %s) of media %s", analyzer, version, media_id)
+        raise UnreadableResult(
+            f"The {analyzer} result (version {version}) has a shape this server does not read."
+        ) from None
 
 
 async def keyframe_url(resources: Resources, key: str | None) -> str | None:

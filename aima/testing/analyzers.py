@@ -12,6 +12,8 @@ They need nothing prepared (no download of the original) and are steered by envi
 - ``notes``: two timed "notes" per media item, each a citable evidence item (`Analyzer.evidence`);
 - ``spotter``: finds nothing itself but asks for ``notes`` on the same media item (`AnalysisOutput.follow_ups`);
 - ``broken``: always fails (permanently);
+- ``scenes``: a `VisualDescription` of each keyframe (what a vision plugin returns) made from the frame's size, each
+  entry a citable evidence item with its keyframe;
 - case analyzers: ``digest`` makes a dossier citing every evidence item of the case (and lists what is missing);
   ``liar`` cites a note that does not exist, which the server refuses.
 
@@ -35,11 +37,14 @@ from aima.analysis import (
     CaseAnalyzer,
     CaseInput,
     EvidenceItem,
+    MediaKind,
+    Need,
     RegisterAnalyzer,
 )
 from aima.dossier import Assessment, Citation, Dossier, Finding, MissingModality, SensitiveIndicator, SensitiveLabel
 from aima.errors import AimaError, ModelUnavailable
 from aima.hookspecs import hookimpl
+from aima.vision import FrameDescription, NotableElement, People, TimelineEntry, VisualDescription
 
 SLEEP_ENV = "AIMA_TEST_SLEEP_S"
 ENDPOINT_ENV = "AIMA_TEST_ENDPOINT_URL"
@@ -156,6 +161,49 @@ class Broken(Analyzer):
         raise AimaError("This analyzer always fails.", code="TEST_BROKEN")
 
 
+class Scenes(Analyzer):
+    name = "scenes"
+    version = "1.0"
+    description = "A visual description of each keyframe, from its size."
+    media_kinds = frozenset({MediaKind.IMAGE, MediaKind.VIDEO})
+    needs = frozenset({Need.KEYFRAMES})
+    result_model = VisualDescription
+
+    async def analyze(self, item: AnalysisInput) -> BaseModel:
+        timeline = [
+            TimelineEntry(
+                keyframe=n,
+                timestamp_s=frame.timestamp_s,
+                description=FrameDescription(
+                    scene=f"A picture {frame.width} by {frame.height} pixels.",
+                    setting="unknown",
+                    people=People(count=1),
+                    notable=[NotableElement(label="frame", description="its edges", confidence=0.5)],
+                    confidence=0.8,
+                ),
+            )
+            for n, frame in enumerate(item.keyframes)
+        ]
+        kind = "image" if item.kind is MediaKind.IMAGE else "video"
+        return VisualDescription(kind=kind, model="sizes", endpoint="none", timeline=timeline)
+
+    def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
+        found = VisualDescription.model_validate(payload)
+        return [
+            EvidenceItem(
+                media_id,
+                self.name,
+                f"frame-{e.keyframe}",
+                "scene",
+                e.description.scene,
+                start_s=e.timestamp_s,
+                keyframe=e.keyframe,
+                confidence=e.description.confidence,
+            )
+            for e in found.timeline
+        ]
+
+
 class Digest(CaseAnalyzer):
     name = "digest"
     version = "1.0"
@@ -212,6 +260,7 @@ ANALYZERS: tuple[Analyzer | CaseAnalyzer, ...] = (
     NoteTaker(),
     Spotter(),
     Broken(),
+    Scenes(),
     Digest(),
     Liar(),
 )

@@ -20,7 +20,8 @@ missing one stops the worker at startup with the message saying how to install i
 later.
 
 The process's model endpoints (`aima.inference.Endpoints`, one connection pool and set of concurrency slots per
-endpoint) are made on first use and closed when the process stops; analyzers get them in their input.
+endpoint, `Resources.endpoints`) are made with its clients and closed when the process stops; analyzers get them
+in their input.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from aima import queues
 from aima.analysis import Analyzer, CaseAnalyzer, ModelNotInstalled
 from aima.config_sync import ConfigSync
 from aima.db.vectors import TEXT_COLLECTION, collection_named
-from aima.inference import Endpoints, endpoints_for
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources, open_resources
 from aima.services import task_runs
@@ -133,20 +133,12 @@ class WorkerProcess:
         self._cancelled_jobs: dict[uuid.UUID, float] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._metrics_started = False
-        self._endpoints: Endpoints | None = None
 
     @property
     def resources(self) -> Resources:
         if self._resources is None:
             raise RuntimeError("the worker process has not started")
         return self._resources
-
-    @property
-    def endpoints(self) -> Endpoints:
-        """The model endpoints, made on first use (nothing connects before a request); closed when the process stops."""
-        if self._endpoints is None:
-            self._endpoints = endpoints_for(self.settings)
-        return self._endpoints
 
     async def acquire(self) -> Resources:
         async with self._lock:
@@ -192,9 +184,6 @@ class WorkerProcess:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
-        if self._endpoints is not None:
-            endpoints, self._endpoints = self._endpoints, None
-            await endpoints.aclose()
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()

@@ -10,8 +10,8 @@ stored (`aima.services.jobs.add_follow_ups`).
 
 A case task (no media) runs its case analyzer over the whole case (`aima.services.case_input`), checks every
 citation of the result against the case's stored results (`aima.services.dossiers`: `INVALID_CITATIONS` fails
-the task) and stores it as the case's next dossier version. Analyzers on a model endpoint get the process's
-endpoints (`WorkerProcess.endpoints`) in their input.
+the task) and stores it as the case's next dossier version. Analyzers get the process's model endpoints
+(`Resources.endpoints`) in their input.
 
 A task whose row vanished while it ran (its media, case or job was deleted) leaves nothing behind: after storing a
 result the worker checks that the row is still there and deletes the result document, its vectors and its files if
@@ -41,11 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aima import queues
 from aima.analysis import AnalysisInput, AnalysisOutput, Analyzer, Keyframe, Need
 from aima.db.models import TaskState
 from aima.errors import AimaError
-from aima.inference import EndpointConfigError, Endpoints
+from aima.inference import Endpoints
 from aima.logs import log_context
 from aima.metrics import TASK_DURATION, TASKS, TASKS_RUNNING
 from aima.resources import Resources
@@ -102,16 +101,13 @@ async def run_analysis_task(ctx: dict[str, Any], task_id: str, generation: int |
             await task_runs.release_dependents(resources=resources, task_id=uuid.UUID(task_id))
             return "skipped"
         with log_context(job_id=str(run.job_id)):
-            endpoints = ctx.get("endpoints")
             if process is None:
-                return await _run(resources, run, None, endpoints)
+                return await _run(resources, run, None)
             with process.running(run) as running:
-                return await _run(resources, run, running, endpoints or process)
+                return await _run(resources, run, running)
 
 
-async def _run(
-    resources: Resources, task: TaskRun, running: Running | None, endpoints: Endpoints | WorkerProcess | None
-) -> str:
+async def _run(resources: Resources, task: TaskRun, running: Running | None) -> str:
     """Do the work in an asyncio task of its own, which the process stops when the job is cancelled (or the run
     is no longer this worker's); store its result outside it, so that a stop never interrupts a write."""
     started = time.perf_counter()
@@ -120,7 +116,7 @@ async def _run(
     # down) puts it back in line for the next worker.
     deadline = max(1.0, resources.settings.worker.job_timeout_s - 5.0)
     preparation = artifacts.preparation_of_task(task.analyzer)
-    work = asyncio.ensure_future(_work(resources, task, preparation, deadline, endpoints))
+    work = asyncio.ensure_future(_work(resources, task, preparation, deadline))
     if running is not None:
         running.attach(work)
     try:
@@ -195,11 +191,7 @@ async def _store(resources: Resources, task: TaskRun, prepared: _Analysis | _Cas
 
 
 async def _work(
-    resources: Resources,
-    task: TaskRun,
-    preparation: Preparation | None,
-    deadline: float,
-    endpoints: Endpoints | WorkerProcess | None,
+    resources: Resources, task: TaskRun, preparation: Preparation | None, deadline: float
 ) -> _Analysis | _CaseResult | None:
     """The analysis (its result and outputs, checked, to store), the case analysis (its result, citations checked,
     to store) or the preparation (stored as it is made: None)."""
@@ -207,23 +199,9 @@ async def _work(
         if preparation is not None:
             await _prepare(resources, task, preparation)
             return None
-        inference = _endpoints(task, endpoints)
         if task.is_case_task:
-            return await _analyze_case(resources, task, inference)
-        return await _analyze(resources, task, inference)
-
-
-def _endpoints(task: TaskRun, endpoints: Endpoints | WorkerProcess | None) -> Endpoints | None:
-    """The process's model endpoints for an analyzer's input. Settings that cannot make them fail only the tasks
-    that run on an endpoint."""
-    if not isinstance(endpoints, WorkerProcess):
-        return endpoints
-    try:
-        return endpoints.endpoints
-    except EndpointConfigError as exc:
-        if task.resource == queues.CPU:
-            return None
-        raise AimaError(f"The model endpoints are misconfigured: {exc}", code="ENDPOINT_CONFIG") from None
+            return await _analyze_case(resources, task, resources.endpoints)
+        return await _analyze(resources, task, resources.endpoints)
 
 
 def _shutting_down() -> bool:

@@ -7,10 +7,13 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
 from aima.cli import create_account
-from aima.db.models import Role
+from aima.db.models import DossierVersion, Role
+from aima.dossier import Dossier
 from aima.graphql.schema import create_schema
 from aima.settings import Settings
 from aima.testing.media import make_jpeg
@@ -292,12 +295,33 @@ def test_administrators_pass_the_check(people: People, root: str, name: str) -> 
 
 READS = {
     "case": "query($id: ID!) { case(id: $id) { id myAccess members { email role } media { id results { analyzer } }"
-    " jobs { id tasks { id } } } }",
-    "media": "query($id: ID!) { media(id: $id) { id results { analyzer } } }",
+    " jobs { id tasks { id } } dossier { version job { id } markdown json findings { evidence { keyframeUrl } } }"
+    " dossiers { version } } }",
+    "media": "query($id: ID!) { media(id: $id) { id results { analyzer } description { model } } }",
     "job": "query($id: ID!) { job(id: $id) { id tasks { id } } }",
 }
 
 
+@pytest.fixture(scope="module")
+def dossiers(objects: dict[str, dict[str, str]], settings: Settings) -> None:
+    """A dossier (version 1, made by each case's job) in both cases, for the dossier fields of `READS`."""
+
+    async def seed() -> None:
+        engine = create_async_engine(settings.database_url)
+        content = Dossier(summary="Seeded.", model="seed").model_dump(mode="json")
+        try:
+            async with engine.begin() as conn:
+                for case in ("owned", "shared"):
+                    ids = objects[case]
+                    row = {"case_id": ids["case"], "version": 1, "job_id": ids["job"], "analyzer": "seed"}
+                    await conn.execute(insert(DossierVersion).values(**row, analyzer_version="1", content=content))
+        finally:
+            await engine.dispose()
+
+    run_sync(seed())
+
+
+@pytest.mark.usefixtures("dossiers")
 @pytest.mark.parametrize("kind", sorted(READS))
 @pytest.mark.parametrize("case", ["owned", "shared"])
 @pytest.mark.parametrize("person", sorted(ACCESS))
@@ -308,6 +332,8 @@ def test_nested_fields_by_access(
     if ACCESS[person][case]:
         assert not body.get("errors"), body
         assert body["data"][kind]["id"] == objects[case][kind]
+        if kind == "case":
+            assert body["data"]["case"]["dossier"]["json"]["summary"] == "Seeded."
     else:
         assert error_code(body) == "NOT_FOUND"
         assert body["data"] is None
