@@ -94,7 +94,7 @@ async def test_keyframes_go_concurrently_up_to_the_endpoints_capacity(
         elapsed = time.monotonic() - started
     assert isinstance(output.result, VisualDescription) and len(output.result.timeline) == 9
     assert server.max_in_flight == 3  # as many as the endpoint allows, never more
-    assert 0.6 <= elapsed < 1.2  # three rounds of 0.2 s; one at a time would take 1.8 s
+    assert 0.6 <= elapsed < 1.5  # three rounds of 0.2 s; one at a time would take 1.8 s
 
 
 async def test_two_analyses_share_the_endpoints_slots(server: ModelServer, tmp_path: Path) -> None:
