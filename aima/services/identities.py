@@ -609,6 +609,8 @@ async def reconcile(resources: Resources, *, within: timedelta = timedelta(days=
         pending = (await session.execute(query)).all()
     clustered = 0
     for media_id, analyzer, case_id in pending:
+        if media_id is None:  # joined on Media: never; case-level tasks have no media
+            continue
         for kind in IdentityKind:
             if await _has_embeddings(resources, media_id, analyzer, kind):
                 await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer=analyzer, kind=kind)
