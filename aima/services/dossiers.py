@@ -378,7 +378,7 @@ def hms(seconds: float) -> str:
 def _plain(value: str) -> str:
     """Model-written text as inert Markdown: one line, no links, images, HTML or code spans."""
     flat = " ".join(value.split())
-    return "".join("\\" + ch if ch in "[]<>`\\*_" else ch for ch in flat)
+    return "".join("\\" + ch if ch in "[]<>`\\" else ch for ch in flat)
 
 
 def evidence_line(evidence: Evidence) -> str:

@@ -14,7 +14,8 @@ They need nothing prepared (no download of the original) and are steered by envi
 - ``broken``: always fails (permanently);
 - ``scenes``: a `VisualDescription` of each keyframe (what a vision plugin returns) made from the frame's size, each
   entry a citable evidence item with its keyframe;
-- case analyzers: ``digest`` makes a dossier citing every evidence item of the case (and lists what is missing);
+- case analyzers: ``digest`` makes a dossier citing every evidence item of the case (and lists what is missing),
+  after ``AIMA_TEST_DIGEST_S`` seconds (default 0);
   ``liar`` cites a note that does not exist, which the server refuses.
 
 Each result names the process that made it (``pid``), so a test can tell which worker ran a task.
@@ -49,6 +50,7 @@ from aima.vision import FrameDescription, NotableElement, People, TimelineEntry,
 SLEEP_ENV = "AIMA_TEST_SLEEP_S"
 ENDPOINT_ENV = "AIMA_TEST_ENDPOINT_URL"
 ENDPOINT = "test-endpoint"
+DIGEST_ENV = "AIMA_TEST_DIGEST_S"
 
 
 class Ran(BaseModel):
@@ -211,6 +213,7 @@ class Digest(CaseAnalyzer):
     result_model = Dossier
 
     async def analyze_case(self, item: CaseInput) -> BaseModel:
+        await asyncio.sleep(float(os.environ.get(DIGEST_ENV, "0")))
         findings = []
         for n, evidence in enumerate(item.evidence):
             item.report_progress(n / max(len(item.evidence), 1), f"read {n} of {len(item.evidence)} items")

@@ -14,15 +14,16 @@ from sqlalchemy import select
 from aima.db.models import DossierVersion, JobState, TaskState
 from aima.dossier import Dossier
 from aima.resources import Resources, open_resources
-from aima.services import jobs
+from aima.services import jobs, task_runs
 from aima.settings import Settings
-from aima.testing.analyzers import ENDPOINT, ENDPOINT_ENV
+from aima.testing.analyzers import DIGEST_ENV, ENDPOINT, ENDPOINT_ENV
 from aima.workers.worker import WakeableWorker
 from tests.conftest import Servers, worker_thread
 from tests.workers.jobs import (
     ModelEndpoint,
     SampleCase,
     analyze,
+    eventually,
     job_ends,
     job_events,
     job_settings,
@@ -163,3 +164,33 @@ async def test_a_model_endpoint_that_stays_down_gives_up_at_the_deadline(
     [stored] = await dossiers_of(resources, case)
     [missing] = Dossier.model_validate(stored.content).missing
     assert missing.modality == "remote-model" and missing.reason.startswith("MODEL_UNAVAILABLE: test-endpoint")
+
+
+async def test_a_case_task_stops_with_its_job_and_leaves_no_version(
+    resources: Resources, cpu_worker: WakeableWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DIGEST_ENV, "5")
+    case = await new_case(resources)
+    job_id = await analyze(resources, case, ["notes", "digest"])
+
+    async def digesting() -> bool:
+        return any(t.analyzer == "digest" and t.state is TaskState.RUNNING for t in await job_tasks(resources, job_id))
+
+    await eventually(digesting, 15, "the case task runs")
+    await task_runs.request_cancel(resources=resources, job_id=job_id)
+    assert await job_ends(resources, job_id, 10) is JobState.CANCELLED
+    [digest] = by_analyzer(await job_tasks(resources, job_id))["digest"]
+    assert digest.state is TaskState.CANCELLED and digest.error_code == "JOB_CANCELLED"
+    assert await dossiers_of(resources, case) == []
+
+
+async def test_retrying_a_failed_case_task_runs_it_again(resources: Resources, cpu_worker: WakeableWorker) -> None:
+    case = await new_case(resources)
+    job_id = await analyze(resources, case, ["notes", "liar"])
+    assert await job_ends(resources, job_id, 30) is JobState.FAILED
+    assert await task_runs.retry_failed(resources=resources, job_id=job_id) == [
+        t.id for t in await job_tasks(resources, job_id) if t.analyzer == "liar"
+    ]
+    assert await job_ends(resources, job_id, 30) is JobState.FAILED
+    [liar] = by_analyzer(await job_tasks(resources, job_id))["liar"]
+    assert (liar.error_code, liar.attempts) == ("INVALID_CITATIONS", 1)
