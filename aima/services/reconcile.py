@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, any_, bindparam, exists, func, select, update
+from sqlalchemy import Table, and_, any_, bindparam, func, select, update
 
 from aima import queues
 from aima.db.models import Job, Task, TaskState
@@ -113,11 +113,6 @@ _REQUEUE_LOST = (
 )
 
 
-def _unfinished_dependencies() -> Any:
-    dependency = _tasks.alias("dependency")
-    return exists().where(dependency.c.id == any_(_tasks.c.depends_on), dependency.c.state != TaskState.SUCCEEDED)
-
-
 def _last_change() -> Any:
     """When the task last entered its state, as far as the row tells: its creation, its last state change by a
     worker or the reconciler (`heartbeat_at`), or the end of its last dependency."""
@@ -138,7 +133,7 @@ _UNDELIVERED = (
     )
     .where(
         _tasks.c.state.in_(WAITING_STATES),
-        ~_unfinished_dependencies(),
+        ~task_runs.unmet_dependencies(),
         _last_change() < bindparam("p_cutoff"),
     )
     .order_by(_tasks.c.created_at)
