@@ -132,5 +132,6 @@ def test_upload_analyze_subscribe_read_across_processes(servers: Servers, tmp_pa
         codes = (stop(api), stop(worker))
         logs = {p.name: p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.log")}
     assert codes == (0, 0), logs
-    worker_log = [json.loads(line) for line in logs["worker.log"].splitlines() if line.startswith("{")]
+    whole = (tmp_path / "worker.log").read_text(errors="replace")
+    worker_log = [json.loads(line) for line in whole.splitlines() if line.startswith("{")]
     assert any(entry.get("task_id") and entry.get("job_id") for entry in worker_log), logs["worker.log"]
