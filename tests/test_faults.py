@@ -259,7 +259,7 @@ async def test_redis_restarting_while_a_case_is_analysed(
             # Redis goes down and comes back empty (a restart without persistence).
             redis_server.stop()
             (redis_server.data_dir / "dump.rdb").unlink(missing_ok=True)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(3.0)  # longer than a subscription waits between two session checks
             redis_server.start()
             restarted = time.monotonic()
 

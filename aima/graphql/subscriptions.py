@@ -8,12 +8,14 @@ missed, once; when those are no longer kept, a fresh snapshot flagged `resync` r
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Annotated
 
 import strawberry
+from redis.exceptions import RedisError
 from strawberry.types import Info
 
 from aima.db.models import Job, JobState, Task
@@ -25,11 +27,16 @@ from aima.metrics import SUBSCRIPTIONS_ACTIVE
 from aima.services import cases, jobs
 from aima.services.access import Actor
 
+logger = logging.getLogger(__name__)
+
 #: Seconds without an event after which a subscription compares its position with the stream (and a job's
 #: subscription re-reads the job from PostgreSQL, in case its final event was lost).
 RECHECK_S = 5.0
 #: How often a subscription checks that its session has not ended (one Redis round trip).
 REVALIDATE_S = 2.0
+#: How long a subscription outlives Redis being unreachable (a restart, a failover) before it ends with an error:
+#: meanwhile it can neither check its session nor read events, and carries on once Redis is back.
+REDIS_GRACE_S = 30.0
 
 AFTER = "The number of the last event seen (`seq`): send the changes after it instead of a snapshot."
 
@@ -126,7 +133,11 @@ class Subscription:
                         continue
                     # Quiet for a while: events lost on the way are read from the stream; if it has none, the
                     # state of record says whether the job ended without its final event.
-                    seq, _ = await last_event(redis, log)
+                    try:
+                        seq, _ = await last_event(redis, log)
+                    except (RedisError, OSError):
+                        feed.check()  # Redis is away: `follow` waits for it
+                        continue
                     if seq != feed.position:
                         feed.check()
                         continue
@@ -214,6 +225,19 @@ class _Follow:
         self._feed = feed
         loop = asyncio.get_running_loop()
         self._revalidate_at = self._recheck_at = loop.time()
+        self._redis_down_since: float | None = None
+
+    async def _redis_failed(self, exc: BaseException) -> None:
+        """Wait a little for Redis to come back (the event hub reconnects, then has the feed read what it missed);
+        give up after REDIS_GRACE_S."""
+        now = asyncio.get_running_loop().time()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            logger.warning("subscription: Redis failed (%s); waiting for it", exc)
+        elif now - self._redis_down_since > REDIS_GRACE_S:
+            raise exc
+        await asyncio.sleep(0.25)
+        self._feed.check()
 
     async def next(self) -> JobEvent | None:
         """The next event; None after RECHECK_S without one. Raises `EventsLost` (from the feed) and, once the
@@ -221,11 +245,16 @@ class _Follow:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            if now >= self._revalidate_at:
-                await self._ctx.require_live_session()  # ends the subscription once the session has ended
-                self._revalidate_at = now + REVALIDATE_S
-            wait_s = _wait_s(self._ctx, self._revalidate_at - now, self._recheck_at - now)
-            event = await self._feed.next(wait_s=wait_s)
+            try:
+                if now >= self._revalidate_at:
+                    await self._ctx.require_live_session()  # ends the subscription once the session has ended
+                    self._revalidate_at = now + REVALIDATE_S
+                wait_s = _wait_s(self._ctx, self._revalidate_at - now, self._recheck_at - now)
+                event = await self._feed.next(wait_s=wait_s)
+            except (RedisError, OSError) as exc:
+                await self._redis_failed(exc)
+                continue
+            self._redis_down_since = None
             self._ctx.require_actor()  # ends the subscription once the token has expired
             if event is not None:
                 self._recheck_at = loop.time() + RECHECK_S
