@@ -482,4 +482,5 @@ def render_markdown(
 def _when(start: float | None, end: float | None) -> str:
     if start is None:
         return ""
-    return f"[{hms(start)}" + (f"{DASH}{hms(end)}" if end is not None else "") + "] "
+    until = f"{DASH}{hms(end)}" if end is not None and hms(end) != hms(start) else ""  # an instant has no range
+    return f"[{hms(start)}{until}] "
