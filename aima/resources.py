@@ -42,6 +42,11 @@ from aima.workers.serialization import deserialize, serialize
 logger = logging.getLogger(__name__)
 
 
+#: pymilvus pings its connection every 10 s even without calls; gRPC servers on default settings (Milvus Lite's among
+#: them) answer such pings on a quiet connection with GOAWAY "too many pings", which fails the next call. Ping only
+#: while calls are in flight.
+MILVUS_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 60_000, "grpc.keepalive_permit_without_calls": False}
+
 @dataclass
 class Resources:
     settings: Settings
@@ -153,7 +158,7 @@ async def open_resources(
             await asyncio.to_thread(_prepare_milvus, settings.milvus_url)
         # Dedicated: pymilvus otherwise shares one connection per URI through a process-wide manager, across
         # event loops and threads, which breaks when two sets of resources live in one process.
-        milvus = AsyncMilvusClient(settings.milvus_url, dedicated=True)
+        milvus = AsyncMilvusClient(settings.milvus_url, dedicated=True, grpc_options=MILVUS_GRPC_OPTIONS)
         stack.push_async_callback(milvus.close)
 
         session = aioboto3.Session()
