@@ -4,60 +4,75 @@ The issue's target: with the server answering each request after 200 ms and taki
 keeps at least 90 % of that capacity busy and adds less than 5 ms per request.
 
 The test model server (`aima.testing.model_server`) runs in a process of its own, so that the client's figures are
-its own on a small machine; it waits --delay seconds before each answer, refuses with 429 beyond --capacity requests in
-flight (a client that overshoots pays retries), and times every generation request from its arrival to its last
-byte. The client is what a worker runs: `LlavaAnalyzer.analyze` on an `AnalysisInput` of --keyframes small JPEG
-keyframes (distinct pictures, 4 s apart), with a vision endpoint of ``max_concurrency`` = --capacity, streaming as by
-default (--no-stream: not), under uvloop. Each protocol is measured after a warm-up run (imports, first-call costs).
+its own; it waits --delay seconds before each answer, refuses with 429 beyond --capacity requests in flight (a client
+that overshoots pays retries), and times every generation request from its arrival to its last byte, under the
+keyframe it describes. The client is what a worker runs: `LlavaAnalyzer.analyze` on an `AnalysisInput` of
+--keyframes JPEG keyframes (distinct pictures of --frame-size, 4 s apart), with a vision endpoint of
+``max_concurrency`` = --capacity, streaming as the endpoint's settings say unless --stream/--no-stream, under uvloop.
+Each protocol is measured --runs times after a warm-up run (imports, first-call costs, connections).
 
-Figures, per protocol:
+Figures, per run:
 
-- achieved concurrency: the server's maximum in flight, and the time-averaged number in flight (the sum of the
-  server's request durations over the client's wall time), against the capacity;
-- client overhead per request, three ways: the client's latency of a request minus the server's duration of it (the
-  HTTP client, the protocol, the event loop), the wall time a request costs beyond the delay at full capacity
-  (``wall * capacity / requests - delay``: everything, the server's own work included), and the CPU time of this
-  process per request (the whole client: reading keyframes, prompts, JSON, validation);
-- how late a 5 ms timer of the client's event loop fires: late with little CPU used means the machine, not the
-  client, is short of CPU (the figures are then the machine's; run it on a quiet one).
+- achieved concurrency: the server's maximum in flight, and the time-averaged number in flight: the sum of the
+  server's request durations over the client's wall time, as a share of the capacity (target >= 90 %);
+- client overhead per request: what the client observed of a request (from calling ``generate_json`` to its parsed,
+  validated answer) minus the server's own duration of the same request, median and p95 (target < 5 ms): the HTTP
+  client, the protocol, JSON, validation and the wait for the client's event loop;
+- the client process's CPU per request (the whole client: reading keyframes, prompts, JSON, validation, the loop);
+- the machine: load average, the CPU the client, the server and everything else used during the run, and how late a
+  5 ms timer of the client's event loop fired. A late timer with little client CPU means the machine, not the client,
+  is short of CPU.
 
-Run: .venv/bin/python bench/vision.py [--keyframes 320] [--capacity 32] [--delay 0.2] [--protocol both] [--no-stream]
+Run: .venv/bin/python bench/vision.py [--keyframes 320] [--capacity 32] [--delay 0.2] [--protocol both] [--runs 3]
+     [--frame-size 320x180] [--stream | --no-stream]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import logging
 import math
 import multiprocessing
+import os
+import re
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvloop
 from PIL import Image, ImageDraw
-from prometheus_client import REGISTRY
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aima.analysis import AnalysisInput, Keyframe, MediaKind
-from aima.inference import endpoints_for
-from aima.settings import InferenceSettings
+from aima.inference import Endpoint, GenerationResult, endpoints_for, format_for_model
+from aima.inference import Message as ChatMessage
+from aima.inference.wire import OpenAIWire, TgiWire, Wire
+from aima.settings import EndpointSettings, InferenceSettings
 from aima.testing.model_server import ModelServer
-from aima.vision import VisualDescription
+from aima.vision import FrameDescription, VisualDescription
 from aima_llava.analyzer import LlavaAnalyzer
+from aima_llava.describe import image_of
+from aima_llava.prompts import describe_messages, question
 from aima_llava.settings import LlavaSettings
 
 MODEL = "llava-hf/llava-v1.6-34b-hf"
+MAX_NEW_TOKENS = 512
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions"})
+#: How a request names its keyframe (the llava analyzer's question: "This is keyframe 12 of 320 of a video").
+KEYFRAME = re.compile(rb"keyframe (\d+) of \d+")
+KEYFRAME_TEXT = re.compile(r"keyframe (\d+) of \d+")
 
 
 # -- the server, in its own process --------------------------------------------------------------------------------
@@ -65,9 +80,11 @@ GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/co
 
 @dataclass
 class TimedModelServer(ModelServer):
-    """The test model server, timing each generation request from its arrival to the end of its answer."""
+    """The test model server, timing each generation request from its arrival (the application is called) to the
+    last byte of its answer (handed to the socket)."""
 
-    spans: list[tuple[float, float]] = field(default_factory=list, init=False)
+    #: (keyframe number or 0, start, end) of each generation request, on the server's monotonic clock.
+    spans: list[tuple[int, float, float]] = field(default_factory=list, init=False)
     #: The client's (host, port) of each generation request: how many connections it opened.
     peers: set[tuple[str, int]] = field(default_factory=set, init=False)
 
@@ -82,10 +99,27 @@ class TimedModelServer(ModelServer):
             client = scope.get("client")
             if client:
                 self.peers.add((str(client[0]), int(client[1])))
+            key = 0
+            ended = 0.0
+
+            async def keyed() -> Message:
+                nonlocal key
+                message = await receive()
+                if not key and message["type"] == "http.request":
+                    found = KEYFRAME.search(message.get("body", b""))
+                    key = int(found.group(1)) if found else 0
+                return message
+
+            async def sent(message: Message) -> None:
+                nonlocal ended
+                await send(message)
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    ended = time.monotonic()  # the last byte handed to the socket
+
             try:
-                await inner(scope, receive, send)
+                await inner(scope, keyed, sent)
             finally:
-                self.spans.append((started, time.monotonic()))
+                self.spans.append((key, started, ended or time.monotonic()))
 
         app: ASGIApp = timed
         return app
@@ -126,53 +160,106 @@ def serve(conn: Connection, delay_s: float, capacity: int) -> None:
                 )
 
 
-# -- the client ------------------------------------------------------------------------------------------------------
+# -- the clients ----------------------------------------------------------------------------------------------------
 
 
-def make_keyframes(folder: Path, count: int) -> list[Keyframe]:
-    """Small distinct JPEGs (320x180, a moving bar), 4 s apart, as a long video's keyframes would be."""
+def make_keyframes(folder: Path, count: int, width: int, height: int) -> list[Keyframe]:
+    """Distinct JPEGs (a textured picture, turned, with a moving bar), 4 s apart, as a long video's keyframes."""
+    texture = Image.effect_noise((width, height), 16).convert("RGB")
     frames = []
     for index in range(count):
-        image = Image.new("RGB", (320, 180), ((index * 37) % 256, (index * 71) % 256, (index * 13) % 256))
-        ImageDraw.Draw(image).rectangle((index % 300, 40, index % 300 + 20, 140), fill=(255, 255, 255))
+        colour = ((index * 37) % 256, (index * 71) % 256, (index * 13) % 256)
+        image = Image.blend(Image.new("RGB", (width, height), colour), texture.rotate(index % 360), 0.5)
+        bar = index * 7 % max(1, width - 20)
+        ImageDraw.Draw(image).rectangle((bar, height // 5, bar + 20, height * 4 // 5), fill=(255, 255, 255))
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=80)
+        image.save(buffer, "JPEG", quality=85)
         path = folder / f"{index:05d}.jpg"
         path.write_bytes(buffer.getvalue())
-        frames.append(Keyframe(path=path, timestamp_s=index * 4.0, scene_change=True, width=320, height=180))
+        frames.append(Keyframe(path=path, timestamp_s=index * 4.0, scene_change=True, width=width, height=height))
     return frames
 
 
-def latency_sum(endpoint: str) -> tuple[float, float]:
-    """(seconds, requests) the client observed for the endpoint's successful requests so far."""
-    labels = {"endpoint": endpoint, "outcome": "ok"}
-    total = REGISTRY.get_sample_value("aima_inference_request_duration_seconds_sum", labels)
-    count = REGISTRY.get_sample_value("aima_inference_request_duration_seconds_count", labels)
-    return total or 0.0, count or 0.0
+#: Keyframe number -> (when the client asked, when it had the answer, tries), on the system-wide monotonic clock.
+Calls = dict[int, tuple[float, float, int]]
 
 
 @dataclass
 class Run:
     wall_s: float
     cpu_s: float
-    client_latency_s: float
-    client_requests: float
-    described: int
-    #: How late a 5 ms timer of the client's event loop fired, in ms (a busy client shows here).
+    calls: Calls
+    #: How late a 5 ms timer of the client's event loop fired, in ms (a busy client or machine shows here).
     lag_ms: list[float]
+    #: Busy CPU seconds of the whole machine over the run (/proc/stat; None elsewhere).
+    machine_cpu_s: float | None
 
 
-async def describe(url: str, protocol: str, name: str, frames: list[Keyframe], capacity: int, stream: bool) -> Run:
-    endpoint = {
+def machine_cpu_s() -> float | None:
+    """Busy CPU seconds of all the machine's cores so far (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_calls(endpoint: Endpoint, calls: Calls) -> None:
+    """Wraps the endpoint's ``generate_json`` to note, per keyframe, when the client asked and had its answer."""
+    inner = endpoint.generate_json
+
+    async def generate_json(messages: list[ChatMessage], *args: Any, **kwargs: Any) -> GenerationResult:
+        asked = time.monotonic()
+        result = await inner(messages, *args, **kwargs)
+        found = KEYFRAME_TEXT.search(messages[-1].text)
+        if found:
+            calls[int(found.group(1))] = (asked, time.monotonic(), result.attempts)
+        return result
+
+    endpoint.generate_json = generate_json  # type: ignore[method-assign,assignment]
+
+
+async def timed_run(work: Awaitable[None], calls: Calls) -> Run:
+    lag: list[float] = []
+    ticker = asyncio.create_task(watch_loop(lag))
+    machine = machine_cpu_s()
+    cpu = time.process_time()
+    started = time.monotonic()
+    await work
+    wall = time.monotonic() - started
+    cpu = time.process_time() - cpu
+    machine_after = machine_cpu_s()
+    ticker.cancel()
+    busy = None if machine is None or machine_after is None else machine_after - machine
+    return Run(wall, cpu, calls, lag, busy)
+
+
+async def watch_loop(lag: list[float], every_s: float = 0.005) -> None:
+    while True:
+        due = time.monotonic() + every_s
+        await asyncio.sleep(every_s)
+        lag.append((time.monotonic() - due) * 1000)
+
+
+async def describe(
+    url: str, protocol: str, name: str, frames: list[Keyframe], capacity: int, stream: bool | None
+) -> Run:
+    """The llava analyzer on the keyframes, as a worker runs it."""
+    endpoint: dict[str, Any] = {
         "url": url,
         "protocol": protocol,
         "model": MODEL,
         "max_concurrency": capacity,
-        "max_new_tokens": 512,
-        "stream": stream,
+        "max_new_tokens": MAX_NEW_TOKENS,
     }
+    if stream is not None:
+        endpoint["stream"] = stream
     settings = InferenceSettings(endpoints={name: endpoint}, vision_endpoint=name)
+    calls: Calls = {}
     async with endpoints_for(settings) as endpoints:
+        timed_calls(endpoints[name], calls)
         item = AnalysisInput(
             media_id="bench",
             case_id="bench",
@@ -184,69 +271,146 @@ async def describe(url: str, protocol: str, name: str, frames: list[Keyframe], c
             keyframes=frames,
             inference=endpoints,
         )
-        latency_before, requests_before = latency_sum(name)
-        lag: list[float] = []
-        ticker = asyncio.create_task(watch_loop(lag))
-        cpu = time.process_time()
-        started = time.monotonic()
-        output = await LlavaAnalyzer(LlavaSettings(endpoint=name)).analyze(item)
-        wall = time.monotonic() - started
-        cpu = time.process_time() - cpu
-        ticker.cancel()
-        latency_after, requests_after = latency_sum(name)
-    assert isinstance(output.result, VisualDescription)
-    return Run(
-        wall, cpu, latency_after - latency_before, requests_after - requests_before, len(output.result.timeline), lag
+
+        async def work() -> None:
+            output = await LlavaAnalyzer(LlavaSettings(endpoint=name)).analyze(item)
+            assert isinstance(output.result, VisualDescription) and len(output.result.timeline) == len(frames)
+
+        return await timed_run(work(), calls)
+
+
+def bare_bodies(protocol: str, frames: list[Keyframe], stream: bool) -> list[tuple[int, str, bytes]]:
+    """(keyframe number, path, body) of the very requests the analyzer sends, made before the clock starts."""
+    wire: Wire = OpenAIWire(MODEL) if protocol == "openai" else TgiWire(format_for_model(MODEL) or "chatml")
+    schema = FrameDescription.model_json_schema()
+    bodies = []
+    for index, frame in enumerate(frames):
+        messages = describe_messages(image_of(index, frame), question(index, frame, len(frames), True))
+        request = wire.request(messages, schema=schema, max_new_tokens=MAX_NEW_TOKENS, temperature=0, stream=stream)
+        bodies.append((index + 1, request.path, request.data))
+    return bodies
+
+
+async def bare(url: str, bodies: list[tuple[int, str, bytes]], capacity: int) -> Run:
+    """The floor: aiohttp alone sending the prepared bodies, `capacity` at once, reading each answer to its end
+    without looking at it. What it cannot reach, the machine and the server do not allow."""
+    calls: Calls = {}
+    pending = iter(bodies)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=capacity + 2)) as session:
+
+        async def worker() -> None:
+            for key, path, body in pending:
+                asked = time.monotonic()
+                async with session.post(url + path, data=body, headers=headers) as response:
+                    async for _ in response.content.iter_any():
+                        pass
+                calls[key] = (asked, time.monotonic(), 1)
+
+        async def work() -> None:
+            await asyncio.gather(*(worker() for _ in range(capacity)))
+
+        return await timed_run(work(), calls)
+
+
+# -- figures -------------------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass
+class Figures:
+    concurrency: float
+    overhead_median_ms: float
+    overhead_p95_ms: float
+    cpu_ms: float
+
+    def passed(self) -> bool:
+        return self.concurrency >= 0.9 and self.overhead_median_ms < 5.0 and self.cpu_ms < 5.0
+
+
+def report(label: str, run: Run, stats: dict[str, Any], capacity: int, delay_s: float) -> Figures:
+    spans: list[tuple[int, float, float]] = stats["spans"]
+    requests: int = stats["requests"]
+    busy = sum(end - start for _, start, end in spans) / run.wall_s
+    by_key: dict[int, list[tuple[float, float]]] = {}
+    for key, start, end in spans:
+        by_key.setdefault(key, []).append((start, end))
+    # Requests tried once, paired by keyframe: what the client waited beyond the server's own time, split into
+    # before the server's application had it (the client's preparation, the socket, the server's queue) and after
+    # its last byte (the socket, the client's reading, parsing and validation).
+    paired = [
+        (asked, answered, *by_key[key][0])
+        for key, (asked, answered, tries) in run.calls.items()
+        if tries == 1 and len(by_key.get(key, ())) == 1
+    ]
+    overhead = [((answered - asked) - (end - start)) * 1000 for asked, answered, start, end in paired]
+    before = [(start - asked) * 1000 for asked, _, start, _ in paired]
+    after = [(answered - end) * 1000 for _, answered, _, end in paired]
+    server_ms = [(end - start) * 1000 for _, start, end in spans]
+    figures = Figures(
+        concurrency=busy / capacity,
+        overhead_median_ms=statistics.median(overhead),
+        overhead_p95_ms=percentile(overhead, 0.95),
+        cpu_ms=run.cpu_s / requests * 1000,
     )
+    ideal = math.ceil(len(run.calls) / capacity) * delay_s
+    print(
+        f"{label}: {requests} requests ({requests - len(run.calls)} retried) on {stats['connections']} connections; "
+        f"wall {run.wall_s:.3f} s (ideal {ideal:.3f} s)"
+    )
+    print(
+        f"  concurrency: server max in flight {stats['max_in_flight']} of {capacity}; time-averaged {busy:.1f} = "
+        f"{figures.concurrency:.1%} of capacity (target >= 90 %)"
+    )
+    print(
+        f"  client overhead per request ({len(overhead)} paired): median {figures.overhead_median_ms:.2f} ms, "
+        f"p95 {figures.overhead_p95_ms:.2f} ms (target < 5 ms); before the server: median "
+        f"{statistics.median(before):.2f} ms, p95 {percentile(before, 0.95):.2f}; after it: median "
+        f"{statistics.median(after):.2f} ms, p95 {percentile(after, 0.95):.2f}; server time median "
+        f"{statistics.median(server_ms):.1f} ms"
+    )
+    rest = ""
+    if run.machine_cpu_s is not None:
+        others = run.machine_cpu_s - run.cpu_s - stats["cpu_s"]
+        rest = f", other processes {others / run.wall_s:.0%} (all: {run.machine_cpu_s / run.wall_s:.0%})"
+    load = os.getloadavg()
+    server_cpu_ms = stats["cpu_s"] / requests * 1000
+    print(
+        f"  CPU per request: client {figures.cpu_ms:.2f} ms (target < 5 ms), server {server_cpu_ms:.2f} ms; "
+        f"of {os.cpu_count()} cores (load {load[0]:.2f}): client {run.cpu_s / run.wall_s:.0%}, "
+        f"server {stats['cpu_s'] / run.wall_s:.0%}{rest}"
+    )
+    print(
+        f"  a 5 ms timer of the client fired {statistics.median(run.lag_ms):.2f} ms late at the median, "
+        f"{percentile(run.lag_ms, 0.95):.2f} ms at p95"
+    )
+    print(f"  {'PASS' if figures.passed() else 'FAIL'}")
+    return figures
 
 
-async def watch_loop(lag: list[float], every_s: float = 0.005) -> None:
-    while True:
-        due = time.monotonic() + every_s
-        await asyncio.sleep(every_s)
-        lag.append((time.monotonic() - due) * 1000)
-
-
-def measure(conn: Connection, url: str, protocol: str, frames: list[Keyframe], args: argparse.Namespace) -> None:
+def measure(
+    conn: Connection, label: str, client: Callable[[], Coroutine[Any, Any, Run]], args: argparse.Namespace
+) -> Figures:
     conn.send("reset")
     conn.recv()
-    uvloop.run(describe(url, protocol, f"warmup-{protocol}", frames[: args.capacity * 2], args.capacity, args.stream))
-    conn.send("reset")
-    conn.recv()
-    run = uvloop.run(describe(url, protocol, f"bench-{protocol}", frames, args.capacity, args.stream))
+    run = uvloop.run(client())
     conn.send("stats")
-    stats = conn.recv()
-    durations = [end - start for start, end in stats["spans"]]
-    requests = stats["requests"]
-    busy = sum(durations) / run.wall_s
-    server_mean = statistics.fmean(durations)
-    client_mean = run.client_latency_s / run.client_requests
-    by_latency_ms = (client_mean - server_mean) * 1000
-    by_wall_ms = (run.wall_s * args.capacity / requests - args.delay) * 1000
-    cpu_ms = run.cpu_s / requests * 1000
-    ideal = math.ceil(len(frames) / args.capacity) * args.delay
+    return report(label, run, conn.recv(), args.capacity, args.delay)
+
+
+def summary(label: str, runs: list[Figures]) -> None:
+    def listed(values: list[float], unit: str) -> str:
+        return " ".join(f"{v:.1f}{unit}" for v in values)
+
     print(
-        f"{protocol}: {run.described} keyframes described, {requests} requests ({requests - len(frames)} retried) "
-        f"on {stats['connections']} connections"
+        f"{label}, {len(runs)} runs: concurrency {listed([r.concurrency * 100 for r in runs], '%')}; overhead median "
+        f"{listed([r.overhead_median_ms for r in runs], ' ms')}, p95 {listed([r.overhead_p95_ms for r in runs], ' ms')}"
+        f"; client CPU {listed([r.cpu_ms for r in runs], ' ms')}; {sum(r.passed() for r in runs)} of {len(runs)} pass"
     )
-    print(f"  wall {run.wall_s:.3f} s (ideal {ideal:.3f} s: {len(frames)} requests / {args.capacity} x {args.delay} s)")
-    print(
-        f"  concurrency: server max in flight {stats['max_in_flight']} of {args.capacity}; time-averaged "
-        f"{busy:.1f} = {busy / args.capacity:.1%} of capacity (target >= 90 %)"
-    )
-    print(
-        f"  client overhead per request: {by_latency_ms:.2f} ms latency beyond the server's "
-        f"(client {client_mean * 1000:.1f} ms, server {server_mean * 1000:.1f} ms); {by_wall_ms:.2f} ms of wall "
-        f"beyond the delay at full capacity; {cpu_ms:.2f} ms CPU (target < 5 ms)"
-    )
-    lag = sorted(run.lag_ms)
-    print(
-        f"  client event loop: a 5 ms timer fired {statistics.median(lag):.2f} ms late at the median, "
-        f"{lag[int(0.95 * (len(lag) - 1))]:.2f} ms at p95; client CPU {run.cpu_s / run.wall_s:.0%} of one core"
-    )
-    print(f"  server process: {stats['cpu_s'] / requests * 1000:.2f} ms CPU per request")
-    ok = busy >= 0.9 * args.capacity and max(by_latency_ms, by_wall_ms) < 5.0
-    print(f"  {'PASS' if ok else 'FAIL'}")
 
 
 def main() -> None:
@@ -255,10 +419,17 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=32)
     parser.add_argument("--delay", type=float, default=0.2)
     parser.add_argument("--protocol", choices=["tgi", "openai", "both"], default="both")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--frame-size", default="320x180", help="WIDTHxHEIGHT of the keyframes (AIMA's: up to 1280)")
     parser.add_argument(
-        "--stream", action=argparse.BooleanOptionalAction, default=True, help="the endpoint's stream setting"
+        "--stream", action=argparse.BooleanOptionalAction, default=None, help="override the endpoint's stream setting"
+    )
+    parser.add_argument(
+        "--baseline", action=argparse.BooleanOptionalAction, default=True, help="also time bare aiohttp (the floor)"
     )
     args = parser.parse_args()
+    width, height = (int(v) for v in args.frame_size.lower().split("x"))
+    stream: bool = EndpointSettings.model_fields["stream"].default if args.stream is None else args.stream
 
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
@@ -267,15 +438,28 @@ def main() -> None:
     try:
         url = ours.recv()
         with tempfile.TemporaryDirectory(prefix="aima-bench-vision-") as folder:
-            frames = make_keyframes(Path(folder), args.keyframes)
+            frames = make_keyframes(Path(folder), args.keyframes, width, height)
             size = sum(f.path.stat().st_size for f in frames) / len(frames)
             print(
                 f"llava on the test model server ({args.delay * 1000:.0f} ms per request, capacity {args.capacity}), "
-                f"{args.keyframes} keyframes of {size / 1024:.1f} KiB, endpoint max_concurrency {args.capacity}, "
-                f"{'streaming' if args.stream else 'not streaming'}"
+                f"{args.keyframes} keyframes of {width}x{height} ({size / 1024:.1f} KiB), endpoint max_concurrency "
+                f"{args.capacity}, {'streaming' if stream else 'not streaming'}"
             )
+            results: dict[str, list[Figures]] = {}
             for protocol in ("tgi", "openai") if args.protocol == "both" else (args.protocol,):
-                measure(ours, url, protocol, frames, args)
+                warm = frames[: args.capacity * 2]
+                uvloop.run(describe(url, protocol, f"warmup-{protocol}", warm, args.capacity, stream))
+                bodies = bare_bodies(protocol, frames, stream)
+                for number in range(1, args.runs + 1):
+                    name = f"bench-{protocol}-{number}"
+                    client = functools.partial(describe, url, protocol, name, frames, args.capacity, stream)
+                    results.setdefault(protocol, []).append(measure(ours, f"{protocol} run {number}", client, args))
+                    if args.baseline:
+                        floor = functools.partial(bare, url, bodies, args.capacity)
+                        label = f"bare aiohttp, {protocol}"
+                        results.setdefault(label, []).append(measure(ours, f"{label} run {number}", floor, args))
+            for label, runs in results.items():
+                summary(label, runs)
     finally:
         ours.send("stop")
         server.join(15)

@@ -1,35 +1,38 @@
 """One model endpoint: what plugins call, with bounded concurrency, retries, timeouts, metrics and logs around
-a wire protocol (`aima.inference.wire`).
+a wire protocol (`aima.inference.wire`) and its HTTP transport (`aima.inference.transport`).
 
 Every call takes one of `max_concurrency` slots for each request it sends. A busy or unreachable server (HTTP 429,
 5xx, connection errors, timeouts, a stream cut short) is tried again a few times within the call, after waits that
 grow with jitter (and honour ``Retry-After``); then the call raises `ModelUnavailable`, so the task waits and runs
 again later. Other 4xx answers raise `ModelError` (permanent); JSON that does not fit the schema raises
 `InvalidModelOutput` at once, for the caller's own repair attempt. Prompts are never logged: they hold case data.
+A request that succeeds is logged at DEBUG only (a long video makes hundreds; the metrics hold latency and tokens);
+retries and refusals at WARNING.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from aima.errors import ModelUnavailable
 from aima.inference.errors import InvalidModelOutput, ModelError, PromptTooLong
 from aima.inference.messages import EndpointInfo, GenerationResult, Message
-from aima.inference.wire import Completion, StreamError, Wire, WireRequest
+from aima.inference.transport import Http, Retryable, SseDecoder, loads
+from aima.inference.wire import Completion, StreamError, StreamReader, Wire, WireRequest
 from aima.metrics import INFERENCE_ERRORS, INFERENCE_IN_FLIGHT, INFERENCE_LATENCY, INFERENCE_TOKENS, INFERENCE_WAITING
 from aima.settings import EndpointSettings
 
@@ -49,16 +52,6 @@ _TOO_LONG = re.compile(
 )
 
 
-class _Retryable(Exception):
-    """A failure of one request that another may not have; `kind` labels metrics."""
-
-    def __init__(self, kind: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 def safe_url(url: str) -> str:
     """The URL without user, password, query or fragment: safe to log and show."""
     parts = urlsplit(url)
@@ -72,7 +65,7 @@ def safe_url(url: str) -> str:
 def _error_message(body: bytes) -> str:
     """The server's explanation from an error body (TGI, OpenAI and vLLM shapes), shortened."""
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except ValueError:
         return body.decode("utf-8", "replace").strip()[:300]
     if isinstance(payload, dict):
@@ -115,6 +108,34 @@ def _schema_of(schema: Schema) -> tuple[dict[str, Any], type[BaseModel] | None]:
     raise TypeError("schema must be a pydantic model class or a JSON schema mapping")
 
 
+class _Slot:
+    """One of an endpoint's `max_concurrency` slots, held for one request; the gauges count who holds and who waits."""
+
+    __slots__ = ("_in_flight", "_semaphore", "_waiting")
+
+    def __init__(self, name: str, size: int) -> None:
+        self._semaphore = asyncio.Semaphore(size)
+        self._in_flight = INFERENCE_IN_FLIGHT.labels(endpoint=name)
+        self._waiting = INFERENCE_WAITING.labels(endpoint=name)
+
+    async def __aenter__(self) -> None:
+        if self._semaphore.locked():
+            self._waiting.inc()
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self._waiting.dec()
+        else:
+            await self._semaphore.acquire()
+        self._in_flight.inc()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._in_flight.dec()
+        self._semaphore.release()
+
+
 class Endpoint:
     """A named model server. Create through `aima.inference.endpoints_for`; one per process and event loop."""
 
@@ -122,10 +143,12 @@ class Endpoint:
         self.name = name
         self.settings = settings
         self._wire = wire
-        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
-        self._client: httpx.AsyncClient | None = None
-        self._in_flight = INFERENCE_IN_FLIGHT.labels(endpoint=name)
-        self._waiting = INFERENCE_WAITING.labels(endpoint=name)
+        self._http = Http(settings)
+        self._slot = _Slot(name, settings.max_concurrency)
+        # The children of the metrics every request touches, looked up once.
+        self._latency_ok = INFERENCE_LATENCY.labels(endpoint=name, outcome="ok")
+        self._prompt_tokens = INFERENCE_TOKENS.labels(endpoint=name, kind="prompt")
+        self._completion_tokens = INFERENCE_TOKENS.labels(endpoint=name, kind="completion")
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name!r}, {self.protocol}, {safe_url(self.settings.url)})"
@@ -156,35 +179,36 @@ class Endpoint:
         """An answer constrained to `schema` (TGI JSON grammar, OpenAI ``json_schema`` response format), parsed and,
         for a pydantic model, validated; `InvalidModelOutput` when it does not fit."""
         schema_dict, model_type = _schema_of(schema)
-        result = await self._generate(messages, schema_dict, max_new_tokens, temperature)
+        completion, attempts, latency = await self._generate(messages, schema_dict, max_new_tokens, temperature)
         try:
-            parsed = json.loads(result.text)
+            parsed = json.loads(completion.text)  # the stdlib's messages are the clearer ones for a repair prompt
             if not isinstance(parsed, dict):
                 raise ValueError(f"the answer is a JSON {type(parsed).__name__}, not an object")
             if model_type is not None:
                 model_type.model_validate(parsed)
         except (ValueError, ValidationError) as exc:
             INFERENCE_ERRORS.labels(endpoint=self.name, kind="invalid_output").inc()
-            cut = " (cut at max_new_tokens)" if result.finish_reason == "length" else ""
+            cut = " (cut at max_new_tokens)" if completion.finish_reason == "length" else ""
             problem = f"{_problem(exc)}{cut}"
             logger.warning(
                 "%s answered JSON that does not fit the schema%s",
                 self.name,
                 cut,
-                extra={"endpoint": self.name, "completion_tokens": result.completion_tokens},
+                extra={"endpoint": self.name, "completion_tokens": completion.completion_tokens},
             )
             raise InvalidModelOutput(
                 f"The model at endpoint {self.name!r} did not answer valid JSON for the schema: {problem}",
                 problem=problem,
-                result=result,
+                result=self._result(completion, None, attempts, latency),
             ) from None
-        return dataclasses.replace(result, parsed=parsed)
+        return self._result(completion, parsed, attempts, latency)
 
     async def generate_text(
         self, messages: Sequence[Message], *, max_new_tokens: int | None = None, temperature: float = 0.0
     ) -> GenerationResult:
         """A free-text answer."""
-        return await self._generate(messages, None, max_new_tokens, temperature)
+        completion, attempts, latency = await self._generate(messages, None, max_new_tokens, temperature)
+        return self._result(completion, None, attempts, latency)
 
     async def stream_text(
         self,
@@ -202,20 +226,20 @@ class Endpoint:
         for attempt in range(1, self.settings.max_attempts + 1):
             given = False
             try:
-                async with self._slot():
+                async with self._slot:
                     started = time.monotonic()
                     try:
-                        async with contextlib.aclosing(self._stream(request, started)) as pieces:
+                        async with contextlib.aclosing(self._stream(request)) as pieces:
                             async for piece in pieces:
                                 if isinstance(piece, Completion):
                                     self._succeeded(started, piece, attempt)
                                     return
                                 given = True
                                 yield piece
-                    except (_Retryable, ModelError) as exc:
+                    except (Retryable, ModelError) as exc:
                         self._failed(started, exc)
                         raise
-            except _Retryable as exc:
+            except Retryable as exc:
                 if given or attempt == self.settings.max_attempts:
                     raise self._unavailable(exc, attempt) from exc
                 await self._back_off(attempt, exc)
@@ -226,29 +250,35 @@ class Endpoint:
         schema: dict[str, Any] | None,
         max_new_tokens: int | None,
         temperature: float,
-    ) -> GenerationResult:
+    ) -> tuple[Completion, int, float]:
+        """The answer, the requests it took and the seconds since the call, retries and waits included."""
         request = self._request(messages, schema, max_new_tokens, temperature, stream=self.settings.stream)
         called = time.monotonic()
         for attempt in range(1, self.settings.max_attempts + 1):
             try:
                 completion = await self._attempt(request, attempt)
-            except _Retryable as exc:
+            except Retryable as exc:
                 if attempt == self.settings.max_attempts:
                     raise self._unavailable(exc, attempt) from exc
                 await self._back_off(attempt, exc)
                 continue
-            return GenerationResult(
-                text=completion.text,
-                parsed=None,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                latency_s=time.monotonic() - called,
-                endpoint=self.name,
-                model=completion.model or self.settings.model,
-                finish_reason=completion.finish_reason,
-                attempts=attempt,
-            )
+            return completion, attempt, time.monotonic() - called
         raise AssertionError("unreachable: max_attempts >= 1")
+
+    def _result(
+        self, completion: Completion, parsed: dict[str, Any] | None, attempts: int, latency_s: float
+    ) -> GenerationResult:
+        return GenerationResult(
+            text=completion.text,
+            parsed=parsed,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_s=latency_s,
+            endpoint=self.name,
+            model=completion.model or self.settings.model,
+            finish_reason=completion.finish_reason,
+            attempts=attempts,
+        )
 
     def _request(
         self,
@@ -273,100 +303,96 @@ class Endpoint:
 
     async def _attempt(self, request: WireRequest, attempt: int) -> Completion:
         """One request in one slot, timed and counted."""
-        async with self._slot():
+        async with self._slot:
             started = time.monotonic()
             try:
-                if request.stream:
-                    completion = None
-                    async with contextlib.aclosing(self._stream(request, started)) as pieces:
-                        async for piece in pieces:
-                            if isinstance(piece, Completion):
-                                completion = piece
-                    if completion is None:  # _stream ends with the answer or raises
-                        raise _Retryable("stream_cut", "the stream ended without an answer")
-                else:
-                    completion = await self._post(request)
-            except (_Retryable, ModelError) as exc:
+                completion = await (self._drain(request) if request.stream else self._post(request))
+            except (Retryable, ModelError) as exc:
                 self._failed(started, exc)
                 raise
             self._succeeded(started, completion, attempt)
             return completion
 
+    async def _drain(self, request: WireRequest) -> Completion:
+        """A streamed answer read to its end."""
+        async with contextlib.aclosing(self._stream(request)) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, Completion):
+                    return piece
+        raise Retryable("stream_cut", "the stream ended without an answer")  # _stream ends with the answer or raises
+
     async def _post(self, request: WireRequest) -> Completion:
-        deadline = self.settings.request_timeout_s
+        with self._http.failures:
+            async with self._http.post(request.path, request.data) as response:
+                body = await response.read()
+        self._check_status(response.status, response.headers, body)
         try:
-            async with asyncio.timeout(deadline):
-                with self._transport_errors():
-                    response = await self._http().post(request.path, json=request.body)
-        except TimeoutError:
-            raise _Retryable("timeout", f"no answer within request_timeout_s ({deadline:g} s)") from None
-        self._check_status(response.status_code, response.headers, response.content)
-        try:
-            payload = response.json()
+            payload = loads(body)
         except ValueError:
-            raise _Retryable("protocol", "the answer is not JSON") from None
+            raise Retryable("protocol", "the answer is not JSON") from None
         try:
             return self._wire.answer(payload, response.headers)
         except ValueError as exc:
             raise ModelError(f"Model endpoint {self.name!r} gave an unexpected answer: {exc}") from None
 
-    async def _stream(self, request: WireRequest, started: float) -> AsyncGenerator[str | Completion, None]:
-        """The answer's pieces, then its `Completion`; `_Retryable` when it stalls, runs out of time or is cut."""
-        deadline = started + self.settings.request_timeout_s
+    async def _stream(self, request: WireRequest) -> AsyncGenerator[str | Completion, None]:
+        """The answer's pieces, then its `Completion`; `Retryable` when it stalls, runs out of time or is cut (the
+        session's timeouts: `read_timeout_s` of silence, `request_timeout_s` in all, keep-alive comments included)."""
         final: Completion | None = None
         try:
-            with self._transport_errors():
-                async with self._http().stream("POST", request.path, json=request.body) as response:
-                    if response.status_code != 200:
-                        self._check_status(response.status_code, response.headers, await response.aread())
+            with self._http.failures:
+                async with self._http.post(request.path, request.data) as response:
+                    if response.status != 200:
+                        self._check_status(response.status, response.headers, await response.read())
                     reader = self._wire.stream_reader()
-                    async for data in _sse_data(response.aiter_lines(), deadline, self.settings.request_timeout_s):
+                    decoder = SseDecoder()
+                    async for chunk in response.content.iter_any():
                         if final is not None:
                             continue  # read to the end, so that the connection can serve the next request
-                        try:
-                            events = reader.events(data)
-                        except ValueError as exc:
-                            raise _Retryable("stream_cut", f"an unreadable stream event ({exc})") from None
-                        for event in events:
-                            if isinstance(event, StreamError):
-                                self._stream_error(event)
+                        for event in self._events(reader, decoder.feed(chunk)):
+                            if isinstance(event, Completion):
+                                final = event
+                                break
+                            yield event
+                    if final is None:
+                        for event in self._events(reader, decoder.end()):
                             if isinstance(event, Completion):
                                 final = event
                                 break
                             yield event
                     final = final or reader.end()
-        except _Retryable:
+        except Retryable:
             if final is None:
                 raise
             # The answer was complete; only what came after it broke.
         if final is None:
-            raise _Retryable("stream_cut", "the stream ended before the answer was complete")
+            raise Retryable("stream_cut", "the stream ended before the answer was complete")
         yield final
 
-    # -- failures ------------------------------------------------------------------------------------------------
+    def _events(self, reader: StreamReader, data: list[bytes]) -> list[str | Completion]:
+        """What the events' data say: pieces and the end; an error event raises."""
+        out: list[str | Completion] = []
+        for one in data:
+            try:
+                events = reader.events(one)
+            except ValueError as exc:
+                raise Retryable("stream_cut", f"an unreadable stream event ({exc})") from None
+            for event in events:
+                if isinstance(event, StreamError):
+                    self._stream_error(event)
+                out.append(event)
+        return out
 
-    @contextlib.contextmanager
-    def _transport_errors(self) -> Any:
-        try:
-            yield
-        except httpx.TimeoutException as exc:
-            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the answer"
-            raise _Retryable("timeout", f"timed out {what} ({type(exc).__name__})") from None
-        except httpx.ConnectError as exc:
-            raise _Retryable("connection", f"cannot connect ({exc or type(exc).__name__})") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise _Retryable("stream_cut", f"the connection broke ({exc or type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _Retryable("connection", f"transport error ({type(exc).__name__})") from None
+    # -- failures ------------------------------------------------------------------------------------------------
 
     def _check_status(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         if status == 200:
             return
         message = _error_message(body)
         if status == 429:
-            raise _Retryable("rate_limited", f"HTTP 429: {message}", _retry_after(headers))
+            raise Retryable("rate_limited", f"HTTP 429: {message}", _retry_after(headers))
         if status in _RETRY_STATUSES or status >= 500:
-            raise _Retryable("unavailable", f"HTTP {status}: {message}", _retry_after(headers))
+            raise Retryable("unavailable", f"HTTP {status}: {message}", _retry_after(headers))
         if status == 413 or _TOO_LONG.search(message):
             raise PromptTooLong(f"The prompt is too long for endpoint {self.name!r}: {message}", status=status)
         hint = {401: " (check api_key)", 403: " (check api_key)", 404: " (check url and protocol)"}.get(status, "")
@@ -376,18 +402,18 @@ class Endpoint:
     def _stream_error(self, error: StreamError) -> NoReturn:
         if error.kind in _RETRY_STREAM_ERRORS:
             kind = "rate_limited" if error.kind == "overloaded" else "unavailable"
-            raise _Retryable(kind, f"{error.kind or 'error'} in the stream: {error.message[:300]}")
+            raise Retryable(kind, f"{error.kind or 'error'} in the stream: {error.message[:300]}")
         if _TOO_LONG.search(error.message):
             raise PromptTooLong(f"The prompt is too long for endpoint {self.name!r}: {error.message[:300]}")
         raise ModelError(f"Model endpoint {self.name!r} refused the request: {error.message[:300]}")
 
-    def _unavailable(self, exc: _Retryable, attempts: int) -> ModelUnavailable:
+    def _unavailable(self, exc: Retryable, attempts: int) -> ModelUnavailable:
         return ModelUnavailable(
             f"Model endpoint {self.name!r} is unavailable after {attempts} tr{'y' if attempts == 1 else 'ies'}: "
             f"{exc.reason}"
         )
 
-    async def _back_off(self, attempt: int, exc: _Retryable) -> None:
+    async def _back_off(self, attempt: int, exc: Retryable) -> None:
         cap = self.settings.retry_cap_s
         delay = random.uniform(0, min(cap, self.settings.retry_base_s * 2 ** (attempt - 1)))  # noqa: S311 - jitter
         if exc.retry_after is not None:
@@ -403,43 +429,30 @@ class Endpoint:
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        self._waiting.inc()
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting.dec()
-        self._in_flight.inc()
-        try:
-            yield
-        finally:
-            self._in_flight.dec()
-            self._semaphore.release()
-
     def _succeeded(self, started: float, completion: Completion, attempt: int) -> None:
         elapsed = time.monotonic() - started
-        INFERENCE_LATENCY.labels(endpoint=self.name, outcome="ok").observe(elapsed)
+        self._latency_ok.observe(elapsed)
         if completion.prompt_tokens:
-            INFERENCE_TOKENS.labels(endpoint=self.name, kind="prompt").inc(completion.prompt_tokens)
+            self._prompt_tokens.inc(completion.prompt_tokens)
         if completion.completion_tokens:
-            INFERENCE_TOKENS.labels(endpoint=self.name, kind="completion").inc(completion.completion_tokens)
-        logger.info(
-            "%s answered in %.3f s",
-            self.name,
-            elapsed,
-            extra={
-                "endpoint": self.name,
-                "latency_s": round(elapsed, 4),
-                "attempt": attempt,
-                "outcome": "ok",
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
-            },
-        )
+            self._completion_tokens.inc(completion.completion_tokens)
+        if logger.isEnabledFor(logging.DEBUG):  # one line per request: the metrics hold the same, cheaper
+            logger.debug(
+                "%s answered in %.3f s",
+                self.name,
+                elapsed,
+                extra={
+                    "endpoint": self.name,
+                    "latency_s": round(elapsed, 4),
+                    "attempt": attempt,
+                    "outcome": "ok",
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                },
+            )
 
-    def _failed(self, started: float, exc: _Retryable | ModelError) -> None:
-        kind = exc.kind if isinstance(exc, _Retryable) else "model_error"
+    def _failed(self, started: float, exc: Retryable | ModelError) -> None:
+        kind = exc.kind if isinstance(exc, Retryable) else "model_error"
         elapsed = time.monotonic() - started
         INFERENCE_LATENCY.labels(endpoint=self.name, outcome=kind).observe(elapsed)
         INFERENCE_ERRORS.labels(endpoint=self.name, kind=kind).inc()
@@ -448,45 +461,23 @@ class Endpoint:
                 "%s: %s", self.name, exc.message, extra={"endpoint": self.name, "latency_s": round(elapsed, 4)}
             )
 
-    def _http(self) -> httpx.AsyncClient:
-        """The endpoint's connection pool, made on first use (in the event loop that uses it)."""
-        if self._client is None:
-            s = self.settings
-            headers = {"User-Agent": "aima"}
-            if s.api_key is not None:
-                headers["Authorization"] = f"Bearer {s.api_key.get_secret_value()}"
-            self._client = httpx.AsyncClient(
-                base_url=s.url,
-                headers=headers,
-                timeout=httpx.Timeout(
-                    connect=s.connect_timeout_s, read=s.read_timeout_s, write=s.read_timeout_s, pool=s.request_timeout_s
-                ),
-                # Generation never waits for a connection (the slots bound it); health checks get their own.
-                limits=httpx.Limits(max_connections=s.max_concurrency + 2, max_keepalive_connections=s.max_concurrency),
-                trust_env=False,
-            )
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._http.aclose()
 
     # -- health and info -----------------------------------------------------------------------------------------
 
     async def health(self) -> str | None:
         """None when the server answers its health route (and, for OpenAI-compatible servers, serves `model`);
         otherwise why not."""
-        timeout = httpx.Timeout(self.settings.connect_timeout_s)
         try:
-            response = await self._http().get(self._wire.health_path, timeout=timeout)
-        except httpx.HTTPError as exc:
+            reply = await self._http.get(self._wire.health_path, self.settings.connect_timeout_s)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return f"unreachable ({type(exc).__name__})"
-        if response.status_code != 200:
-            return f"answered HTTP {response.status_code}: {_error_message(response.content)}"
+        if reply.status != 200:
+            return f"answered HTTP {reply.status}: {_error_message(reply.body)}"
         if self.protocol == "openai":
             try:
-                served = [m.get("id") for m in response.json().get("data", [])]
+                served = [m.get("id") for m in loads(reply.body).get("data", [])]
             except (ValueError, AttributeError):
                 return "its model list is not readable"
             if self.settings.model not in served:
@@ -503,11 +494,12 @@ class Endpoint:
         """What the server says it serves (TGI ``/info``, OpenAI ``/v1/models``) with the configured limits."""
         raw: Any = {}
         try:
-            response = await self._http().get(self._wire.info_path)
-            with contextlib.suppress(ValueError):
-                raw = response.json() if response.status_code == 200 else {}
-        except httpx.HTTPError as exc:
+            reply = await self._http.get(self._wire.info_path)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise ModelUnavailable(f"model endpoint {self.name!r} is unreachable ({type(exc).__name__})") from None
+        if reply.status == 200:
+            with contextlib.suppress(ValueError):
+                raw = loads(reply.body)
         try:
             max_input, max_total, model, version = self._wire.info(raw)
         except ValueError:
@@ -523,22 +515,3 @@ class Endpoint:
             server_version=version,
             raw=raw if isinstance(raw, dict) else {"answer": raw},
         )
-
-
-async def _sse_data(lines: AsyncIterator[str], deadline: float, limit_s: float) -> AsyncIterator[str]:
-    """The data of each server-sent event (``data:`` lines up to a blank line); comments and keep-alives are
-    skipped but still count against the deadline, so a server that only keeps the connection alive times out."""
-    data: list[str] = []
-    async for line in lines:
-        if time.monotonic() > deadline:
-            raise _Retryable("timeout", f"the answer took longer than request_timeout_s ({limit_s:g} s)")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:  # a last event without its blank line (or cut in the middle: the reader finds out)
-        yield "\n".join(data)

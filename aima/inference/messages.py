@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ class ImagePart:
         return cls(path.read_bytes(), guessed)
 
     def data_uri(self) -> str:
+        """The image as a data URI, encoded once per part: a repair request or a second protocol reuses it."""
+        return self._data_uri
+
+    @functools.cached_property
+    def _data_uri(self) -> str:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
     def __repr__(self) -> str:  # never dump megabytes into logs and tracebacks

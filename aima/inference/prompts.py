@@ -106,24 +106,30 @@ def image_markdown(image: ImagePart) -> str:
 
 def render_prompt(messages: Sequence[Message], prompt_format: PromptFormat) -> str:
     """One prompt string for TGI's native API: the conversation in the family's template, ending where the model's
-    answer begins."""
+    answer begins. Built as one list joined once: an image's data URI (hundreds of KB) is copied a single time."""
     template = TEMPLATES[prompt_format]
     system = "\n\n".join(m.text for m in messages if m.role == "system") or template.default_system
     out: list[str] = []
     if system and template.system_turn:
         out.append(template.system.format(system))
     pending_system = system if not template.system_turn else ""
+    user_open, user_close = template.user.split("{}")
     for message in messages:
         if message.role == "system":
             continue
         if message.role == "assistant":
             out.append(template.assistant.format(message.text))
             continue
-        body = "".join(image_markdown(p) + "\n" if isinstance(p, ImagePart) else p for p in message.parts)
+        out.append(user_open)
         if pending_system:
-            body = template.system.format(pending_system) + body
+            out.append(template.system.format(pending_system))
             pending_system = ""
-        out.append(template.user.format(body))
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                out += ("![](", part.data_uri(), ")\n")
+            else:
+                out.append(part)
+        out.append(user_close)
     out.append(template.generation)
     return "".join(out)
 

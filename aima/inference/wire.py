@@ -17,7 +17,7 @@ is installed.
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from typing import Any
 
 from aima.inference.messages import ImagePart, Message
 from aima.inference.prompts import PromptFormat, render_prompt, stop_sequences
+from aima.inference.transport import dumps, loads
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class WireRequest:
     path: str
     body: dict[str, Any]
     stream: bool
+
+    @functools.cached_property
+    def data(self) -> bytes:
+        """The body as JSON, written once however often the request is tried."""
+        return dumps(self.body)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class Wire:
 class StreamReader:
     """Reads the events of one stream, keeping what it needs to build the final `Completion`."""
 
-    def events(self, data: str) -> list[Event]:
+    def events(self, data: bytes) -> list[Event]:
         """What the data of one server-sent event says; `ValueError` when it is not readable."""
         raise NotImplementedError
 
@@ -174,8 +180,8 @@ class _TgiStream(StreamReader):
     def __init__(self, wire: TgiWire) -> None:
         self._wire = wire
 
-    def events(self, data: str) -> list[Event]:
-        payload = json.loads(data)
+    def events(self, data: bytes) -> list[Event]:
+        payload = loads(data)
         if not isinstance(payload, dict):
             raise ValueError("a stream event is not an object")
         if "error" in payload:
@@ -292,12 +298,12 @@ class _OpenAIStream(StreamReader):
         self._usage: dict[str, Any] = {}
         self._model: str | None = None
 
-    def events(self, data: str) -> list[Event]:
-        if data.strip() == "[DONE]":
+    def events(self, data: bytes) -> list[Event]:
+        if data.strip() == b"[DONE]":
             if self._finish is None:
                 raise ValueError("the stream ended without a finish reason")
             return [self._completion()]
-        payload = json.loads(data)
+        payload = loads(data)
         if not isinstance(payload, dict):
             raise ValueError("a stream event is not an object")
         if "error" in payload:

@@ -170,8 +170,10 @@ async def test_429_at_capacity_then_room(server: ModelServer) -> None:
         refused = [o for o in outcomes if isinstance(o, ModelUnavailable)]
         assert len(refused) == 2 and all("HTTP 429" in r.message for r in refused)
         assert metric("aima_inference_errors_total", endpoint=endpoints.vision.name, kind="rate_limited") == 2
+    # Up to 20 tries 0.1-0.2 s apart: the waits outlast the two answers in flight (0.5 s) with room to spare (with
+    # 10 tries, jitter let about one run in thirty give up before they ended).
     async with make_endpoints(
-        server.url, "tgi", max_concurrency=4, max_attempts=10, retry_base_s=0.1, retry_cap_s=0.2
+        server.url, "tgi", max_concurrency=4, max_attempts=20, retry_base_s=0.1, retry_cap_s=0.2
     ) as endpoints:
         results = await asyncio.gather(*(endpoints.vision.generate_json(ASK, Verdict) for _ in range(4)))
     assert all(r.parsed for r in results) and any(r.attempts > 1 for r in results)
