@@ -5,26 +5,33 @@ keeps at least 90 % of that capacity busy and adds less than 5 ms per request.
 
 The test model server (`aima.testing.model_server`) runs in a process of its own, so that the client's figures are
 its own; it waits --delay seconds before each answer, refuses with 429 beyond --capacity requests in flight (a client
-that overshoots pays retries), and times every generation request from its arrival to its last byte, under the
-keyframe it describes. The client is what a worker runs: `LlavaAnalyzer.analyze` on an `AnalysisInput` of
---keyframes JPEG keyframes (distinct pictures of --frame-size, 4 s apart), with a vision endpoint of
-``max_concurrency`` = --capacity, streaming as the endpoint's settings say unless --stream/--no-stream, under uvloop.
-Each protocol is measured --runs times after a warm-up run (imports, first-call costs, connections).
+that overshoots pays retries), and times every generation request from the moment its application is called to the
+moment the last byte of its answer is handed to the socket, under the keyframe it describes. The client is what a
+worker runs: `LlavaAnalyzer.analyze` on an `AnalysisInput` of --keyframes JPEG keyframes (distinct pictures of
+--frame-size, 4 s apart), with a vision endpoint of ``max_concurrency`` = --capacity, streaming as the endpoint's
+settings say unless --stream/--no-stream, under uvloop. Each protocol is measured --runs times after a warm-up run
+(imports, first-call costs, connections), each run followed by the floor (--no-baseline leaves it out): aiohttp alone
+sending the very same request bodies, made before the clock starts, and reading each answer to its end unparsed.
 
 Figures, per run:
 
 - achieved concurrency: the server's maximum in flight, and the time-averaged number in flight: the sum of the
   server's request durations over the client's wall time, as a share of the capacity (target >= 90 %);
 - client overhead per request: what the client observed of a request (from calling ``generate_json`` to its parsed,
-  validated answer) minus the server's own duration of the same request, median and p95 (target < 5 ms): the HTTP
-  client, the protocol, JSON, validation and the wait for the client's event loop;
-- the client process's CPU per request (the whole client: reading keyframes, prompts, JSON, validation, the loop);
-- the machine: load average, the CPU the client, the server and everything else used during the run, and how late a
-  5 ms timer of the client's event loop fired. A late timer with little client CPU means the machine, not the client,
-  is short of CPU.
+  validated answer) minus the server's own duration of the same request, paired by keyframe, median and p95
+  (target < 5 ms); split into before the server's application had it (the client's preparation, the client's event
+  loop, the socket, the server's own queue) and after its last byte (the socket, the client's loop, reading, parsing,
+  validation). Both clocks are the system-wide monotonic one;
+- CPU per request of the client process (the whole client: reading keyframes, prompts, JSON, validation, the loop)
+  and of the server process;
+- the machine: load average, the share of the cores the client, the server and every other process used during the
+  run, and how late a 5 ms timer of the client's event loop fired.
+
+The floor tells the client's part from the machine's: what bare aiohttp does not reach, the machine and the test
+server (one Python thread, all requests of a wave arriving together) do not allow.
 
 Run: .venv/bin/python bench/vision.py [--keyframes 320] [--capacity 32] [--delay 0.2] [--protocol both] [--runs 3]
-     [--frame-size 320x180] [--stream | --no-stream]
+     [--frame-size 320x180] [--stream | --no-stream] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -449,7 +456,7 @@ def main() -> None:
             for protocol in ("tgi", "openai") if args.protocol == "both" else (args.protocol,):
                 warm = frames[: args.capacity * 2]
                 uvloop.run(describe(url, protocol, f"warmup-{protocol}", warm, args.capacity, stream))
-                bodies = bare_bodies(protocol, frames, stream)
+                bodies = bare_bodies(protocol, frames, stream) if args.baseline else []
                 for number in range(1, args.runs + 1):
                     name = f"bench-{protocol}-{number}"
                     client = functools.partial(describe, url, protocol, name, frames, args.capacity, stream)
