@@ -3,6 +3,7 @@ protocols, and small JPEG keyframes made by the test."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,9 @@ def _llava_server() -> Iterator[ModelServer]:
 
 @pytest.fixture
 def server(_llava_server: ModelServer) -> ModelServer:
+    # A request the previous test cancelled may still be on its way: let it arrive and end before the reset, so it
+    # is not counted as this test's.
+    time.sleep(0.2)
     _llava_server.wait_idle()
     _llava_server.reset()
     return _llava_server
