@@ -593,14 +593,15 @@ async def reconcile(resources: Resources, *, within: timedelta = timedelta(days=
         .scalar_subquery()
     )
     query = (
-        select(Task.media_id, Task.analyzer, Media.case_id)
+        # Media.id rather than Task.media_id: the join leaves only media tasks, and the row's type says so.
+        select(Media.id, Task.analyzer, Media.case_id)
         .join(Media, Media.id == Task.media_id)
         .where(
             Task.state == TaskState.SUCCEEDED,
             Task.finished_at > datetime.now(UTC) - within,
             ~Task.analyzer.startswith(PREPARE_PREFIX),
         )
-        .group_by(Task.media_id, Task.analyzer, Media.case_id)
+        .group_by(Task.media_id, Media.id, Task.analyzer, Media.case_id)
         .having(synced < len(IdentityKind))
         .order_by(last_run)
         .limit(limit)
@@ -609,8 +610,6 @@ async def reconcile(resources: Resources, *, within: timedelta = timedelta(days=
         pending = (await session.execute(query)).all()
     clustered = 0
     for media_id, analyzer, case_id in pending:
-        if media_id is None:  # joined on Media: never; case-level tasks have no media
-            continue
         for kind in IdentityKind:
             if await _has_embeddings(resources, media_id, analyzer, kind):
                 await cluster_media(resources, case_id=case_id, media_id=media_id, analyzer=analyzer, kind=kind)
