@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 #: while calls are in flight.
 MILVUS_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 60_000, "grpc.keepalive_permit_without_calls": False}
 
+
 @dataclass
 class Resources:
     settings: Settings

@@ -205,6 +205,12 @@ async def store_version(
     return StoredDossier(dossier_id, version)
 
 
+async def detach_versions(conn: AsyncConnection, task_ids: Sequence[uuid.UUID]) -> None:
+    """Before case tasks run again from the start (a retry), the versions they stored stop being theirs: the new run
+    stores a version of its own and the earlier one stays readable as it was (its ``task_id`` becomes null)."""
+    await conn.execute(update(_dossiers).where(_dossiers.c.task_id.in_(task_ids)).values(task_id=None))
+
+
 async def discard_version(resources: Resources, task_id: uuid.UUID) -> bool:
     """Delete the version a task stored (its job was cancelled while it ran); whether there was one."""
     async with resources.engine.begin() as conn:

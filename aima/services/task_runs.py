@@ -68,6 +68,7 @@ from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, Tas
 from aima.errors import AimaError, BackendUnavailable
 from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
+from aima.services import dossiers
 from aima.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -852,9 +853,25 @@ async def _notify_workers(resources: Resources, job_id: uuid.UUID) -> None:
         logger.warning("could not tell the workers to stop job %s; their heartbeats will", job_id, exc_info=True)
 
 
+_AGAIN = (TaskState.FAILED, TaskState.CANCELLED)
+
+
+def _retried() -> Any:
+    """The tasks of job `p_job_id` a retry runs again: the failed and cancelled ones, and each case task that
+    succeeded without one of those (its dossier did without them; the retry may bring them). A case task still
+    running is left to finish."""
+    dependency = _tasks.alias("dependency")
+    rerun_case_task = and_(
+        _tasks.c.media_id.is_(None),
+        _tasks.c.state == TaskState.SUCCEEDED,
+        exists().where(dependency.c.id == any_(_tasks.c.depends_on), dependency.c.state.in_(_AGAIN)),
+    )
+    return and_(_tasks.c.job_id == bindparam("p_job_id"), or_(_tasks.c.state.in_(_AGAIN), rerun_case_task))
+
+
 _RETRY = (
     update(_tasks)
-    .where(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state.in_([TaskState.FAILED, TaskState.CANCELLED]))
+    .where(_retried())
     .values(
         state=TaskState.QUEUED,
         attempts=0,
@@ -892,7 +909,8 @@ async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.
     """Run the failed and cancelled tasks of a job again, from the start: each gets a fresh set of
     `worker.max_tries` runs (attempts back to 0; the earlier errors are dropped), the job is reopened (a
     cancellation request is withdrawn), and the tasks whose dependencies are met are enqueued (the others when
-    they are). A case task that succeeded is not run again. Returns the ids of the tasks queued again (none:
+    they are). A case task that succeeded runs again too when one of its dependencies does, so that the case's
+    dossier takes in what the retry brings (as a new version). Returns the ids of the tasks queued again (none:
     nothing to retry). The caller checks that the actor may do this."""
     now = datetime.now(UTC)
     params = {"p_job_id": job_id, "p_now": now}
@@ -901,6 +919,7 @@ async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.
         retried = list((await conn.execute(_RETRY, params)).all())
         if not retried:
             return []
+        await dossiers.detach_versions(conn, [task.id for task in retried])
         job = (await conn.execute(_REOPEN, params)).one()
         met = set((await conn.execute(READY_AMONG, {"p_ids": [task.id for task in retried]})).scalars())
     ready = [task for task in retried if task.id in met]

@@ -166,6 +166,37 @@ async def test_a_model_endpoint_that_stays_down_gives_up_at_the_deadline(
     assert missing.modality == "remote-model" and missing.reason.startswith("MODEL_UNAVAILABLE: test-endpoint")
 
 
+async def test_retrying_after_the_endpoint_is_back_runs_the_case_task_again_for_a_new_version(
+    settings: Settings, resources: Resources, cpu_worker: WakeableWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = True
+    endpoint = ModelEndpoint(lambda: down)
+    case = await new_case(resources)
+    with (
+        endpoint.serving(),
+        worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
+    ):
+        monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+        job_id = await analyze(resources, case, ["remote-model", "digest"])
+        assert await job_ends(resources, job_id, 30) is JobState.FAILED
+        [first] = await dossiers_of(resources, case)
+        assert [m.modality for m in Dossier.model_validate(first.content).missing] == ["remote-model"]
+
+        down = False
+        tasks = by_analyzer(await job_tasks(resources, job_id))
+        retried = await task_runs.retry_failed(resources=resources, job_id=job_id)
+        assert set(retried) == {tasks["remote-model"][0].id, tasks["digest"][0].id}
+        assert await job_ends(resources, job_id, 30) is JobState.SUCCEEDED
+
+    again = by_analyzer(await job_tasks(resources, job_id))
+    [remote], [digest] = again["remote-model"], again["digest"]
+    assert remote.state is digest.state is TaskState.SUCCEEDED
+    assert remote.finished_at is not None and digest.started_at is not None and remote.finished_at <= digest.started_at
+    earlier, latest = await dossiers_of(resources, case)
+    assert (earlier.version, latest.version) == (1, 2) and earlier.content == first.content
+    assert latest.task_id == digest.id and Dossier.model_validate(latest.content).missing == []
+
+
 async def test_a_case_task_stops_with_its_job_and_leaves_no_version(
     resources: Resources, cpu_worker: WakeableWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
