@@ -89,7 +89,8 @@ async def test_tgi_root_answers_a_list_and_generate_an_object(server: ModelServe
 
 
 async def test_the_official_tgi_client_reads_the_server(server: ModelServer) -> None:
-    """TGI's `text-generation` client (not installed with AIMA) against the test server: the wire format is TGI's."""
+    """TGI's `text-generation` client (scripts/bootstrap installs it with the dev extra) against the test server:
+    the wire format is TGI's."""
     text_generation = pytest.importorskip("text_generation")
     from text_generation.types import Grammar
 
