@@ -220,18 +220,8 @@ class MediaNode:
         )
         if found is None:
             return None
-        await ctx.audit(
-            AuditAction.RESULTS_READ, target_type="media", target_id=self.id, details={"view": "transcript"}
-        )
-        return TranscriptNode(
-            analyzer_version=found.analyzer_version,
-            language=found.language,
-            language_probability=found.language_probability,
-            duration_s=found.duration_s,
-            model=found.model,
-            diarized=found.diarized,
-            segments=[TranscriptSegmentNode.of(line) for line in found.lines],
-        )
+        await _audit_view(ctx, self.id, "transcript")
+        return TranscriptNode.of(found)
 
     @strawberry.field(
         description="The faces `analyzer` found, in time order, each with its person across the case and its crop."
@@ -253,32 +243,7 @@ class MediaNode:
         if found is None:
             return None
         await _audit_view(ctx, self.id, "ocr")
-        return OcrTextNode(
-            analyzer_version=found.analyzer_version,
-            lines=[
-                OcrLineNode(
-                    key=line.key,
-                    keyframe=line.keyframe,
-                    timestamp_s=line.timestamp_s,
-                    text=line.text,
-                    confidence=line.confidence,
-                    box=line.box,
-                )
-                for line in found.lines
-            ],
-            spans=[
-                OcrSpanNode(
-                    key=span.key,
-                    text=span.text,
-                    confidence=span.confidence,
-                    variants=span.variants,
-                    first_s=span.first_s,
-                    last_s=span.last_s,
-                    frames=span.frames,
-                )
-                for span in found.spans
-            ],
-        )
+        return OcrTextNode.of(found)
 
     @strawberry.field(
         description="What the vision model saw (the newest result of an analyzer that describes pictures); null "
@@ -929,6 +894,18 @@ class TranscriptNode:
     diarized: bool = strawberry.field(description="Whether a speakers result said who spoke.")
     segments: list[TranscriptSegmentNode]
 
+    @classmethod
+    def of(cls, found: result_views.Transcript) -> TranscriptNode:
+        return cls(
+            analyzer_version=found.analyzer_version,
+            language=found.language,
+            language_probability=found.language_probability,
+            duration_s=found.duration_s,
+            model=found.model,
+            diarized=found.diarized,
+            segments=[TranscriptSegmentNode.of(line) for line in found.lines],
+        )
+
 
 @strawberry.type(name="Face")
 class FaceNode:
@@ -970,6 +947,17 @@ class OcrLineNode:
     confidence: float | None
     box: list[list[float]] = strawberry.field(description="Four corners in pixels of the keyframe.")
 
+    @classmethod
+    def of(cls, line: result_views.OcrLineView) -> OcrLineNode:
+        return cls(
+            key=line.key,
+            keyframe=line.keyframe,
+            timestamp_s=line.timestamp_s,
+            text=line.text,
+            confidence=line.confidence,
+            box=line.box,
+        )
+
 
 @strawberry.type(name="OcrSpan")
 class OcrSpanNode:
@@ -981,12 +969,32 @@ class OcrSpanNode:
     last_s: float = strawberry.field(description="Last keyframe time it was read at.")
     frames: int
 
+    @classmethod
+    def of(cls, span: result_views.OcrSpanView) -> OcrSpanNode:
+        return cls(
+            key=span.key,
+            text=span.text,
+            confidence=span.confidence,
+            variants=span.variants,
+            first_s=span.first_s,
+            last_s=span.last_s,
+            frames=span.frames,
+        )
+
 
 @strawberry.type(name="OcrText")
 class OcrTextNode:
     analyzer_version: str
     lines: list[OcrLineNode]
     spans: list[OcrSpanNode] = strawberry.field(description="A text read on consecutive keyframes, as one span.")
+
+    @classmethod
+    def of(cls, found: result_views.OcrView) -> OcrTextNode:
+        return cls(
+            analyzer_version=found.analyzer_version,
+            lines=[OcrLineNode.of(line) for line in found.lines],
+            spans=[OcrSpanNode.of(span) for span in found.spans],
+        )
 
 
 @strawberry.type(name="SearchHit")
