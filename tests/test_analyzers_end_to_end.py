@@ -13,7 +13,6 @@ middle, beside one reading NORTH PIER 12, while a male and then a female espeak-
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from aima.app import create_app
-from aima.plugins import LOAD_PLUGINS_ENV, AnalyzerRegistry, create_plugin_manager
+from aima.plugins import AnalyzerRegistry
 from aima.workers.process import check_models
 from tests.api.test_flow import new_case
 from tests.conftest import Servers, settings_for, worker_thread
 from tests.gql import GraphQLClient, register
+from tests.graphql_jobs import ANALYZE, wait_for
 from tests.media_samples import FEMALE, MALE, Line, Scene, astronaut_jpeg, espeak, make_video
+from tests.plugin_stack import installed_plugins
 
 pytestmark = [
     pytest.mark.skipif(espeak() is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"),
@@ -45,8 +46,6 @@ LINES = (
     Line("Bring the money and come alone.", FEMALE),
 )
 
-ANALYZE = "mutation($c: ID!, $a: [String!]) { analyzeCase(caseId: $c, analyzers: $a) { id } }"
-JOB = "query($id: ID!) { job(id: $id) { state tasks { analyzer mediaId state error { code message } } } }"
 MEDIA = """
 query($id: ID!) {
   media(id: $id) {
@@ -84,16 +83,7 @@ class Analysed:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> AnalyzerRegistry:
     """The installed plugins, found through their entry points and configured as a worker's settings would."""
-    from aima_faces.testing import build_tiny_pack
-
-    pack = build_tiny_pack(tmp_path_factory.mktemp("faces") / "tiny")
-    config: dict[str, dict[str, Any]] = {
-        "faces": {"pack_dir": str(pack), "detector": "haar"},
-        "minilm": {"cache_dir": str(tmp_path_factory.mktemp("minilm"))},
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(LOAD_PLUGINS_ENV, ",".join(PLUGINS))  # the session turns external plugins off
-        found = AnalyzerRegistry(create_plugin_manager(), config)
+    found = installed_plugins(tmp_path_factory, PLUGINS)
     missing = [name for name in ANALYZERS if name not in found.names()]
     if missing or found.embedder() is None:
         pytest.skip(f"plugins not installed: {missing or 'minilm'}")
@@ -130,16 +120,6 @@ def analysed(servers: Servers, registry: AnalyzerRegistry) -> Iterator[Analysed]
             video=client.data(MEDIA, {"id": video["id"]})["media"],
             image=client.data(MEDIA, {"id": image["id"]})["media"],
         )
-
-
-def wait_for(client: GraphQLClient, job_id: str, *, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.data(JOB, {"id": job_id})["job"]
-        if job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {client.data(JOB, {'id': job_id})}")
 
 
 def squeeze(text: str) -> str:

@@ -34,7 +34,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from aima.app import create_app
-from aima.plugins import LOAD_PLUGINS_ENV, AnalyzerRegistry, create_plugin_manager
+from aima.plugins import AnalyzerRegistry
 from aima.services.dossiers import hms
 from aima.settings import InferenceSettings, Settings
 from aima.testing.model_server import ModelServer, RecordedRequest
@@ -42,7 +42,9 @@ from aima.workers.process import check_models
 from tests.api.test_flow import new_case
 from tests.conftest import Servers, settings_for, worker_thread
 from tests.gql import GraphQLClient, register
+from tests.graphql_jobs import ANALYZE, wait_for
 from tests.media_samples import FEMALE, MALE, Line, Scene, astronaut_jpeg, dialogue, espeak, make_video
+from tests.plugin_stack import installed_plugins
 from tests.workers.jobs import resource_worker
 
 pytestmark = [
@@ -72,8 +74,6 @@ STATEMENTS = {
     "scene": "A keyframe shows cable ties on a wrist.",
 }
 
-ANALYZE = "mutation($c: ID!, $a: [String!]) { analyzeCase(caseId: $c, analyzers: $a) { id } }"
-JOB = "query($id: ID!) { job(id: $id) { state tasks { analyzer mediaId state error { code message } } } }"
 EVIDENCE = "media { id filename } mediaId analyzer key kind summary startS endS keyframe box confidence keyframeUrl"
 DOSSIER = f"""
 query($id: ID!, $v: Int) {{
@@ -267,16 +267,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> AnalyzerRegistry:
     """The installed plugins, found through their entry points and configured as a worker's settings would."""
-    from aima_faces.testing import build_tiny_pack
-
-    pack = build_tiny_pack(tmp_path_factory.mktemp("faces") / "tiny")
-    config: dict[str, dict[str, Any]] = {
-        "faces": {"pack_dir": str(pack), "detector": "haar"},
-        "minilm": {"cache_dir": str(tmp_path_factory.mktemp("minilm"))},
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(LOAD_PLUGINS_ENV, ",".join(PLUGINS))  # the session turns external plugins off
-        found = AnalyzerRegistry(create_plugin_manager(), config)
+    found = installed_plugins(tmp_path_factory, PLUGINS)
     wanted = ["whisper", "speakers", "faces", "ocr", "llava"]
     missing = [name for name in wanted if name not in found.names()]
     if missing or found.embedder() is None or not found.is_case_analyzer("fusion"):
@@ -343,16 +334,6 @@ def wav(line: Line) -> bytes:
 def upload(client: GraphQLClient, case_id: str, data: bytes, filename: str, content_type: str) -> str:
     media: dict[str, Any] = client.upload(case_id, data, filename, content_type)["data"]["uploadMedia"]
     return str(media["id"])
-
-
-def wait_for(client: GraphQLClient, job_id: str, *, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.data(JOB, {"id": job_id})["job"]
-        if job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {client.data(JOB, {'id': job_id})}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ the vision result, typed."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from aima.testing.workers import test_analyzer_registry as analyzer_registry
 from tests.api.test_flow import new_case
 from tests.conftest import Servers, settings_for, worker_thread
 from tests.gql import GraphQLClient, register, run_sync
+from tests.graphql_jobs import ANALYZE, wait_for
 
-ANALYZE = "mutation($c: ID!, $a: [String!]) { analyzeCase(caseId: $c, analyzers: $a) { id } }"
 EVIDENCE = "media { id filename } mediaId analyzer key kind summary startS endS keyframe box confidence keyframeUrl"
 DOSSIER = f"""
 query($id: ID!, $v: Int) {{
@@ -58,19 +57,6 @@ class Analysed:
     jobs: list[str]
 
 
-def finished(client: GraphQLClient, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.data(
-            "query($id: ID!) { job(id: $id) { state tasks { analyzer mediaId state error { code message } } } }",
-            {"id": job_id},
-        )["job"]
-        if job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 @pytest.fixture(scope="module")
 def analysed(servers: Servers) -> Iterator[Analysed]:
     """A case with one picture analysed by scenes and notes, then the digest, twice (versions 1 and 2)."""
@@ -91,13 +77,13 @@ def analysed(servers: Servers) -> Iterator[Analysed]:
         jobs = []
         for analyzers in (["scenes", "notes", "digest"], ["digest"]):
             job_id = owner.data(ANALYZE, {"c": case_id, "a": analyzers})["analyzeCase"]["id"]
-            assert finished(owner, job_id)["state"] == "SUCCEEDED"
+            assert wait_for(owner, job_id, timeout_s=60)["state"] == "SUCCEEDED"
             jobs.append(job_id)
         yield Analysed(settings, owner, viewer, stranger, case_id, media_id["id"], jobs)
 
 
 def test_the_case_task_is_part_of_the_job(analysed: Analysed) -> None:
-    job = finished(analysed.owner, analysed.jobs[0])
+    job = wait_for(analysed.owner, analysed.jobs[0], timeout_s=60)
     [digest] = [t for t in job["tasks"] if t["analyzer"] == "digest"]
     assert digest == {"analyzer": "digest", "mediaId": None, "state": "SUCCEEDED", "error": None}
 
