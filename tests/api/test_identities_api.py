@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from aima.analysis import Embedder, RegisterEmbedder
+from aima.analysis import RegisterEmbedder
 from aima.app import create_app
 from aima.hookspecs import hookimpl
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
@@ -25,6 +24,7 @@ from aima.settings import Settings
 from aima.testing.media import make_jpeg
 from tests.api.conftest import People
 from tests.api.test_flow import new_case
+from tests.embedders import HashingEmbedder
 from tests.gql import GraphQLClient, run_sync
 from tests.services.test_identities import Face, Turn, near, store_faces, store_turns, unit
 
@@ -408,24 +408,6 @@ def test_text_on_screen(people: People, shared: Shared, settings: Settings) -> N
     assert [line["text"] for line in read["lines"]] == ["HARBOUR", "HARB0UR"]
     assert read["lines"][1]["timestampS"] == 20.0 and read["lines"][0]["box"] == box
     assert read["spans"] == [{"text": "HARBOUR", "variants": ["HARB0UR"], "firstS": 3.0, "lastS": 20.0, "frames": 2}]
-
-
-class HashingEmbedder(Embedder):
-    """A deterministic stand-in for a text model: words hashed into 384 signed buckets, normalised. Texts that share
-    words are near; that is all a test of the search path needs."""
-
-    name = "test-hashing"
-    dimension = 384
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors = []
-        for text in texts:
-            vector = np.zeros(self.dimension)
-            for word in text.lower().split():
-                digest = hashlib.sha256(word.strip(".,?!").encode()).digest()
-                vector[int.from_bytes(digest[:4], "big") % self.dimension] += 1 if digest[4] % 2 else -1
-            vectors.append(list(vector / (np.linalg.norm(vector) or 1.0)))
-        return vectors
 
 
 class EmbedderPlugin:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from aima import queues
@@ -23,8 +24,9 @@ from aima.resources import Resources
 from aima.services import jobs
 from aima.services.access import Actor
 from aima.settings import Settings
+from aima.testing.analyzers import ENDPOINT, ENDPOINT_ENV
 from aima.testing.workers import test_analyzer_registry
-from tests.conftest import Servers, settings_for
+from tests.conftest import Servers, settings_for, worker_thread
 
 
 def registry_with_test_analyzers() -> AnalyzerRegistry:
@@ -183,6 +185,15 @@ class ModelEndpoint:
             self._server.shutdown()
             self._server.server_close()
             thread.join(5)
+
+
+@contextlib.contextmanager
+def endpoint_worker(settings: Settings, url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A worker in a thread on the model endpoint's queue, and ``remote-model`` posting to `url` (the test's endpoint,
+    or one where nothing listens) while it runs."""
+    with worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)):
+        monkeypatch.setenv(ENDPOINT_ENV, url)
+        yield
 
 
 def job_settings(servers: Servers, *, database_url: str | None = None, **worker: Any) -> Settings:

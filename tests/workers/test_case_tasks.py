@@ -16,13 +16,14 @@ from aima.dossier import Dossier
 from aima.resources import Resources, open_resources
 from aima.services import jobs, task_runs
 from aima.settings import Settings
-from aima.testing.analyzers import DIGEST_ENV, ENDPOINT, ENDPOINT_ENV
+from aima.testing.analyzers import DIGEST_ENV
 from aima.workers.worker import WakeableWorker
 from tests.conftest import Servers, worker_thread
 from tests.workers.jobs import (
     ModelEndpoint,
     SampleCase,
     analyze,
+    endpoint_worker,
     eventually,
     job_ends,
     job_events,
@@ -30,7 +31,6 @@ from tests.workers.jobs import (
     job_tasks,
     new_case,
     registry_with_test_analyzers,
-    resource_worker,
 )
 
 
@@ -146,11 +146,7 @@ async def test_a_model_endpoint_that_stays_down_gives_up_at_the_deadline(
 ) -> None:
     endpoint = ModelEndpoint(lambda: True)  # 503 for ever
     case = await new_case(resources)
-    with (
-        endpoint.serving(),
-        worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
-    ):
-        monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+    with endpoint.serving(), endpoint_worker(settings, endpoint.url, monkeypatch):
         job_id = await analyze(resources, case, ["remote-model", "digest"])
         assert await job_ends(resources, job_id, 30) is JobState.FAILED
     tasks = by_analyzer(await job_tasks(resources, job_id))
@@ -172,11 +168,7 @@ async def test_retrying_after_the_endpoint_is_back_runs_the_case_task_again_for_
     down = True
     endpoint = ModelEndpoint(lambda: down)
     case = await new_case(resources)
-    with (
-        endpoint.serving(),
-        worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
-    ):
-        monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+    with endpoint.serving(), endpoint_worker(settings, endpoint.url, monkeypatch):
         job_id = await analyze(resources, case, ["remote-model", "digest"])
         assert await job_ends(resources, job_id, 30) is JobState.FAILED
         [first] = await dossiers_of(resources, case)

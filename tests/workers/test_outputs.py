@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pymilvus import AsyncMilvusClient
 
 import aima
-from aima.analysis import AnalysisInput, AnalysisOutput, Embedder, Embedding, OutputFile, SearchableText
+from aima.analysis import AnalysisInput, AnalysisOutput, Embedding, OutputFile, SearchableText
 from aima.db.models import Case, Job, Media, Role, Task, TaskState, User
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources
@@ -26,6 +26,7 @@ from aima.services import deletion, outputs, task_runs
 from aima.services.access import Actor
 from aima.storage import ObjectStore
 from aima.workers.tasks import run_analysis_task
+from tests.embedders import HashingEmbedder
 from tests.workers.test_tasks import ctx, reload
 
 ANALYZER = "producing"
@@ -87,22 +88,6 @@ class Producing(aima.Analyzer):
         return AnalysisOutput(
             Found(faces=plan.faces, texts=len(plan.texts)), embeddings=[*faces, voice], texts=texts, files=files
         )
-
-
-class HashingEmbedder(Embedder):
-    """A deterministic stand-in for a text model: words hashed into 384 buckets, normalised."""
-
-    name = "hashing"
-    dimension = 384
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors = []
-        for text in texts:
-            vector = np.zeros(self.dimension)
-            for word in text.lower().split():
-                vector[int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big") % 384] += 1.0
-            vectors.append((vector / np.linalg.norm(vector)).tolist())
-        return vectors
 
 
 def _unit(dimension: int, seed: int) -> list[float]:

@@ -14,12 +14,12 @@ from aima.db.models import JobState, TaskState
 from aima.resources import open_resources
 from aima.services.task_runs import backoff_s
 from aima.settings import WorkerSettings
-from aima.testing.analyzers import ENDPOINT, ENDPOINT_ENV
 from aima.testing.processes import free_port
-from tests.conftest import Servers, worker_thread
+from tests.conftest import Servers
 from tests.workers.jobs import (
     ModelEndpoint,
     analyze,
+    endpoint_worker,
     eventually,
     job_ends,
     job_events,
@@ -27,7 +27,6 @@ from tests.workers.jobs import (
     job_tasks,
     new_case,
     registry_with_test_analyzers,
-    resource_worker,
     results_of,
 )
 
@@ -49,11 +48,7 @@ async def test_a_busy_model_endpoint_makes_the_task_wait_then_it_succeeds(
     async with open_resources(settings, analyzers=registry_with_test_analyzers()) as resources:
         case = await new_case(resources)
         busy_until[0] = time.monotonic() + 2.0
-        with (
-            endpoint.serving(),
-            worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
-        ):
-            monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+        with endpoint.serving(), endpoint_worker(settings, endpoint.url, monkeypatch):
             job_id = await analyze(resources, case, ["remote-model"])
 
             async def waiting() -> bool:
@@ -81,11 +76,7 @@ async def test_runs_are_bounded_then_the_task_fails_with_the_last_reason(
     endpoint = ModelEndpoint(lambda: True, failing_status=429)
     async with open_resources(settings, analyzers=registry_with_test_analyzers()) as resources:
         case = await new_case(resources)
-        with (
-            endpoint.serving(),
-            worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
-        ):
-            monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+        with endpoint.serving(), endpoint_worker(settings, endpoint.url, monkeypatch):
             job_id = await analyze(resources, case, ["remote-model"])
             assert await job_ends(resources, job_id, 10) is JobState.FAILED
         [task] = await job_tasks(resources, job_id)
@@ -100,11 +91,7 @@ async def test_a_permanent_error_fails_at_once(servers: Servers, monkeypatch: py
     endpoint = ModelEndpoint(lambda: True, failing_status=400)
     async with open_resources(settings, analyzers=registry_with_test_analyzers()) as resources:
         case = await new_case(resources)
-        with (
-            endpoint.serving(),
-            worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)),
-        ):
-            monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+        with endpoint.serving(), endpoint_worker(settings, endpoint.url, monkeypatch):
             job_id = await analyze(resources, case, ["remote-model"])
             assert await job_ends(resources, job_id, 10) is JobState.FAILED
         [task] = await job_tasks(resources, job_id)
@@ -117,8 +104,7 @@ async def test_an_unreachable_endpoint_is_waited_for(servers: Servers, monkeypat
     async with open_resources(settings, analyzers=registry_with_test_analyzers()) as resources:
         case = await new_case(resources)
         url = f"http://127.0.0.1:{free_port()}/generate"  # nothing listens: connections are refused
-        with worker_thread(settings, analyzers=registry_with_test_analyzers(), **resource_worker(settings, ENDPOINT)):
-            monkeypatch.setenv(ENDPOINT_ENV, url)
+        with endpoint_worker(settings, url, monkeypatch):
             job_id = await analyze(resources, case, ["remote-model"])
             assert await job_ends(resources, job_id, 10) is JobState.FAILED
         [task] = await job_tasks(resources, job_id)
