@@ -46,6 +46,16 @@ _TOKEN = re.compile(r"\s*\S{1,4}|\s+")
 IMAGE_TOKENS = 576
 
 
+def endpoint_settings(
+    url: str, protocol: str, model: str, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One endpoint's settings (a value of `InferenceSettings.endpoints`) for a test server at `url`, retrying after
+    10-50 ms instead of seconds, so that a test of a refusing server does not wait out the real backoff; `overrides`
+    (any setting, the model too) win."""
+    fast = {"url": url, "protocol": protocol, "model": model, "retry_base_s": 0.01, "retry_cap_s": 0.05}
+    return {**fast, **(overrides or {})}
+
+
 @dataclass(frozen=True)
 class RecordedImage:
     mime: str

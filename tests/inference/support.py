@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from aima.inference import Endpoints, endpoints_for
 from aima.settings import InferenceSettings
+from aima.testing.model_server import endpoint_settings
 
 MODEL = "llava-hf/llava-v1.6-34b-hf"
 _names = itertools.count()
@@ -17,14 +18,7 @@ _names = itertools.count()
 def make_endpoints(url: str, protocol: str = "tgi", **settings: Any) -> Endpoints:
     """Endpoints with one endpoint, `vision`, under a fresh name (its metrics start at zero), retrying fast."""
     name = f"{protocol}-{next(_names)}"
-    values: dict[str, Any] = {
-        "url": url,
-        "protocol": protocol,
-        "model": MODEL,
-        "retry_base_s": 0.01,
-        "retry_cap_s": 0.05,
-        **settings,
-    }
+    values = endpoint_settings(url, protocol, MODEL, settings)
     return endpoints_for(InferenceSettings(endpoints={name: values}, vision_endpoint=name))
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from faces_support import ItemFactory, KeyframeWriter
 from numpy.typing import NDArray
 
 from aima.analysis import AnalysisInput, Keyframe, MediaKind
 from aima_faces.testing import build_tiny_pack
-
-KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
-ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,20 @@ cluster's members, search hits and dossier citations name the same face."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from faces_support import ItemFactory, KeyframeWriter, picture
 from numpy.typing import NDArray
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
+from aima.analysis import AnalysisInput, AnalysisOutput
 from aima_faces.analyzer import FacesAnalyzer
 from aima_faces.results import FacesResult
 from aima_faces.settings import FaceSettings
 from aima_faces.testing import TINY_CELL_PX
 
-KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
-ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]
 CELL = TINY_CELL_PX
 # insightface's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate; that is upstream's to change.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
@@ -30,13 +28,6 @@ def squares(*cells: tuple[int, int]) -> NDArray[np.uint8]:
     for column, row in cells:
         rgb[row * CELL : (row + 1) * CELL, column * CELL : (column + 1) * CELL] = 255
     return rgb
-
-
-def picture(name: str) -> NDArray[np.uint8]:
-    """One of scikit-image's test pictures (shipped in its wheel), as RGB."""
-    from skimage import data
-
-    return np.asarray(getattr(data, name)(), dtype=np.uint8)
 
 
 def stored(analyzer: FacesAnalyzer, item: AnalysisInput) -> tuple[dict[str, Any], AnalysisOutput]:

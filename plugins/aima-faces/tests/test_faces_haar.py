@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
+from faces_support import ItemFactory, KeyframeWriter, decode, picture
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
+from aima.analysis import AnalysisOutput
 from aima_faces.analyzer import HAAR_NOTE, NO_RECOGNIZER_NOTE, FacesAnalyzer
 from aima_faces.results import FacesResult
 from aima_faces.settings import FaceSettings
-
-KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
-ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]
-
-
-def picture(name: str) -> NDArray[np.uint8]:
-    """One of scikit-image's test pictures (shipped in its wheel), as RGB."""
-    from skimage import data
-
-    return np.asarray(getattr(data, name)(), dtype=np.uint8)
-
-
-def decode(jpeg: bytes) -> NDArray[np.uint8]:
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None
-    return np.asarray(image, dtype=np.uint8)
 
 
 def test_packaged_detector_finds_the_astronauts_face_and_none_in_coffee(

@@ -3,22 +3,18 @@ at startup with how to install it, and an unreadable keyframe fails the task wit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
+from faces_support import ItemFactory, KeyframeWriter
 
-from aima.analysis import AnalysisInput, Keyframe, MediaKind, ModelNotInstalled, Need
+from aima.analysis import Keyframe, MediaKind, ModelNotInstalled, Need
 from aima.errors import AimaError, CorruptMedia
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima_faces.analyzer import FacesAnalyzer
 from aima_faces.engine import FacePackInvalid
 from aima_faces.settings import FaceSettings, FaceSettingsInvalid, load_settings
-
-KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
-ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]
 
 
 def test_the_entry_point_registers_the_analyzer_with_its_settings(

@@ -3,36 +3,19 @@ aligns with norm_crop and embeds with ArcFaceONNX; the analyzer turns that into 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from faces_support import ItemFactory, KeyframeWriter, decode, picture
 from numpy.typing import NDArray
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe
+from aima.analysis import AnalysisInput, AnalysisOutput
 from aima_faces.analyzer import NO_RECOGNIZER_NOTE, FacesAnalyzer
 from aima_faces.results import FacesResult
 from aima_faces.settings import FaceSettings
 from aima_faces.testing import ARCFACE_TEMPLATE_112, TINY_CELL_PX, tiny_recognizer_weights
-
-KeyframeWriter = Callable[[NDArray[np.uint8], float], Keyframe]
-ItemFactory = Callable[[Sequence[Keyframe]], AnalysisInput]
-
-
-def picture(name: str) -> NDArray[np.uint8]:
-    """One of scikit-image's test pictures (shipped in its wheel), as RGB."""
-    from skimage import data
-
-    return np.asarray(getattr(data, name)(), dtype=np.uint8)
-
-
-def decode(jpeg: bytes) -> NDArray[np.uint8]:
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None
-    return np.asarray(image, dtype=np.uint8)
-
 
 CELL = TINY_CELL_PX
 # insightface's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate; that is upstream's to change.

@@ -19,7 +19,7 @@ from aima.analysis import CaseInput, CaseMedia, EvidenceItem, IdentityCluster, M
 from aima.dossier import Dossier
 from aima.inference import Endpoints, endpoints_for
 from aima.settings import InferenceSettings
-from aima.testing.model_server import RecordedRequest
+from aima.testing.model_server import RecordedRequest, endpoint_settings
 
 MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 VIDEO, IMAGE, AUDIO = "media-video", "media-image", "media-audio"
@@ -33,15 +33,7 @@ _PERSON_ID = re.compile(r'"person": "(P\d+)"')
 
 def make_endpoints(url: str, protocol: str, **settings: Any) -> Endpoints:
     """One endpoint, ``llama``, on the test server, retrying fast."""
-    values: dict[str, Any] = {
-        "url": url,
-        "protocol": protocol,
-        "model": MODEL,
-        "retry_base_s": 0.01,
-        "retry_cap_s": 0.05,
-        "max_new_tokens": 2048,
-        **settings,
-    }
+    values = endpoint_settings(url, protocol, MODEL, {"max_new_tokens": 2048, **settings})
     return endpoints_for(InferenceSettings(endpoints={"llama": values}, fusion_endpoint="llama"))
 
 

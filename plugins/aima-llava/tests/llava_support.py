@@ -13,7 +13,7 @@ from PIL import Image
 from aima.analysis import AnalysisInput, Keyframe, MediaKind
 from aima.inference import Endpoints, endpoints_for
 from aima.settings import InferenceSettings
-from aima.testing.model_server import RecordedRequest
+from aima.testing.model_server import RecordedRequest, endpoint_settings
 
 MODEL = "llava-hf/llava-v1.6-34b-hf"
 _names = itertools.count()
@@ -22,14 +22,7 @@ _names = itertools.count()
 def make_endpoints(url: str, protocol: str, *, name: str | None = None, **settings: Any) -> Endpoints:
     """Endpoints with one endpoint, the vision endpoint, under a fresh name unless given; retries are fast."""
     endpoint = name or f"llava-{protocol}-{next(_names)}"
-    values: dict[str, Any] = {
-        "url": url,
-        "protocol": protocol,
-        "model": MODEL,
-        "retry_base_s": 0.01,
-        "retry_cap_s": 0.05,
-        **settings,
-    }
+    values = endpoint_settings(url, protocol, MODEL, settings)
     return endpoints_for(InferenceSettings(endpoints={endpoint: values}, vision_endpoint=endpoint))
 
 

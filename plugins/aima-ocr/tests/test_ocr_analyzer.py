@@ -3,62 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from ocr_pictures import keyframes_item, render_texts
+from PIL import Image
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe, MediaKind, ModelNotInstalled
+from aima.analysis import AnalysisInput, AnalysisOutput, MediaKind, ModelNotInstalled
 from aima.errors import CorruptMedia, InvalidInput
 from aima_ocr.analyzer import OcrAnalyzer
 from aima_ocr.results import OcrResult
 from aima_ocr.settings import OcrSettings, ocr_settings
 from aima_ocr.spans import normalise
-
-Placed = tuple[tuple[int, int], str]
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans Bold where the machine has it, else Pillow's own scalable font."""
-    found = sorted(glob.glob("/usr/share/fonts/**/DejaVuSans-Bold.ttf", recursive=True))
-    return ImageFont.truetype(found[0], size) if found else ImageFont.load_default(size=size)
-
-
-def _render(
-    texts: Sequence[Placed], size: tuple[int, int] = (640, 360), font_size: int = 40
-) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
-    """Light text on a dark background, and each text's drawn bounding box (left, top, right, bottom)."""
-    image = Image.new("RGB", size, (30, 34, 40))
-    draw = ImageDraw.Draw(image)
-    font = _font(font_size)
-    boxes = []
-    for (x, y), text in texts:
-        draw.text((x, y), text, font=font, fill=(250, 250, 240))
-        boxes.append(tuple(float(v) for v in draw.textbbox((x, y), text, font=font)))
-    return image, boxes  # type: ignore[return-value]
-
-
-def _item(tmp_path: Path, pictures: Sequence[Image.Image], times: Sequence[float], kind: MediaKind) -> AnalysisInput:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    keyframes = []
-    for n, (picture, timestamp) in enumerate(zip(pictures, times, strict=True)):
-        path = tmp_path / f"{n:05d}.jpg"
-        picture.save(path, quality=92)
-        keyframes.append(Keyframe(path, timestamp, n == 0, picture.width, picture.height))
-    return AnalysisInput(
-        media_id="media-1",
-        case_id="case-1",
-        kind=kind,
-        content_type="video/mp4" if kind is MediaKind.VIDEO else "image/jpeg",
-        size_bytes=1,
-        sha256="0" * 64,
-        original_path=keyframes[0].path,
-        keyframes=keyframes,
-    )
 
 
 def _run(analyzer: OcrAnalyzer, item: AnalysisInput) -> tuple[OcrResult, AnalysisOutput]:
@@ -94,8 +53,8 @@ def quick() -> OcrAnalyzer:
 
 
 def test_rendered_text_is_read_back_with_boxes_in_pixels(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
-    picture, drawn = _render([((40, 40), "EXIT 12 NORTH"), ((300, 250), "Bakery")])
-    result, output = _run(analyzer, _item(tmp_path, [picture], [0.0], MediaKind.IMAGE))
+    picture, drawn = render_texts([((40, 40), "EXIT 12 NORTH"), ((300, 250), "Bakery")])
+    result, output = _run(analyzer, keyframes_item(tmp_path, [picture], [0.0], MediaKind.IMAGE))
 
     [frame] = result.frames
     assert (frame.index, frame.timestamp_s, frame.width, frame.height) == (0, 0.0, 640, 360)
@@ -113,23 +72,23 @@ def test_rendered_text_is_read_back_with_boxes_in_pixels(analyzer: OcrAnalyzer, 
 
 
 def test_upside_down_text_is_turned_before_it_is_read(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
-    picture, _ = _render([((40, 140), "EVIDENCE ROOM 7")])
-    result, _ = _run(analyzer, _item(tmp_path, [picture.rotate(180)], [0.0], MediaKind.IMAGE))
+    picture, _ = render_texts([((40, 140), "EVIDENCE ROOM 7")])
+    result, _ = _run(analyzer, keyframes_item(tmp_path, [picture.rotate(180)], [0.0], MediaKind.IMAGE))
     assert [normalise(line.text) for line in result.frames[0].lines] == ["evidenceroom7"]
 
 
 def test_a_picture_without_text_gives_no_lines(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
     y, x = np.mgrid[0:360, 0:640]
     gradient = np.stack([x * 255 / 640, y * 255 / 360, (x + y) * 255 / 1000], axis=-1).astype(np.uint8)
-    result, output = _run(analyzer, _item(tmp_path, [Image.fromarray(gradient)], [0.0], MediaKind.IMAGE))
+    result, output = _run(analyzer, keyframes_item(tmp_path, [Image.fromarray(gradient)], [0.0], MediaKind.IMAGE))
     assert (result.frames, result.spans, result.line_count, result.frames_analyzed) == ([], [], 0, 1)
     assert list(output.texts) == []
 
 
 def test_a_large_picture_is_scaled_down_and_boxes_stay_in_its_pixels(tmp_path: Path) -> None:
     small = OcrAnalyzer(OcrSettings(max_side=1000, detection_side=320))
-    picture, [drawn] = _render([((200, 400), "Hamburg Hauptbahnhof")], size=(3000, 1000), font_size=120)
-    result, _ = _run(small, _item(tmp_path, [picture], [0.0], MediaKind.IMAGE))
+    picture, [drawn] = render_texts([((200, 400), "Hamburg Hauptbahnhof")], size=(3000, 1000), font_size=120)
+    result, _ = _run(small, keyframes_item(tmp_path, [picture], [0.0], MediaKind.IMAGE))
     [line] = result.frames[0].lines
     assert normalise(line.text) == "hamburghauptbahnhof"
     assert _inside(line.box, drawn, slack=36), (line.box, drawn)
@@ -139,14 +98,14 @@ def test_text_staying_on_screen_is_one_span_with_first_and_last_time(quick: OcrA
     """A sign on every keyframe from 3 s to 20 s while the camera moves; a shop name seen, lost, seen again."""
     sign = "EXIT 12 NORTH"
     pictures = [
-        _render([])[0],
-        _render([((40, 40), sign), ((300, 250), "Bakery")])[0],
-        _render([((80, 60), sign)])[0],
-        _render([((120, 90), sign), ((260, 260), "Bakery")])[0],
-        _render([])[0],
+        render_texts([])[0],
+        render_texts([((40, 40), sign), ((300, 250), "Bakery")])[0],
+        render_texts([((80, 60), sign)])[0],
+        render_texts([((120, 90), sign), ((260, 260), "Bakery")])[0],
+        render_texts([])[0],
     ]
     progress: list[tuple[float, str]] = []
-    item = _item(tmp_path, pictures, [0.0, 3.0, 10.0, 20.0, 25.0], MediaKind.VIDEO)
+    item = keyframes_item(tmp_path, pictures, [0.0, 3.0, 10.0, 20.0, 25.0], MediaKind.VIDEO)
     item = dataclasses.replace(item, report_progress=lambda f, m: progress.append((f, m)))
     result, output = _run(quick, item)
 
@@ -177,7 +136,7 @@ def test_text_staying_on_screen_is_one_span_with_first_and_last_time(quick: OcrA
 
 
 def test_a_keyframe_that_does_not_decode_is_corrupt_media(analyzer: OcrAnalyzer, tmp_path: Path) -> None:
-    item = _item(tmp_path, [_render([])[0]], [0.0], MediaKind.IMAGE)
+    item = keyframes_item(tmp_path, [render_texts([])[0]], [0.0], MediaKind.IMAGE)
     item.keyframes[0].path.write_bytes(b"\xff\xd8 not a JPEG")
     with pytest.raises(CorruptMedia, match="Keyframe 0"):
         analyzer.analyze_blocking(item)
@@ -199,8 +158,10 @@ def test_settings_are_validated_with_a_clear_message() -> None:
 
 
 def test_worker_threads_may_share_one_analyzer(quick: OcrAnalyzer, tmp_path: Path) -> None:
-    first = _item(tmp_path / "a", [_render([((40, 40), "GATE 7")])[0]], [0.0], MediaKind.IMAGE)
-    second = _item(tmp_path / "b", [_render([((60, 200), "Pharmacy")], size=(800, 450))[0]], [0.0], MediaKind.IMAGE)
+    first = keyframes_item(tmp_path / "a", [render_texts([((40, 40), "GATE 7")])[0]], [0.0], MediaKind.IMAGE)
+    second = keyframes_item(
+        tmp_path / "b", [render_texts([((60, 200), "Pharmacy")], size=(800, 450))[0]], [0.0], MediaKind.IMAGE
+    )
     alone = [_run(quick, item)[0] for item in (first, second)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         together = list(pool.map(lambda item: _run(quick, item)[0], [first, second]))

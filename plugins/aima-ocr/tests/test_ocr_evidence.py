@@ -3,15 +3,15 @@ dossier citations name the same text; read from pictures rendered here with the 
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from ocr_pictures import Placed, keyframes_item, render_texts
+from PIL import Image
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe, MediaKind
+from aima.analysis import AnalysisOutput, MediaKind
 from aima_ocr.analyzer import OcrAnalyzer
 from aima_ocr.results import OcrResult
 from aima_ocr.settings import OcrSettings
@@ -24,35 +24,15 @@ def analyzer() -> OcrAnalyzer:
     return OcrAnalyzer(OcrSettings(detection_side=360))
 
 
-def render(*texts: tuple[tuple[int, int], str]) -> Image.Image:
-    """Light text on a dark 640x360 picture, in DejaVu Sans Bold where the machine has it."""
-    found = sorted(glob.glob("/usr/share/fonts/**/DejaVuSans-Bold.ttf", recursive=True))
-    font = ImageFont.truetype(found[0], 40) if found else ImageFont.load_default(size=40)
-    image = Image.new("RGB", (640, 360), (30, 34, 40))
-    draw = ImageDraw.Draw(image)
-    for place, text in texts:
-        draw.text(place, text, font=font, fill=(250, 250, 240))
-    return image
+def render(*texts: Placed) -> Image.Image:
+    """Light text on a dark 640x360 picture."""
+    return render_texts(texts)[0]
 
 
 def stored(
     analyzer: OcrAnalyzer, tmp_path: Path, pictures: Sequence[Image.Image], times: Sequence[float], kind: MediaKind
 ) -> tuple[dict[str, Any], AnalysisOutput]:
-    keyframes = []
-    for n, (picture, timestamp) in enumerate(zip(pictures, times, strict=True)):
-        path = tmp_path / f"{n:05d}.jpg"
-        picture.save(path, quality=92)
-        keyframes.append(Keyframe(path, timestamp, n == 0, picture.width, picture.height))
-    item = AnalysisInput(
-        media_id="media-1",
-        case_id="case-1",
-        kind=kind,
-        content_type="video/mp4" if kind is MediaKind.VIDEO else "image/jpeg",
-        size_bytes=1,
-        sha256="0" * 64,
-        original_path=keyframes[0].path,
-        keyframes=keyframes,
-    )
+    item = keyframes_item(tmp_path, pictures, times, kind)
     output = analyzer.analyze_blocking(item)
     assert isinstance(output, AnalysisOutput) and isinstance(output.result, OcrResult)
     return output.result.model_dump(mode="json"), output
