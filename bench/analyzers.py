@@ -39,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
@@ -47,8 +46,9 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Analyzer, BlockingAnalyzer, Embedder, Keyframe, MediaKind
+from aima.analysis import AnalysisInput, AnalysisOutput, Analyzer, BlockingAnalyzer, Embedder
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
+from aima.testing.inputs import mono_samples, picture_input
 from aima_faces.testing import build_tiny_pack
 from aima_whisper.analyzer import WhisperAnalyzer
 from aima_whisper.bench import analyzer_transcription, audio_input, raw_transcription
@@ -95,13 +95,7 @@ def spoken(text: str, voice: str, folder: Path) -> npt.NDArray[np.int16]:
     """`text` spoken by espeak-ng, resampled with PyAV to the worker's 16 kHz mono 16-bit track."""
     raw = folder / "espeak.wav"
     subprocess.run(["/usr/bin/espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True)
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    chunks: list[npt.NDArray[np.generic]] = []
-    with av.open(str(raw)) as container:
-        for frame in container.decode(audio=0):
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    return np.concatenate(chunks).astype(np.int16)
+    return mono_samples(raw, RATE)
 
 
 def make_clip(folder: Path) -> Path:
@@ -125,22 +119,6 @@ def make_clip(folder: Path) -> Path:
         wav.setframerate(RATE)
         wav.writeframes(np.concatenate(parts).astype("<i2").tobytes())
     return path
-
-
-def picture_input(path: Path) -> AnalysisInput:
-    """An image as a worker hands it over: the picture is its own single keyframe."""
-    with Image.open(path) as image:
-        width, height = image.size
-    return AnalysisInput(
-        media_id="bench",
-        case_id="bench",
-        kind=MediaKind.IMAGE,
-        content_type="image/jpeg",
-        size_bytes=path.stat().st_size,
-        sha256="0" * 64,
-        original_path=path,
-        keyframes=[Keyframe(path, 0.0, scene_change=True, width=width, height=height)],
-    )
 
 
 def face_pictures(folder: Path) -> dict[str, Path]:

@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage import data
 
-from aima.analysis import AnalysisInput, AnalysisOutput, Keyframe, MediaKind
+from aima.analysis import AnalysisOutput
+from aima.testing.inputs import picture_input
 from aima_faces.analyzer import FacesAnalyzer
 from aima_faces.results import FacesResult
 from aima_faces.settings import FaceSettings
@@ -41,16 +42,7 @@ def pictures() -> dict[str, NDArray[np.uint8]]:
 def measure(analyzer: FacesAnalyzer, path: Path, repeat: int) -> tuple[int, float, float]:
     """Faces found, and the fastest and median of `repeat` runs in ms (the fastest is the least disturbed by other
     processes on a shared machine)."""
-    item = AnalysisInput(
-        media_id="bench",
-        case_id="bench",
-        kind=MediaKind.IMAGE,
-        content_type="image/jpeg",
-        size_bytes=path.stat().st_size,
-        sha256="0" * 64,
-        original_path=path,
-        keyframes=[Keyframe(path, 0.0, scene_change=True)],
-    )
+    item = picture_input(path)
     analyzer.analyze_blocking(item)  # loads the models, warms the sessions
     times = []
     faces = 0

@@ -8,11 +8,11 @@ import subprocess
 import wave
 from pathlib import Path
 
-import av
 import numpy as np
 import numpy.typing as npt
 
 from aima.analysis import AnalysisInput, MediaKind
+from aima.testing.inputs import mono_samples
 
 RATE = 16_000
 
@@ -68,13 +68,7 @@ def speak(text: str, out: Path) -> Path:
     """`text` spoken by espeak-ng (22.05 kHz), resampled with PyAV to the worker's 16 kHz mono track."""
     raw = out.with_suffix(".espeak.wav")
     subprocess.run([espeak() or "espeak-ng", "-s", "150", "-w", str(raw), text], check=True, capture_output=True)
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    chunks: list[npt.NDArray[np.generic]] = []
-    with av.open(str(raw)) as container:
-        for frame in container.decode(audio=0):
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    return write_wav(out, np.concatenate(chunks).astype(np.float32) / 32768.0)
+    return write_wav(out, mono_samples(raw, RATE).astype(np.float32) / 32768.0)
 
 
 def audio_item(
