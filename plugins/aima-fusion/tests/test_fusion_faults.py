@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
 import pytest
-from fusion_cases import catalogue_ids, make_endpoints, sample_case
+from fusion_cases import ScriptedModel, catalogue_ids, large_case, make_endpoints, sample_case
 
 from aima.errors import ModelUnavailable
 from aima.inference import InvalidModelOutput, UnknownEndpoint
-from aima.testing.model_server import ModelServer
+from aima.testing.model_server import ModelServer, RecordedRequest
 from aima_fusion import FusionAnalyzer, FusionSettings
 from aima_fusion.errors import NoEndpoint
 
@@ -19,6 +23,31 @@ async def test_an_unavailable_server_is_transient(server: ModelServer, protocol:
             await FusionAnalyzer().analyze_case(sample_case(inference=endpoints))
     assert caught.value.transient and caught.value.code == "MODEL_UNAVAILABLE"
     assert server.count() == 2
+
+
+async def test_an_unavailable_server_during_map_reduce_is_transient(server: ModelServer, protocol: str) -> None:
+    """The parts run together: the first to fail cancels the others and its own error (not a group) is the task's."""
+    server.fail(503, seconds=30)
+    async with make_endpoints(server.url, protocol, max_input_tokens=4000, max_concurrency=3, max_attempts=2) as eps:
+        with pytest.raises(ModelUnavailable) as caught:
+            await FusionAnalyzer().analyze_case(replace(large_case(), inference=eps))
+    assert caught.value.transient and caught.value.code == "MODEL_UNAVAILABLE"
+    assert "HTTP 503" in caught.value.message
+    assert "This request holds part" in server.requests[0].prompt  # it was a part that failed
+
+
+async def test_a_reduce_step_answering_invalid_json_twice_fails_the_task(server: ModelServer) -> None:
+    model = ScriptedModel()
+
+    def answer(request: RecordedRequest) -> str | Mapping[str, Any] | None:
+        return "not json" if "Partial dossiers:" in request.prompt else model(request)
+
+    server.answer = answer
+    async with make_endpoints(server.url, "tgi", max_input_tokens=4000) as endpoints:
+        with pytest.raises(InvalidModelOutput) as caught:
+            await FusionAnalyzer().analyze_case(replace(large_case(), inference=endpoints))
+    assert caught.value.code == "INVALID_MODEL_OUTPUT" and not caught.value.transient
+    assert "answered invalid JSON for the combination of partial dossiers 1-" in caught.value.message
 
 
 async def test_invalid_json_gets_one_repair_request(server: ModelServer, protocol: str) -> None:

@@ -118,6 +118,31 @@ async def test_a_prompt_the_server_finds_too_long_is_split(server: ModelServer) 
     assert_citations_resolve(dossier, case)
 
 
+async def test_a_part_the_server_finds_too_long_makes_the_parts_smaller(server: ModelServer) -> None:
+    """Map-reduce too: a part the server refuses starts the fusion again with a smaller budget, so smaller parts."""
+    case = large_case()
+    async with make_endpoints(server.url, "tgi", max_input_tokens=BUDGET, max_concurrency=3) as endpoints:
+        item = replace(case, inference=endpoints)
+        await FusionAnalyzer().analyze_case(item)
+        largest = max(r.prompt_tokens for r in server.requests if "This request holds part" in r.prompt)
+        server.reset()
+        model = ScriptedModel()
+        server.answer = model
+        server.max_total_tokens = largest + 2048 - 1  # the largest part fits the estimate but not the server
+        dossier = await FusionAnalyzer().analyze_case(item)
+
+    refused = [r for r in server.requests if r.prompt_tokens + r.max_new_tokens > server.max_total_tokens]
+    assert refused and all("This request holds part" in r.prompt for r in refused)
+    assert dossier.strategy == "map-reduce"
+    assert_citations_resolve(dossier, case)
+    # The second try's parts (more of them, each smaller) cover the catalogue once.
+    parts = max(_parts_of(r) for r in model.requests("map"))
+    maps = sorted((r for r in model.requests("map") if _parts_of(r) == parts), key=_part_number)
+    assert [_part_number(r) for r in maps] == list(range(1, parts + 1))
+    assert [i for r in maps for i in catalogue_ids(r)] == [f"E{n}" for n in range(1, len(case.evidence) + 1)]
+    assert all(r.prompt_tokens < largest for r in maps)
+
+
 async def test_a_server_that_refuses_everything_fails_the_task(server: ModelServer) -> None:
     server.max_total_tokens = 2100  # no prompt fits beside 2048 answer tokens
     async with make_endpoints(server.url, "openai", max_input_tokens=20_000) as endpoints:
@@ -128,6 +153,12 @@ async def test_a_server_that_refuses_everything_fails_the_task(server: ModelServ
 def _part_number(request: RecordedRequest) -> int:
     marker = request.prompt.split("This request holds part ", 1)[1]
     return int(marker.split(" ", 1)[0])
+
+
+def _parts_of(request: RecordedRequest) -> int:
+    """How many parts the case was split into for the map request `request`."""
+    marker = request.prompt.split("This request holds part ", 1)[1]
+    return int(marker.split(" ", 3)[2])
 
 
 def _partials_combined_of(request: RecordedRequest) -> int:

@@ -3,7 +3,8 @@
 Map: each part of the catalogue (`aima_fusion.parts`) becomes a partial dossier, all parts at once (the endpoint
 bounds how many run together). Reduce: the partial dossiers, checked, are combined, in as few requests as fit, until
 one is left. Every answer that is not valid JSON of the schema gets one repair request; a second failure is the task's
-error. A server that refuses a prompt as too long makes the whole fusion start again with a smaller budget.
+error. A server that refuses a prompt as too long makes the whole fusion start again with a smaller budget. The first
+request of a step to fail cancels the step's others, and its error is the fusion's (not an ExceptionGroup).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aima.analysis import ProgressCallback
+from aima.concurrency import task_group
 from aima.inference import Endpoint, InvalidModelOutput, Message, PromptTooLong
 from aima_fusion.assemble import Checked, Checker
 from aima_fusion.catalogue import Catalogue, Entry
@@ -116,7 +118,9 @@ class Fusion:
             self._report(0.05 + 0.9 * done / steps, f"fused {done} of {len(parts)} parts")
             return self._checker.check(answer, {e.id for e in part}, what)
 
-        async with asyncio.TaskGroup() as group:
+        # A failing part cancels the others and its own error escapes (not an ExceptionGroup): `run` must see a
+        # PromptTooLong to shrink, the worker a ModelUnavailable to wait for the model.
+        async with task_group() as group:
             tasks = [group.create_task(fuse_part(i, part)) for i, part in enumerate(parts, start=1)]
         partials = [task.result().answer for task in tasks]
         rejected = [line for task in tasks for line in task.result().rejected]  # in the parts' order
@@ -137,7 +141,7 @@ class Fusion:
                 )
             self._report(0.95, f"combining {len(partials)} partial dossiers")
             firsts = list(itertools.accumulate((len(g) for g in groups[:-1]), initial=1))
-            async with asyncio.TaskGroup() as tasks:
+            async with task_group() as tasks:
                 jobs = [
                     tasks.create_task(self._combine(g, first, len(partials), round_number, budget))
                     for first, g in zip(firsts, groups, strict=True)
