@@ -8,12 +8,12 @@ slot busy without reading all its keyframes into memory at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aima.analysis import Keyframe
+from aima.concurrency import task_group
 from aima.errors import AimaError, CorruptMedia
 from aima.inference import Endpoint, GenerationResult, ImagePart, InvalidModelOutput
 from aima.vision import FrameDescription
@@ -43,6 +43,19 @@ class InvalidDescription(AimaError):
         self.problem = problem
 
 
+class UnreadableKeyframe(CorruptMedia):
+    """A keyframe's file could not be read or holds no picture the model can be sent (an empty file, a GIF)."""
+
+    def __init__(self, index: int, keyframe: Keyframe, problem: str) -> None:
+        super().__init__(f"Keyframe {index} (at {keyframe.timestamp_s:.2f} s) {problem}")
+        self.index = index
+        self.problem = problem
+
+
+#: Why a keyframe was left without a description.
+KeyframeFailure = InvalidDescription | UnreadableKeyframe
+
+
 @dataclass(frozen=True)
 class Described:
     """One keyframe's description and what it took."""
@@ -59,7 +72,7 @@ class Described:
 class Outcome:
     described: list[Described]
     #: Keyframes left without a description (only with `keep_partial`), with the reason.
-    failed: list[InvalidDescription]
+    failed: list[KeyframeFailure]
 
 
 def image_of(index: int, keyframe: Keyframe) -> ImagePart:
@@ -67,18 +80,19 @@ def image_of(index: int, keyframe: Keyframe) -> ImagePart:
     try:
         data = keyframe.path.read_bytes()
     except OSError as exc:
-        raise CorruptMedia(f"Keyframe {index} could not be read: {exc.strerror or exc}") from exc
+        raise UnreadableKeyframe(index, keyframe, f"could not be read: {exc.strerror or exc}") from exc
     for signature, offset, mime in _SIGNATURES:
         if data[offset : offset + len(signature)] == signature:
             return ImagePart(data, mime)
-    raise CorruptMedia(f"Keyframe {index} is not a JPEG, PNG or WebP picture ({len(data)} bytes).")
+    raise UnreadableKeyframe(index, keyframe, f"is not a JPEG, PNG or WebP picture ({len(data)} bytes).")
 
 
 async def describe_keyframe(
     endpoint: Endpoint, index: int, keyframe: Keyframe, ask: str, settings: LlavaSettings
 ) -> Described:
-    """One keyframe's description; an invalid answer gets one repair request, then `InvalidDescription`.
-    `ModelUnavailable` (and the endpoint's other errors) propagate as they are."""
+    """One keyframe's description; an invalid answer gets one repair request, then `InvalidDescription`. A keyframe
+    without a picture raises `UnreadableKeyframe`; `ModelUnavailable` (and the endpoint's other errors) propagate
+    as they are."""
     # Read inline: a keyframe is a small local JPEG (tens to hundreds of KB), and a thread hop per frame costs more
     # under load than the read (it lowered the endpoint's achieved concurrency by 4-6 points in bench/vision.py).
     image = image_of(index, keyframe)
@@ -115,12 +129,12 @@ async def describe_keyframes(
     progress: Callable[[int, int], None],
 ) -> Outcome:
     """Every keyframe described, at most the endpoint's `max_concurrency` at once, in time order of sending;
-    `progress(done, total)` after each. The first failure cancels the rest and is raised (an invalid description
-    only without `keep_partial`)."""
+    `progress(done, total)` after each. The first failure cancels the rest and is raised (an invalid description or
+    an unreadable keyframe only without `keep_partial`: with it, that keyframe is listed in `failed`)."""
     total = len(keyframes)
     pending: Iterator[tuple[int, Keyframe]] = iter(sorted(enumerate(keyframes), key=lambda p: p[1].timestamp_s))
     described: list[Described] = []
-    failed: list[InvalidDescription] = []
+    failed: list[KeyframeFailure] = []
 
     async def work() -> None:
         for index, keyframe in pending:  # one iterator shared by the pool: each keyframe is taken once
@@ -130,17 +144,14 @@ async def describe_keyframes(
                         endpoint, index, keyframe, question(index, keyframe, total, video), settings
                     )
                 )
-            except InvalidDescription as invalid:
+            except (InvalidDescription, UnreadableKeyframe) as failure:
                 if not settings.keep_partial:
                     raise
-                logger.warning("%s", invalid.message)
-                failed.append(invalid)
+                logger.warning("%s", failure.message)
+                failed.append(failure)
             progress(len(described) + len(failed), total)
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(endpoint.settings.max_concurrency, total)):
-                group.create_task(work())
-    except BaseExceptionGroup as errors:
-        raise errors.exceptions[0] from None  # the first failure; the others were its consequences or cancelled
+    async with task_group() as group:  # raises the first failure; the others were its consequences or cancelled
+        for _ in range(min(endpoint.settings.max_concurrency, total)):
+            group.create_task(work())
     return Outcome(described, failed)

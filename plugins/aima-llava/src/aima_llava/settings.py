@@ -32,8 +32,9 @@ class LlavaSettings(BaseModel):
     #: Characters of an invalid answer quoted back in the repair request (the rest is left out: the repair has to
     #: fit the model's context next to the picture).
     repair_quote_chars: int = Field(default=1200, ge=100, le=20_000)
-    #: False: a keyframe the model keeps describing with invalid JSON fails the task. True: it is listed in the
-    #: result's `failed` and the others are kept (the task still fails when no keyframe could be described).
+    #: False: a keyframe the model keeps describing with invalid JSON, or whose file holds no picture, fails the task.
+    #: True: it is listed in the result's `failed` and the others are kept (the task still fails when no keyframe
+    #: could be described).
     keep_partial: bool = False
 
     @field_validator("follow_up")
