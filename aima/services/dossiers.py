@@ -1,6 +1,7 @@
 """Dossiers: the versions a case's case tasks made, the server's check of their citations, and reading them back.
 
-A case task's result is checked before it is stored: every citation must resolve to the case's stored results
+A case task's result is checked before it is stored: every citation in it (found by the server, not only those the
+case analyzer lists) must resolve to the case's stored results and carry only its item's keyframe, box and time
 (`check_citations`), else the task fails with `INVALID_CITATIONS` naming the first one that does not. A stored
 dossier is the case's next version; a task that runs again (a redelivery) replaces its own version instead of adding
 one. Versions are read with their citations resolved into the evidence items they name (`resolve_evidence`), and
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import string
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,9 +69,7 @@ def as_citations(found: Iterable[object]) -> list[Citation]:
 
 
 def check_citations(citations: Sequence[Citation], case: CaseInput) -> None:
-    """Raise `InvalidCitations` naming the first citation that does not resolve: its media must be in the case,
-    a result of its analyzer stored for that media, its key (when given) an evidence item of that result, and its
-    time range (when given) within the item's, or the media's, give or take `TIME_TOLERANCE_S`."""
+    """Raise `InvalidCitations` naming the first citation that does not resolve (see `citation_problem`)."""
     media = {m.media_id: m.duration_s for m in case.media}
     evidence = {(e.media_id, e.analyzer, e.key): e for e in case.evidence}
     for n, citation in enumerate(citations, start=1):
@@ -83,24 +84,72 @@ def citation_problem(
     results: Mapping[tuple[str, str], object],
     evidence: Mapping[tuple[str, str, str], EvidenceItem],
 ) -> str | None:
-    """Why a citation does not resolve, or None when it does (`media`: duration by media id)."""
+    """Why a citation does not resolve, or None when it does (`media`: duration by media id).
+
+    Its media must be in the case, a result of its analyzer stored for that media, and its key (when given) an
+    evidence item of that result. What else it carries must be the cited item's own, since the reader is shown it as
+    the evidence: a time range within the item's give or take `TIME_TOLERANCE_S` (a whole result's: within the
+    media's; an item without a time takes none), the item's keyframe exactly, and a box ``[x1, y1, x2, y2]`` equal
+    to or inside the item's give or take `BOX_TOLERANCE` (an item of another box shape: equal to it). A keyframe or
+    box on an item that has none, or on a whole result (which has no keyframe or box of its own), is refused.
+    """
     if citation.media_id not in media:
         return "that media item is not in the case"
     if (citation.media_id, citation.analyzer) not in results:
         return f"no {citation.analyzer} result is stored for that media item"
     low, high = 0.0, media[citation.media_id] or math.inf
+    item: EvidenceItem | None = None
     if citation.key is not None:
         item = evidence.get((citation.media_id, citation.analyzer, citation.key))
         if item is None:
             return f"the {citation.analyzer} result has no item {citation.key!r}"
         if item.start_s is not None:
             low, high = item.start_s, item.end_s if item.end_s is not None else item.start_s
+        elif citation.start_s is not None or citation.end_s is not None:
+            return "the cited item has no time, but the citation gives one"
     for value in (citation.start_s, citation.end_s):
         if value is not None and not low - TIME_TOLERANCE_S <= value <= high + TIME_TOLERANCE_S:
             return f"{value:g} s lies outside the cited item ({low:g}-{high:g} s)"
     if citation.start_s is not None and citation.end_s is not None and citation.start_s > citation.end_s:
         return "it ends before it starts"
+    if citation.keyframe is not None:
+        if item is None:
+            return f"it names keyframe {citation.keyframe}, but a whole result has no keyframe (cite one of its items)"
+        if item.keyframe is None:
+            return f"it names keyframe {citation.keyframe}, but the cited item has none"
+        if citation.keyframe != item.keyframe:
+            return f"it names keyframe {citation.keyframe}, but the cited item is on keyframe {item.keyframe}"
+    if citation.box is not None:
+        return _box_problem(citation.box, item)
     return None
+
+
+#: How far (in the box's units: pixels, for the analyzers AIMA has) a citation's box may reach beyond its item's.
+BOX_TOLERANCE = 0.5
+
+
+def _box_problem(box: Sequence[float], item: EvidenceItem | None) -> str | None:
+    shown = _box(box)
+    if item is None:
+        return f"it gives box {shown}, but a whole result has no box (cite one of its items)"
+    if item.box is None:
+        return f"it gives box {shown}, but the cited item has none"
+    own = [float(v) for v in item.box]
+    if len(own) != 4:  # not a rectangle: only the item's own box can be cited
+        return None if [float(v) for v in box] == own else f"box {shown} is not the cited item's {_box(own)}"
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[0] > box[2] or box[1] > box[3]:
+        return f"box {shown} is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2"
+    inside = (
+        own[0] - BOX_TOLERANCE <= box[0]
+        and own[1] - BOX_TOLERANCE <= box[1]
+        and box[2] <= own[2] + BOX_TOLERANCE
+        and box[3] <= own[3] + BOX_TOLERANCE
+    )
+    return None if inside else f"box {shown} lies outside the cited item's box {_box(own)}"
+
+
+def _box(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def describe(citation: Citation) -> str:
@@ -112,16 +161,56 @@ def describe(citation: Citation) -> str:
     return where
 
 
+def citations_in(value: object) -> list[Citation]:
+    """Every `Citation` held anywhere in a result (its fields, their models, lists and mappings, in field order: a
+    `Dossier`'s in the order of `Dossier.citations`), each object once."""
+    found: list[Citation] = []
+    seen: set[int] = set()
+
+    def walk(node: object) -> None:
+        if id(node) in seen:
+            return
+        if isinstance(node, Citation):
+            seen.add(id(node))
+            found.append(node)
+        elif isinstance(node, BaseModel):
+            seen.add(id(node))
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+            for extra in (node.model_extra or {}).values():
+                walk(extra)
+        elif isinstance(node, Mapping):
+            seen.add(id(node))
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, list | tuple | set | frozenset):
+            seen.add(id(node))
+            for item in node:
+                walk(item)
+
+    walk(value)
+    return found
+
+
 def checked_result(analyzer: CaseAnalyzer, result: BaseModel, case: CaseInput) -> dict[str, Any]:
-    """The result as it is stored, once its type and every citation in it are checked."""
+    """The result as it is stored, once its type and every citation in it are checked: the citations the result
+    holds (`citations_in`: a `Dossier`'s all, whatever the analyzer's hook says), then any further ones the
+    analyzer's `CaseAnalyzer.citations` lists (citations it keeps in another shape)."""
     if not isinstance(result, analyzer.result_model):
         raise AimaError(
             f"Case analyzer {analyzer.name} returned {type(result).__name__}, not {analyzer.result_model.__name__}.",
             code="INVALID_OUTPUT",
         )
-    check_citations(as_citations(analyzer.citations(result)), case)
+    held = citations_in(result)
+    known = {_identity(c) for c in held}
+    listed = [c for c in as_citations(analyzer.citations(result)) if _identity(c) not in known]
+    check_citations([*held, *listed], case)
     content: dict[str, Any] = result.model_dump(mode="json")
     return content
+
+
+def _identity(citation: Citation) -> tuple[object, ...]:
+    return (*citation_key(citation), tuple(citation.box) if citation.box is not None else None)
 
 
 # --- Storing -------------------------------------------------------------------------------------------------------
@@ -381,10 +470,41 @@ def hms(seconds: float) -> str:
     return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
+#: Characters `_plain` always escapes: what opens links, images, HTML, code spans, emphasis, strikethrough, tables,
+#: entities, GitHub's math, an ATX heading's closing ``#`` (and the backslash itself).
+_ALWAYS_ESCAPED = frozenset("\\`*[]<>#|~&$")
+#: What turns into a link in GFM without brackets (``https://...``, ``www.``): its ``:`` or ``.`` is escaped.
+_AUTOLINK = re.compile(r"(?i)(:)(?=//)|(?<![a-z0-9])www(\.)")
+#: An ordered list's marker at the start of a block (``1.``, ``2)``).
+_ORDERED = re.compile(r"\d{1,9}[.)]")
+
+
 def _plain(value: str) -> str:
-    """Model-written text as inert Markdown: one line, no links, images, HTML or code spans."""
+    """Model-written text as inert Markdown: one line that renders as itself in CommonMark and GitHub Flavored
+    Markdown, with no links, images, HTML, code spans, emphasis or block structure (headings, lists, quotes,
+    thematic breaks, tables) of its own, wherever AIMA puts it (a value may start a block: a list item's text).
+
+    Backslash escapes (CommonMark renders any escaped ASCII punctuation as itself): `_ALWAYS_ESCAPED`; ``_`` unless
+    it is between two letters or digits (where it can neither open nor close emphasis); the first character when
+    it is ASCII punctuation (``#``, ``>``, ``-``, ``+``, ``=``, ...) and the ``.`` or ``)`` of a leading ordered-list
+    marker; and the ``:`` of ``scheme://`` and the ``.`` of ``www.`` (GFM's bare-URL autolinks). Other punctuation
+    (``.``, ``-``, ``:`` and the like inside a line) cannot start anything once these are escaped, and stays as
+    written. Not prevented: GFM's e-mail autolinks (cmark-gfm finds addresses after resolving escapes, so a
+    backslash cannot stop them; they make ``mailto:`` links only)."""
     flat = " ".join(value.split())
-    return "".join("\\" + ch if ch in "[]<>`\\" else ch for ch in flat)
+    escape = {m.start(m.lastindex or 0) for m in _AUTOLINK.finditer(flat)}
+    if flat and flat[0] in string.punctuation:
+        escape.add(0)
+    if leading := _ORDERED.match(flat):
+        escape.add(leading.end() - 1)
+    out = []
+    for n, ch in enumerate(flat):
+        if ch == "_":
+            inside = 0 < n < len(flat) - 1 and flat[n - 1].isalnum() and flat[n + 1].isalnum()
+            if not inside:
+                escape.add(n)
+        out.append("\\" + ch if ch in _ALWAYS_ESCAPED or n in escape else ch)
+    return "".join(out)
 
 
 def evidence_line(evidence: Evidence) -> str:
