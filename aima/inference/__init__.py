@@ -9,13 +9,21 @@ A process builds its endpoints once from settings (``[inference.endpoints.<name>
     )
     Description.model_validate(answer.parsed)
 
-Failures a caller sees: `ModelUnavailable` (transient: the task waits for the model), `ModelError` and
+Failures a caller sees: `ModelUnavailable` (transient: the task waits for the model; raised as
+`EndpointUnavailable`, with the wait the server asked for), `ModelError` and
 `PromptTooLong` (permanent), `InvalidModelOutput` (JSON that does not fit: one repair attempt is the caller's).
 """
 
 from aima.errors import ModelUnavailable
 from aima.inference.endpoint import Endpoint, Schema
-from aima.inference.errors import EndpointConfigError, InvalidModelOutput, ModelError, PromptTooLong, UnknownEndpoint
+from aima.inference.errors import (
+    EndpointConfigError,
+    EndpointUnavailable,
+    InvalidModelOutput,
+    ModelError,
+    PromptTooLong,
+    UnknownEndpoint,
+)
 from aima.inference.messages import EndpointInfo, GenerationResult, ImagePart, Message, Part
 from aima.inference.prompts import DATA_RULES, PromptFormat, format_for_model, quoted, render_prompt
 from aima.inference.registry import Endpoints, endpoints_for
@@ -25,6 +33,7 @@ __all__ = [
     "Endpoint",
     "EndpointConfigError",
     "EndpointInfo",
+    "EndpointUnavailable",
     "Endpoints",
     "GenerationResult",
     "ImagePart",

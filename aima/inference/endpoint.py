@@ -2,10 +2,14 @@
 a wire protocol (`aima.inference.wire`) and its HTTP transport (`aima.inference.transport`).
 
 Every call takes one of `max_concurrency` slots for each request it sends. A busy or unreachable server (HTTP 429,
-5xx, connection errors, timeouts, a stream cut short) is tried again a few times within the call, after waits that
-grow with jitter (and honour ``Retry-After``); then the call raises `ModelUnavailable`, so the task waits and runs
-again later. Other 4xx answers raise `ModelError` (permanent); JSON that does not fit the schema raises
-`InvalidModelOutput` at once, for the caller's own repair attempt. Prompts are never logged: they hold case data.
+5xx, connection errors, timeouts, a stream cut short, and errors sent with HTTP 200 whose type or code says the same,
+in a stream or as the whole answer) is tried again a few times within the call, after waits that grow with jitter
+(and honour ``Retry-After``, in seconds or as an HTTP date); then the call raises `ModelUnavailable`, so the task
+waits and runs again later. A ``Retry-After`` beyond ``retry_cap_s`` ends the call at once, the wait carried in the
+error's ``retry_after_s``. Other 4xx answers and errors raise `ModelError` (permanent), as do answers of the wrong
+shape; JSON that does not fit the schema raises `InvalidModelOutput` at once, for the caller's own repair attempt.
+Prompts are never logged: they hold case data; the server's error text is shortened, with credentials and pydantic's
+echo of the input redacted.
 A request that succeeds is logged at DEBUG only (a long video makes hundreds; the metrics hold latency and tokens);
 retries and refusals at WARNING.
 """
@@ -14,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import json
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -29,10 +36,10 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from aima.errors import ModelUnavailable
-from aima.inference.errors import InvalidModelOutput, ModelError, PromptTooLong
+from aima.inference.errors import EndpointUnavailable, InvalidModelOutput, ModelError, PromptTooLong
 from aima.inference.messages import EndpointInfo, GenerationResult, Message
-from aima.inference.transport import Http, Retryable, SseDecoder, loads
-from aima.inference.wire import Completion, StreamError, StreamReader, Wire, WireRequest
+from aima.inference.transport import MAX_ERROR_BYTES, AnswerTooLarge, Http, Retryable, SseDecoder, loads, read_body
+from aima.inference.wire import Completion, StreamError, StreamReader, Wire, WireRequest, error_in
 from aima.metrics import INFERENCE_ERRORS, INFERENCE_IN_FLIGHT, INFERENCE_LATENCY, INFERENCE_TOKENS, INFERENCE_WAITING
 from aima.settings import EndpointSettings
 
@@ -43,13 +50,20 @@ Schema = type[BaseModel] | Mapping[str, Any]
 
 #: Statuses of a busy or failing server, worth another try.
 _RETRY_STATUSES = frozenset({408, 424, 425, 429, 500, 502, 503, 504})
-#: TGI's error types inside a stream that mean the same.
-_RETRY_STREAM_ERRORS = frozenset({"overloaded", "generation", "incomplete_generation"})
+#: Error types that mean the same in an error the server sends with HTTP 200 (in a stream, or as the whole answer)
+#: without a status of its own: TGI's, and OpenAI's names for rate limits and server errors (lower case).
+_RETRY_ERROR_TYPES = frozenset(
+    {"overloaded", "generation", "incomplete_generation", "rate_limit_error", "server_error", "internalservererror"}
+)
 _TOO_LONG = re.compile(
     r"maximum context length|context length exceeded|must have less than \d+ tokens|"
-    r"tokens \+ `?max_new_tokens`? must be <=|prompt is too long|input too long",
+    r"tokens \+ `?max_new_tokens`? must be <=|prompt is too long|input too long|maximum model length",
     re.IGNORECASE,
 )
+#: What server text may not carry into logs and task errors: credentials, and pydantic's echo of the input (case
+#: data) in validation errors, to the end of the text.
+_CREDENTIAL = re.compile(r"\b(Bearer|Basic)\s+[^\s,;'\"]+", re.IGNORECASE)
+_INPUT_ECHO = re.compile(r"input_value=.*", re.DOTALL)
 
 
 def safe_url(url: str) -> str:
@@ -62,25 +76,49 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _clean(text: str) -> str:
+    """Server text as it may be logged and shown: credentials and echoed input redacted, shortened."""
+    text = _CREDENTIAL.sub(r"\1 [redacted]", text)
+    text = _INPUT_ECHO.sub("input_value=[redacted]", text)
+    return text.strip()[:300]
+
+
 def _error_message(body: bytes) -> str:
-    """The server's explanation from an error body (TGI, OpenAI and vLLM shapes), shortened."""
+    """The server's explanation from an error body (TGI, OpenAI and vLLM shapes), with its error type, cleaned."""
     try:
         payload = loads(body)
     except ValueError:
-        return body.decode("utf-8", "replace").strip()[:300]
+        return _clean(body.decode("utf-8", "replace"))
+    error = error_in(payload)
+    if error is not None:
+        return _described(error)
     if isinstance(payload, dict):
-        error = payload.get("error", payload.get("message", payload.get("detail", payload)))
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        return str(error)[:300]
-    return str(payload)[:300]
+        return _clean(str(payload.get("message", payload.get("detail", payload))))
+    return _clean(str(payload))
+
+
+def _described(error: StreamError) -> str:
+    message = _clean(error.message)
+    kind = error.kind.strip()[:64]
+    return f"{kind}: {message}" if kind and kind not in message else message
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait: a number of seconds or an HTTP date; None without one."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
     try:
-        return max(0.0, float(headers.get("retry-after", "")))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date, or nothing: the usual backoff applies
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None  # unreadable: the usual backoff applies
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _problem(exc: ValueError | ValidationError) -> str:
@@ -240,7 +278,7 @@ class Endpoint:
                         self._failed(started, exc)
                         raise
             except Retryable as exc:
-                if given or attempt == self.settings.max_attempts:
+                if given or attempt == self.settings.max_attempts or self._waits_too_long(exc):
                     raise self._unavailable(exc, attempt) from exc
                 await self._back_off(attempt, exc)
 
@@ -258,7 +296,7 @@ class Endpoint:
             try:
                 completion = await self._attempt(request, attempt)
             except Retryable as exc:
-                if attempt == self.settings.max_attempts:
+                if attempt == self.settings.max_attempts or self._waits_too_long(exc):
                     raise self._unavailable(exc, attempt) from exc
                 await self._back_off(attempt, exc)
                 continue
@@ -322,18 +360,30 @@ class Endpoint:
         raise Retryable("stream_cut", "the stream ended without an answer")  # _stream ends with the answer or raises
 
     async def _post(self, request: WireRequest) -> Completion:
-        with self._http.failures:
-            async with self._http.post(request.path, request.data) as response:
-                body = await response.read()
+        try:
+            with self._http.failures:
+                async with self._http.post(request.path, request.data) as response:
+                    if response.status == 200:
+                        body = await read_body(response)
+                    else:
+                        body = await read_body(response, MAX_ERROR_BYTES, cut=True)
+        except AnswerTooLarge as exc:
+            raise self._unexpected(exc) from None
         self._check_status(response.status, response.headers, body)
         try:
             payload = loads(body)
         except ValueError:
             raise Retryable("protocol", "the answer is not JSON") from None
+        error = error_in(payload)  # an error sent with HTTP 200: TGI when overloaded, some proxies
+        if error is not None:
+            self._server_error(error, "in an answer of HTTP 200", _retry_after(response.headers))
         try:
             return self._wire.answer(payload, response.headers)
         except ValueError as exc:
-            raise ModelError(f"Model endpoint {self.name!r} gave an unexpected answer: {exc}") from None
+            raise self._unexpected(exc) from None
+
+    def _unexpected(self, exc: ValueError) -> ModelError:
+        return ModelError(f"Model endpoint {self.name!r} gave an unexpected answer: {_clean(str(exc))}")
 
     async def _stream(self, request: WireRequest) -> AsyncGenerator[str | Completion, None]:
         """The answer's pieces, then its `Completion`; `Retryable` when it stalls, runs out of time or is cut (the
@@ -343,7 +393,8 @@ class Endpoint:
             with self._http.failures:
                 async with self._http.post(request.path, request.data) as response:
                     if response.status != 200:
-                        self._check_status(response.status, response.headers, await response.read())
+                        body = await read_body(response, MAX_ERROR_BYTES, cut=True)
+                        self._check_status(response.status, response.headers, body)
                     reader = self._wire.stream_reader()
                     decoder = SseDecoder()
                     async for chunk in response.content.iter_any():
@@ -379,7 +430,7 @@ class Endpoint:
                 raise Retryable("stream_cut", f"an unreadable stream event ({exc})") from None
             for event in events:
                 if isinstance(event, StreamError):
-                    self._stream_error(event)
+                    self._server_error(event, "in the stream")
                 out.append(event)
         return out
 
@@ -399,18 +450,32 @@ class Endpoint:
         refused = f"Model endpoint {self.name!r} refused the request, HTTP {status}{hint}: {message}"
         raise ModelError(refused, status=status)
 
-    def _stream_error(self, error: StreamError) -> NoReturn:
-        if error.kind in _RETRY_STREAM_ERRORS:
-            kind = "rate_limited" if error.kind == "overloaded" else "unavailable"
-            raise Retryable(kind, f"{error.kind or 'error'} in the stream: {error.message[:300]}")
-        if _TOO_LONG.search(error.message):
-            raise PromptTooLong(f"The prompt is too long for endpoint {self.name!r}: {error.message[:300]}")
-        raise ModelError(f"Model endpoint {self.name!r} refused the request: {error.message[:300]}")
+    def _server_error(self, error: StreamError, where: str, retry_after: float | None = None) -> NoReturn:
+        """An error the server sent with HTTP 200, in a stream or as the whole answer: retried when its type or its
+        status (OpenAI's ``code``) says the server is busy or failing, permanent otherwise."""
+        kind = error.kind.lower()
+        status = error.code
+        said = f"{error.kind or 'error'}{f' (HTTP {status})' if status else ''} {where}: {_clean(error.message)}"
+        if kind in _RETRY_ERROR_TYPES or (status is not None and (status in _RETRY_STATUSES or status >= 500)):
+            busy = kind in ("overloaded", "rate_limit_error") or status == 429
+            raise Retryable("rate_limited" if busy else "unavailable", said, retry_after)
+        if status == 413 or _TOO_LONG.search(error.message):
+            raise PromptTooLong(f"The prompt is too long for endpoint {self.name!r}: {said}", status=status)
+        raise ModelError(f"Model endpoint {self.name!r} refused the request: {said}", status=status)
 
-    def _unavailable(self, exc: Retryable, attempts: int) -> ModelUnavailable:
-        return ModelUnavailable(
+    def _waits_too_long(self, exc: Retryable) -> bool:
+        """Whether the server asks for a longer wait than the endpoint's ``retry_cap_s``: then the call ends at once,
+        and the task's next run waits for it."""
+        return exc.retry_after is not None and exc.retry_after > self.settings.retry_cap_s
+
+    def _unavailable(self, exc: Retryable, attempts: int) -> EndpointUnavailable:
+        asked = ""
+        if self._waits_too_long(exc):
+            asked = f" (the server asks to wait {exc.retry_after:.0f} s)"
+        return EndpointUnavailable(
             f"Model endpoint {self.name!r} is unavailable after {attempts} tr{'y' if attempts == 1 else 'ies'}: "
-            f"{exc.reason}"
+            f"{exc.reason}{asked}",
+            retry_after_s=exc.retry_after,
         )
 
     async def _back_off(self, attempt: int, exc: Retryable) -> None:

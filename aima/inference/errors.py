@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from aima.errors import AimaError
+from aima.errors import AimaError, ModelUnavailable
 
 if TYPE_CHECKING:
     from aima.inference.messages import GenerationResult
@@ -23,6 +23,16 @@ class ModelError(AimaError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class EndpointUnavailable(ModelUnavailable):
+    """`ModelUnavailable` from a model endpoint. `retry_after_s`: the wait the server asked for (``Retry-After``),
+    None when it named none; a wait beyond the endpoint's ``retry_cap_s`` ends the call's tries at once, and is
+    for the task's next run to honour."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PromptTooLong(ModelError):

@@ -26,8 +26,12 @@ from aima.settings import EndpointSettings
 #: Idle seconds after which the client drops a kept-alive connection itself: below the 5 s after which uvicorn (vLLM,
 #: SGLang) closes one, so that a request seldom goes out on a connection the server is closing at that moment.
 KEEPALIVE_S = 4.0
-#: An event of a stream may not grow beyond this without its end (a server that never ends its lines).
-_MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: A line or an event of a stream may not grow beyond this without its end (a server that never ends its lines or
+#: its events).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: Nor a whole answer (not streamed) beyond this; an error answer is read this far for its message.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -70,31 +74,46 @@ class Reply:
 
 class SseDecoder:
     """The data of each server-sent event (its ``data:`` lines joined by newlines), from the bytes of a response as
-    they arrive; comments, other fields and keep-alive lines are skipped."""
+    they arrive; comments, other fields and keep-alive lines are skipped. A line without its end waits in a
+    `bytearray` that grows in place and is searched only where new bytes arrived (a long line in small chunks costs
+    time linear in its length); a line or an event beyond `MAX_EVENT_BYTES` is refused."""
 
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_buffer", "_data", "_size")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
         self._data: list[bytes] = []
+        self._size = 0  # bytes of the data lines in `_data`
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The events this chunk completes."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
-        if len(self._buffer) > _MAX_EVENT_BYTES:
-            raise Retryable("protocol", f"a stream line longer than {_MAX_EVENT_BYTES} bytes")
+        buffer = self._buffer
+        if b"\n" not in chunk:  # the bytes before it hold no line end either: nothing completes
+            buffer += chunk
+            if len(buffer) > MAX_EVENT_BYTES:
+                raise Retryable("protocol", f"a stream line longer than {MAX_EVENT_BYTES} bytes")
+            return []
+        if buffer:
+            buffer += chunk
+            lines = bytes(buffer).split(b"\n")  # each byte is copied here once, when its line ends
+            buffer.clear()
+        else:
+            lines = chunk.split(b"\n")
+        buffer += lines.pop()
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise Retryable("protocol", f"a stream line longer than {MAX_EVENT_BYTES} bytes")
         return self._events(lines)
 
     def end(self) -> list[bytes]:
         """What the stream's end completes: a last event without its blank line (or one cut in the middle, which
         the protocol's reader then finds unreadable)."""
-        lines, self._buffer = ([self._buffer] if self._buffer else []), b""
+        lines = [bytes(self._buffer)] if self._buffer else []
+        self._buffer.clear()
         events = self._events(lines)
         if self._data:
             events.append(b"\n".join(self._data))
             self._data = []
+            self._size = 0
         return events
 
     def _events(self, lines: list[bytes]) -> list[bytes]:
@@ -107,9 +126,34 @@ class SseDecoder:
                 if data:
                     events.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data = self._data = []
+                    self._size = 0
             elif line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                piece = line[6:] if line.startswith(b"data: ") else line[5:]
+                self._size += len(piece) + 1
+                if self._size > MAX_EVENT_BYTES:
+                    raise Retryable("protocol", f"a stream event larger than {MAX_EVENT_BYTES} bytes")
+                data.append(piece)
         return events
+
+
+class AnswerTooLarge(ValueError):
+    """A whole answer beyond `MAX_ANSWER_BYTES`: not one a model server gives."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES, *, cut: bool = False) -> bytes:
+    """The body of a (not streamed) answer, at most `limit` bytes: `AnswerTooLarge` beyond it, or, with `cut`
+    (error bodies, read for their message), the first `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit and not cut:
+        raise AnswerTooLarge(f"the answer is larger than {limit} bytes ({response.content_length})")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            if cut:
+                del body[limit:]
+                break  # the connection is not reused: aiohttp closes one released unread
+            raise AnswerTooLarge(f"the answer is larger than {limit} bytes")
+    return bytes(body)
 
 
 class _Failures:

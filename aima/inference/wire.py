@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aima.inference.messages import ImagePart, Message
 from aima.inference.prompts import PromptFormat, render_prompt, stop_sequences
 from aima.inference.transport import dumps, loads
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,60 @@ class Completion:
 
 @dataclass(frozen=True)
 class StreamError:
-    """An error event inside a stream that began with HTTP 200 (TGI sends these)."""
+    """An error the server reported with HTTP 200: an event inside a stream (TGI and vLLM send these), or the whole
+    body of an answer (TGI under load, proxies in front of OpenAI-compatible servers)."""
 
     message: str
-    #: TGI's error type: "overloaded", "validation", "generation", "incomplete_generation", ...
+    #: The error's type: TGI's "overloaded", "validation", "generation", "incomplete_generation", ...; OpenAI's
+    #: "InternalServerError", "rate_limit_error", ...
     kind: str
+    #: The HTTP status the error stands for, when the server names one (OpenAI's ``code``, a ``status``).
+    code: int | None = None
+
+
+def error_in(payload: Any) -> StreamError | None:
+    """The error a JSON answer or event reports instead of an answer, in any of the shapes servers use: TGI's
+    ``{"error": "...", "error_type": "..."}``, OpenAI's ``{"error": {"message", "type", "code"}}`` and vLLM's
+    older top-level ``{"object": "error", "message", "type", "code"}``; None when it reports none."""
+    if not isinstance(payload, dict):
+        return None
+    if "error" in payload and payload["error"] is not None:
+        error = payload["error"]
+        if isinstance(error, dict):
+            code = _status(error.get("code", error.get("status")))
+            return StreamError(_text(error.get("message", error)), _text(error.get("type") or ""), code)
+        kind = payload.get("error_type") or payload.get("type") or ""
+        return StreamError(_text(error), _text(kind), _status(payload.get("code", payload.get("status"))))
+    if payload.get("object") == "error" or (
+        "choices" not in payload and "message" in payload and ("type" in payload or "code" in payload)
+    ):
+        code = _status(payload.get("code", payload.get("status")))
+        return StreamError(_text(payload.get("message", "")), _text(payload.get("type") or ""), code)
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _status(value: Any) -> int | None:
+    """An HTTP status from an error's code (OpenAI's may also be a name, such as "rate_limit_exceeded")."""
+    status = _int(value)
+    return status if status is not None and 100 <= status <= 599 else None
+
+
+def _shape_checked(read: Callable[_P, _T]) -> Callable[_P, _T]:
+    """`ValueError` for an answer of the wrong shape (a string where an object belongs, a list too short), as for
+    any other answer that is not one, rather than whatever its reading tripped over."""
+
+    @functools.wraps(read)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return read(*args, **kwargs)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            raise ValueError(f"an answer of an unexpected shape ({type(exc).__name__}: {exc})"[:200]) from None
+
+    return checked
 
 
 #: What one streamed event says, in order: pieces of text, the end (a `Completion`), an error; often nothing.
@@ -109,8 +161,12 @@ class StreamReader:
 def _int(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _reason(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class TgiWire(Wire):
@@ -145,6 +201,7 @@ class TgiWire(Wire):
         body = {"inputs": render_prompt(messages, self.prompt_format), "parameters": parameters}
         return WireRequest("/generate_stream" if stream else "/generate", body, stream)
 
+    @_shape_checked
     def answer(self, payload: Any, headers: Mapping[str, str]) -> Completion:
         if isinstance(payload, list) and payload:  # the root route answers a list of one
             payload = payload[0]
@@ -155,7 +212,7 @@ class TgiWire(Wire):
             text=self._strip_stop(payload["generated_text"]),
             prompt_tokens=_int(headers.get("x-prompt-tokens")),
             completion_tokens=_int(details.get("generated_tokens") or headers.get("x-generated-tokens")),
-            finish_reason=details.get("finish_reason"),
+            finish_reason=_reason(details.get("finish_reason")),
         )
 
     def stream_reader(self) -> StreamReader:
@@ -180,12 +237,14 @@ class _TgiStream(StreamReader):
     def __init__(self, wire: TgiWire) -> None:
         self._wire = wire
 
+    @_shape_checked
     def events(self, data: bytes) -> list[Event]:
         payload = loads(data)
         if not isinstance(payload, dict):
             raise ValueError("a stream event is not an object")
-        if "error" in payload:
-            return [StreamError(str(payload["error"]), str(payload.get("error_type") or ""))]
+        error = error_in(payload)
+        if error is not None:
+            return [error]
         out: list[Event] = []
         token = payload.get("token") or {}
         text = token.get("text")
@@ -199,7 +258,7 @@ class _TgiStream(StreamReader):
                     text=self._wire._strip_stop(generated),
                     prompt_tokens=_int(details.get("input_length")),
                     completion_tokens=_int(details.get("generated_tokens")),
-                    finish_reason=details.get("finish_reason"),
+                    finish_reason=_reason(details.get("finish_reason")),
                 )
             )
         return out
@@ -258,6 +317,7 @@ class OpenAIWire(Wire):
         ]
         return {"role": message.role, "content": content}
 
+    @_shape_checked
     def answer(self, payload: Any, headers: Mapping[str, str]) -> Completion:
         try:
             choice = payload["choices"][0]
@@ -271,8 +331,8 @@ class OpenAIWire(Wire):
             text=text,
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
-            finish_reason=choice.get("finish_reason"),
-            model=payload.get("model"),
+            finish_reason=_reason(choice.get("finish_reason")),
+            model=_reason(payload.get("model")),
         )
 
     def stream_reader(self) -> StreamReader:
@@ -298,6 +358,7 @@ class _OpenAIStream(StreamReader):
         self._usage: dict[str, Any] = {}
         self._model: str | None = None
 
+    @_shape_checked
     def events(self, data: bytes) -> list[Event]:
         if data.strip() == b"[DONE]":
             if self._finish is None:
@@ -306,12 +367,10 @@ class _OpenAIStream(StreamReader):
         payload = loads(data)
         if not isinstance(payload, dict):
             raise ValueError("a stream event is not an object")
-        if "error" in payload:
-            error = payload["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            kind = error.get("type", "") if isinstance(error, dict) else ""
-            return [StreamError(str(message), str(kind or ""))]
-        self._model = payload.get("model") or self._model
+        error = error_in(payload)
+        if error is not None:
+            return [error]
+        self._model = _reason(payload.get("model")) or self._model
         if isinstance(payload.get("usage"), dict):
             self._usage = payload["usage"]
         choices = payload.get("choices") or []
@@ -319,7 +378,7 @@ class _OpenAIStream(StreamReader):
             return []
         choice = choices[0]
         if choice.get("finish_reason"):
-            self._finish = choice["finish_reason"]
+            self._finish = _reason(choice["finish_reason"]) or "unknown"
         piece = (choice.get("delta") or {}).get("content")
         if isinstance(piece, str) and piece:
             self._pieces.append(piece)

@@ -5,8 +5,9 @@ request (TGI ``parameters.grammar``, OpenAI ``response_format``) it builds a val
 strings taken from the prompt (quoted phrases first, then the last user turn's words), so a test can tell that its
 input reached the "model". A test may supply its own answers (`ModelServer.answer`). The server records every
 request (prompt text, decoded images, schema, headers), counts requests in flight and their maximum, and fails on
-demand: an error status for some requests or seconds, slow answers, invalid JSON, streams cut in the middle, and 429
-beyond a capacity.
+demand: an error status for some requests or seconds (with a ``Retry-After`` in seconds or as an HTTP date, and a
+message of the test's choosing), errors sent with HTTP 200 in place of an answer, error events inside TGI and
+OpenAI streams, slow answers, invalid JSON, streams cut in the middle, and 429 beyond a capacity.
 
     with ModelServer() as server:
         endpoint_url = server.url
@@ -107,12 +108,19 @@ class _Faults:
     fail_requests: int = 0
     fail_until: float = 0.0
     retry_after: str | None = None
+    message: str | None = None
+    error_type: str | None = None
+    #: Answers replaced by a payload of the protocol's (`ModelServer.error_answer`, `ModelServer.odd_answer`).
+    instead: int = 0
+    instead_of_answer: Callable[[Protocol], Any] = lambda protocol: None
     delay_s: float = 0.0
     token_delay_s: float = 0.0
     invalid_json: int = 0
     cut_streams: int = 0
     stream_errors: int = 0
     stream_error: tuple[str, str] = ("", "")
+    stream_error_code: int | None = None
+    stream_error_flat: bool = False
     capacity: int | None = None
 
 
@@ -143,16 +151,42 @@ class ModelServer:
         *,
         requests: int | None = None,
         seconds: float | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
+        message: str | None = None,
+        error_type: str | None = None,
     ) -> None:
-        """Answer generation requests with `status` for the next `requests` requests, or for `seconds`."""
+        """Answer generation requests with `status` for the next `requests` requests, or for `seconds`. A 429 or 503
+        carries `retry_after` as ``Retry-After``: seconds, or a string sent as it is (an HTTP date). `message` and
+        `error_type` replace the error body's own ("injected failure (HTTP 503)", "unavailable")."""
         if (requests is None) == (seconds is None):
             raise ValueError("give requests or seconds")
         with self._lock:
             self._faults.status = status
             self._faults.fail_requests = requests or 0
             self._faults.fail_until = time.monotonic() + seconds if seconds is not None else 0.0
-            self._faults.retry_after = None if retry_after is None else f"{retry_after:g}"
+            if retry_after is None or isinstance(retry_after, str):
+                self._faults.retry_after = retry_after
+            else:
+                self._faults.retry_after = f"{retry_after:g}"
+            self._faults.message = message
+            self._faults.error_type = error_type
+
+    def error_answer(self, message: str, error_type: str, *, code: int | None = None, requests: int = 1) -> None:
+        """The next `requests` generation requests get HTTP 200 with an error body in place of the answer, as TGI
+        sends when overloaded and proxies in front of OpenAI-compatible servers do: TGI's ``{"error": message,
+        "error_type": error_type}`` (with ``code`` when given), OpenAI's ``{"error": {"message", "type", "param",
+        "code"}}``. A streamed request gets it as its one event."""
+        self._answer_instead(lambda protocol: _error_payload(protocol, message, error_type, code), requests)
+
+    def odd_answer(self, payload: Any, requests: int = 1) -> None:
+        """The next `requests` generation requests get `payload` as JSON with HTTP 200, whatever they asked for (an
+        answer of the wrong shape, say); a streamed request gets it as its one event."""
+        self._answer_instead(lambda protocol: payload, requests)
+
+    def _answer_instead(self, payload: Callable[[Protocol], Any], requests: int) -> None:
+        with self._lock:
+            self._faults.instead_of_answer = payload
+            self._faults.instead = requests
 
     def slow(self, delay_s: float, *, token_delay_s: float = 0.0) -> None:
         """Wait `delay_s` before each answer begins, and `token_delay_s` between streamed tokens."""
@@ -167,10 +201,17 @@ class ModelServer:
         """The next `requests` answers stop in the middle and drop the connection."""
         self._faults.cut_streams = requests
 
-    def stream_error(self, message: str, error_type: str, requests: int = 1) -> None:
-        """The next `requests` TGI streams send one token, then an error event (as TGI does when generation fails
-        after the answer began: ``{"error": message, "error_type": error_type}`` with HTTP 200)."""
+    def stream_error(
+        self, message: str, error_type: str, requests: int = 1, *, code: int | None = None, flat: bool = False
+    ) -> None:
+        """The next `requests` streams send one token, then an error event, as servers do when generation fails after
+        the answer began (HTTP 200): TGI ``{"error": message, "error_type": error_type}``; OpenAI (vLLM) ``{"error":
+        {"object": "error", "message", "type", "param", "code"}}``, or with `flat` the older top-level ``{"object":
+        "error", "message", "type", "param", "code"}``, then ``[DONE]``. `code`: OpenAI's ``code`` (TGI sends
+        none)."""
         self._faults.stream_error = (message, error_type)
+        self._faults.stream_error_code = code
+        self._faults.stream_error_flat = flat
         self._faults.stream_errors = requests
 
     def limit(self, capacity: int | None) -> None:
@@ -472,6 +513,19 @@ class ModelServer:
             }
             return _body(answer, cut, {})
         include_usage = bool((record.body.get("stream_options") or {}).get("include_usage"))
+        failure: dict[str, Any] | None = None
+        with self._lock:
+            if self._faults.stream_errors > 0:
+                self._faults.stream_errors -= 1
+                message, error_type = self._faults.stream_error
+                error = {
+                    "object": "error",
+                    "message": message,
+                    "type": error_type,
+                    "param": None,
+                    "code": self._faults.stream_error_code,
+                }
+                failure = error if self._faults.stream_error_flat else {"error": error}
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
@@ -482,6 +536,10 @@ class ModelServer:
             for index, token in enumerate(tokens, start=1):
                 if cut and index > len(tokens) // 2:
                     raise _CutStream
+                if failure is not None and index == 2:
+                    yield f"data: {json.dumps(failure)}\n\n".encode()
+                    yield b"data: [DONE]\n\n"
+                    return
                 yield chunk({"content": token}, None)
                 if self._faults.token_delay_s:
                     await asyncio.sleep(self._faults.token_delay_s)
@@ -513,8 +571,12 @@ class ModelServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             faults = self._faults
             refusal = self._refusal(faults)
-            invalid = faults.invalid_json > 0 and refusal is None
-            cut = faults.cut_streams > 0 and refusal is None and not invalid
+            instead: tuple[Any] | None = None
+            if faults.instead > 0 and refusal is None:
+                faults.instead -= 1
+                instead = (faults.instead_of_answer(record.protocol),)
+            invalid = faults.invalid_json > 0 and refusal is None and instead is None
+            cut = faults.cut_streams > 0 and refusal is None and instead is None and not invalid
             if invalid:
                 faults.invalid_json -= 1
             if cut:
@@ -525,6 +587,13 @@ class ModelServer:
                 response = error(refusal)
                 if faults.retry_after is not None and refusal.status in (429, 503):
                     response.headers["retry-after"] = faults.retry_after
+                return response
+            if instead is not None:
+                if not record.stream:
+                    return JSONResponse(instead[0])
+                event = f"data: {json.dumps(instead[0])}\n\n".encode()
+                response = _Tracked(self._stream_response(_once(event), {}), self._done)
+                handed_over = True
                 return response
             if faults.delay_s:
                 await asyncio.sleep(faults.delay_s)
@@ -543,7 +612,8 @@ class ModelServer:
             return _Refused(429, "Model is overloaded", "overloaded")
         if faults.fail_requests > 0 or time.monotonic() < faults.fail_until:
             faults.fail_requests = max(0, faults.fail_requests - 1)
-            return _Refused(faults.status, f"injected failure (HTTP {faults.status})", "unavailable")
+            message = faults.message or f"injected failure (HTTP {faults.status})"
+            return _Refused(faults.status, message, faults.error_type or "unavailable")
         return None
 
     def _done(self) -> None:
@@ -610,6 +680,16 @@ def _body(payload: Any, cut: bool, headers: dict[str, str]) -> Response:
 
 def _tgi_error(refused: _Refused) -> Response:
     return JSONResponse({"error": refused.message, "error_type": refused.error_type}, status_code=refused.status)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _error_payload(protocol: Protocol, message: str, error_type: str, code: int | None) -> dict[str, Any]:
+    if protocol == "tgi":
+        return {"error": message, "error_type": error_type, **({} if code is None else {"code": code})}
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
 def _openai_error(refused: _Refused) -> Response:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from pydantic import BaseModel
 
 from aima.errors import AimaError, ModelUnavailable
-from aima.inference import InvalidModelOutput, Message, ModelError, PromptTooLong
+from aima.inference import EndpointUnavailable, InvalidModelOutput, Message, ModelError, PromptTooLong
+from aima.inference.endpoint import _retry_after
 from aima.testing.model_server import ModelServer
 from tests.inference.support import make_endpoints, metric
 
@@ -218,3 +221,194 @@ async def test_metrics_of_a_successful_call(server: ModelServer, protocol: str) 
     assert metric("aima_inference_tokens_total", endpoint=name, kind="completion") == result.completion_tokens
     assert metric("aima_inference_request_duration_seconds_count", endpoint=name, outcome="ok") == 1
     assert metric("aima_inference_in_flight", endpoint=name) == 0
+
+
+# -- errors sent with HTTP 200, error events of OpenAI streams, answers of the wrong shape -------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "message", "error_type", "code", "kind"),
+    [
+        ("tgi", "Model is overloaded", "overloaded", None, "rate_limited"),
+        ("openai", "Rate limit reached", "rate_limit_error", 429, "rate_limited"),
+        ("openai", "upstream failed", "proxy_error", 502, "unavailable"),
+        ("openai", "EngineDeadError", "InternalServerError", None, "unavailable"),
+    ],
+)
+async def test_a_busy_server_answering_http_200_with_an_error_is_retried(
+    server: ModelServer, protocol: str, message: str, error_type: str, code: int | None, kind: str
+) -> None:
+    server.error_answer(message, error_type, code=code, requests=1)
+    async with make_endpoints(server.url, protocol, stream=False, max_attempts=3) as endpoints:
+        result = await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert result.attempts == 2 and Verdict.model_validate(result.parsed)
+    assert metric("aima_inference_errors_total", endpoint=name, kind=kind) == 1
+    server.error_answer(message, error_type, code=code, requests=10)
+    async with make_endpoints(server.url, protocol, stream=False, max_attempts=2) as endpoints:
+        with pytest.raises(ModelUnavailable, match=f"after 2 tries: {error_type}.*{message}"):
+            await endpoints.vision.generate_json(ASK, Verdict)
+
+
+@pytest.mark.parametrize(("protocol", "code"), [("tgi", None), ("openai", 400)])
+async def test_a_refusal_answered_with_http_200_is_a_clear_model_error(
+    server: ModelServer, protocol: str, code: int | None
+) -> None:
+    server.error_answer("Input validation error: bad grammar", "validation", code=code, requests=1)
+    async with make_endpoints(server.url, protocol, stream=False, max_attempts=3) as endpoints:
+        with pytest.raises(ModelError, match=r"refused the request: validation.* HTTP 200: Input valid") as caught:
+            await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert caught.value.status == code and server.count() == 1
+    assert metric("aima_inference_errors_total", endpoint=name, kind="model_error") == 1
+
+
+@pytest.mark.parametrize("flat", [False, True])
+async def test_openai_stream_error_events_of_a_failing_server_are_retried(server: ModelServer, flat: bool) -> None:
+    message = "EngineDeadError: engine loop is not running"
+    server.stream_error(message, "InternalServerError", requests=1, code=500, flat=flat)
+    async with make_endpoints(server.url, "openai", stream=True, max_attempts=3) as endpoints:
+        result = await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert result.attempts == 2 and server.count() == 2
+    assert metric("aima_inference_errors_total", endpoint=name, kind="unavailable") == 1
+    server.stream_error("Too many requests", "TooManyRequests", requests=10, code=429, flat=flat)
+    async with make_endpoints(server.url, "openai", stream=True, max_attempts=2) as endpoints:
+        with pytest.raises(ModelUnavailable, match=r"after 2 tries: TooManyRequests \(HTTP 429\) in the stream"):
+            await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert metric("aima_inference_errors_total", endpoint=name, kind="rate_limited") == 2
+
+
+async def test_an_openai_stream_error_event_of_a_refusal_is_permanent(server: ModelServer) -> None:
+    server.stream_error("guided decoding failed", "BadRequestError", requests=5, code=400)
+    async with make_endpoints(server.url, "openai", stream=True, max_attempts=3) as endpoints:
+        with pytest.raises(ModelError, match="guided decoding failed") as caught:
+            await endpoints.vision.generate_json(ASK, Verdict)
+    assert caught.value.status == 400 and server.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("protocol", "payload"),
+    [
+        ("tgi", {"generated_text": "{}", "details": "oops"}),
+        ("tgi", [{"generated_text": "{}", "details": ["x"]}]),
+        ("openai", {"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}], "usage": [1]}),
+        ("openai", {"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}], "usage": "many"}),
+    ],
+)
+async def test_an_answer_of_the_wrong_shape_is_a_model_error_in_the_metrics(
+    server: ModelServer, protocol: str, payload: object
+) -> None:
+    server.odd_answer(payload)
+    async with make_endpoints(server.url, protocol, stream=False) as endpoints:
+        with pytest.raises(ModelError, match="gave an unexpected answer: an answer of an unexpected shape"):
+            await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert metric("aima_inference_errors_total", endpoint=name, kind="model_error") == 1
+
+
+@pytest.mark.parametrize(
+    ("protocol", "payload"),
+    [("tgi", {"token": "x", "generated_text": None}), ("openai", {"choices": [{"delta": "x", "finish_reason": None}]})],
+)
+async def test_a_stream_event_of_the_wrong_shape_is_an_unreadable_event(
+    server: ModelServer, protocol: str, payload: object
+) -> None:
+    server.odd_answer(payload)
+    async with make_endpoints(server.url, protocol, stream=True) as endpoints:
+        result = await endpoints.vision.generate_json(ASK, Verdict)
+        name = endpoints.vision.name
+    assert result.attempts == 2
+    assert metric("aima_inference_errors_total", endpoint=name, kind="stream_cut") == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_vllms_maximum_model_length_message_is_prompt_too_long(server: ModelServer, stream: bool) -> None:
+    message = (
+        "The decoder prompt (length 9000) is longer than the maximum model length of 8192. Make sure that "
+        "`max_model_len` is no smaller than the number of text tokens plus multimodal tokens."
+    )
+    server.fail(400, requests=1, message=message, error_type="BadRequestError")
+    async with make_endpoints(server.url, "openai", stream=stream) as endpoints:
+        with pytest.raises(PromptTooLong, match="maximum model length"):
+            await endpoints.vision.generate_text(ASK)
+    assert server.count() == 1
+
+
+# -- Retry-After -------------------------------------------------------------------------------------------------
+
+
+async def test_retry_after_as_an_http_date_is_honoured(server: ModelServer) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=2)  # the date has whole seconds: a wait of 1 to 2 s
+    server.fail(503, requests=1, retry_after=format_datetime(when, usegmt=True))
+    async with make_endpoints(server.url, "tgi", retry_cap_s=5.0) as endpoints:
+        started = time.monotonic()
+        result = await endpoints.vision.generate_text(ASK)
+    assert result.attempts == 2 and time.monotonic() - started >= 0.9
+
+
+@pytest.mark.parametrize("retry_after", [3600, "Wed, 21 Oct 2099 07:28:00 GMT"])
+async def test_a_retry_after_beyond_the_cap_ends_the_call_for_the_task_to_wait(
+    server: ModelServer, protocol: str, retry_after: float | str
+) -> None:
+    server.fail(429, requests=10, retry_after=retry_after)
+    async with make_endpoints(server.url, protocol, max_attempts=5, retry_cap_s=0.05) as endpoints:
+        started = time.monotonic()
+        with pytest.raises(
+            EndpointUnavailable, match=r"after 1 try: HTTP 429.*\(the server asks to wait \d+ s\)"
+        ) as caught:
+            await endpoints.vision.generate_text(ASK)
+    assert time.monotonic() - started < 1 and server.count() == 1
+    assert isinstance(caught.value, ModelUnavailable) and caught.value.transient
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s >= 3590
+
+
+async def test_a_retry_after_within_the_cap_is_carried_too(server: ModelServer) -> None:
+    server.fail(503, requests=10, retry_after=0.02)
+    async with make_endpoints(server.url, "tgi", max_attempts=2) as endpoints:
+        with pytest.raises(EndpointUnavailable, match="after 2 tries") as caught:
+            await endpoints.vision.generate_text(ASK)
+    assert caught.value.retry_after_s == pytest.approx(0.02)
+
+
+# -- what server text may carry ----------------------------------------------------------------------------------
+
+LEAKY = (
+    "Invalid header Authorization: Bearer sk-live-5ecret for request 1 validation error: messages.0.content "
+    "Input should be a valid string [type=string_type, input_value={'text': 'the suspect said: meet at pier 4'}]"
+)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_server_text_is_shortened_and_redacted_in_errors_and_logs(
+    server: ModelServer, protocol: str, stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.fail(401, requests=1, message=LEAKY + " x" * 400, error_type="authentication_error")
+    async with make_endpoints(server.url, protocol, stream=stream) as endpoints:
+        with pytest.raises(ModelError) as caught:
+            await endpoints.vision.generate_text(ASK)
+    said = caught.value.message
+    assert "HTTP 401 (check api_key): authentication_error: Invalid header Authorization: Bearer [redacted]" in said
+    assert "input_value=[redacted]" in said
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("aima.inference"))
+    for text in (said, logged):
+        assert "5ecret" not in text and "suspect" not in text and "pier" not in text
+    assert "Bearer [redacted]" in logged
+
+
+async def test_redaction_of_errors_sent_in_a_stream(server: ModelServer) -> None:
+    server.stream_error(LEAKY, "BadRequestError", requests=1, code=400)
+    async with make_endpoints(server.url, "openai", stream=True) as endpoints:
+        with pytest.raises(ModelError, match=r"Bearer \[redacted\]") as caught:
+            await endpoints.vision.generate_text(ASK)
+    assert "5ecret" not in caught.value.message and "suspect" not in caught.value.message
+
+
+def test_retry_after_values() -> None:
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert _retry_after({"retry-after": "2.5"}) == 2.5
+    assert 58 <= (_retry_after({"retry-after": in_a_minute}) or 0) <= 60
+    assert _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past: no wait
+    for unreadable in ("", "soon", "nan", "inf", "Wed, 99 Foo 2015"):
+        assert _retry_after({"retry-after": unreadable}) is None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
-from aima.inference import ImagePart, Message
-from aima.inference.transport import Retryable, SseDecoder, dumps, loads
+from aima.errors import ModelUnavailable
+from aima.inference import ImagePart, Message, ModelError
+from aima.inference.transport import MAX_ANSWER_BYTES, Retryable, SseDecoder, dumps, loads
 from aima.inference.wire import OpenAIWire, TgiWire
 from aima.testing.model_server import ModelServer
 from tests.inference.support import make_endpoints
@@ -76,3 +78,39 @@ async def test_credentials_in_the_url_unless_a_key_is_set(server: ModelServer) -
         await endpoints.vision.generate_text([Message.user("hi")])
         assert "pass" not in repr(endpoints.vision)
     assert server.requests[-1].headers["authorization"] == "Bearer sk-key"
+
+
+def test_sse_a_long_line_in_small_chunks_costs_linear_time() -> None:
+    decoder = SseDecoder()
+    chunk = b"x" * 1024
+    started = time.perf_counter()
+    decoder.feed(b"data: ")
+    for _ in range(8 * 1024):  # 8 MiB in 1 KiB chunks: copying the buffer on every chunk took about 25 s
+        assert decoder.feed(chunk) == []
+    assert decoder.feed(b"\n\n") == [b"x" * 8 * 1024 * 1024]
+    assert time.perf_counter() - started < 2
+
+
+def test_sse_refuses_an_event_without_end() -> None:
+    decoder = SseDecoder()
+    line = b"data: " + b"y" * 1023 + b"\n"  # data lines, never the blank line that ends the event
+    with pytest.raises(Retryable, match="stream event larger than 16777216 bytes"):
+        for _ in range(17 * 1024):
+            decoder.feed(line)
+    decoder = SseDecoder()  # below the limit, the same lines make one event
+    events = [e for _ in range(1024) for e in decoder.feed(line)] + decoder.feed(b"\n")
+    assert len(events) == 1 and len(events[0]) == 1024 * 1024 - 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_answer_beyond_the_size_limit_is_refused(server: ModelServer, stream: bool) -> None:
+    server.odd_answer({"generated_text": "x" * (MAX_ANSWER_BYTES + 1)})
+    async with make_endpoints(server.url, "tgi", stream=stream, max_attempts=1) as endpoints:
+        if stream:  # one event beyond the limit: an unreadable stream, like any other
+            with pytest.raises(ModelUnavailable, match=r"a stream (line|event) (longer|larger) than 16777216 bytes"):
+                await endpoints.vision.generate_text([Message.user("hi")])
+        else:
+            with pytest.raises(ModelError, match="unexpected answer: the answer is larger than 16777216 bytes"):
+                await endpoints.vision.generate_text([Message.user("hi")])
+        server.wait_idle()
+        assert (await endpoints.vision.generate_text([Message.user("hi")])).text == "You asked: hi"
