@@ -225,6 +225,18 @@ async def events_after(redis: Redis, log: EventLog, after: int, count: int = REA
     return events
 
 
+async def events_before(redis: Redis, log: EventLog, upto: int, count: int = READ_BATCH) -> list[JobEvent]:
+    """Up to `count` stored events numbered `upto` or below, the latest first."""
+    entries = await redis.xrevrange(log.stream, max=f"{upto}-0", min="-", count=count)
+    events = []
+    for entry in entries:
+        try:
+            events.append(_entry_event(entry))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("dropped a malformed event %r on %s", entry[0], log.stream)
+    return events
+
+
 class EventsLost(Exception):
     """The events after the feed's position are no longer kept (trimmed, expired, or Redis lost its data)."""
 

@@ -11,7 +11,17 @@ import pytest
 from redis.asyncio import Redis
 
 from aima import events
-from aima.events import EventLog, EventsLost, JobEvent, event_feed, events_after, hub_of, last_event, publish
+from aima.events import (
+    EventLog,
+    EventsLost,
+    JobEvent,
+    event_feed,
+    events_after,
+    events_before,
+    hub_of,
+    last_event,
+    publish,
+)
 from aima.settings import Settings
 
 
@@ -105,6 +115,38 @@ async def test_a_feed_delivers_stored_then_live_events_once_in_order(redis: Redi
         got = [await feed.next(wait_s=2) for _ in range(6)]
         assert [(e.seq, e.message) for e in got if e] == [(n + 1, f"step {n}") for n in range(2, 8)]
         assert await feed.next(wait_s=0.2) is None
+
+
+async def test_stored_events_read_back_latest_first(redis: Redis, settings: Settings) -> None:
+    prefix, job_id = settings.redis_prefix, new_id()
+    log = EventLog.of_job(prefix, job_id)
+    for n in range(5):
+        await publish(redis, prefix, event(job_id, n))
+    assert [e.seq for e in await events_before(redis, log, 4, count=2)] == [4, 3]
+    assert [e.message for e in await events_before(redis, log, 2)] == ["step 1", "step 0"]
+    assert await events_before(redis, EventLog.of_job(prefix, new_id()), 10) == []
+
+
+async def test_a_feed_at_a_clients_position_and_epoch_tells_a_stream_made_anew_that_grew_past_it(
+    redis: Redis, settings: Settings
+) -> None:
+    """The client saw 1..7 of the old stream; Redis made the stream anew, and it has 9 events when the client is
+    back: its epoch, not its number, tells that 8 and 9 are not the old stream's."""
+    prefix, job_id = settings.redis_prefix, new_id()
+    log = EventLog.of_job(prefix, job_id)
+    for n in range(10):
+        await publish(redis, prefix, event(job_id, n))
+    [seventh] = await events_after(redis, log, 6, count=1)
+    await redis.delete(log.stream)
+    for n in range(9):
+        await publish(redis, prefix, event(job_id, 100 + n))
+    _, last = await last_event(redis, log)
+    assert last is not None and last.epoch != seventh.epoch
+    async with event_feed(redis, log) as feed:
+        feed.restart(7, seventh.epoch)
+        feed.check()
+        with pytest.raises(EventsLost):
+            await feed.next(wait_s=1)
 
 
 async def test_a_feed_says_when_the_events_it_needs_are_gone(redis: Redis, settings: Settings) -> None:

@@ -1,8 +1,13 @@
 """Live progress over graphql-transport-ws: one job's events (`jobEvents`), or every job's of a case (`caseEvents`).
 
 Both send the current state first (a snapshot), then every change, numbered by the job's (or the case's) event
-stream (`aima.events`). A client that reconnects passes the last number it saw as `after` and gets every change it
-missed, once; when those are no longer kept, a fresh snapshot flagged `resync` replaces them.
+stream (`aima.events`). A client that reconnects passes the last number it saw as `after`, and its `epoch`, and gets
+every change it missed, once; when those are no longer kept, or the stream is no longer the one `after` counts in
+(Redis lost it and made it anew), a fresh snapshot flagged `resync` replaces them.
+
+Workers publish after they commit, each process on its own, so a job's end can reach the stream before the end of
+a task that finished just before it. `jobEvents` therefore compares, when the job's end arrives, the tasks' states
+of record with those its subscriber was sent, and sends the job's state once more when they differ.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import strawberry
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from strawberry.types import Info
 
 from aima.db.models import Job, JobState, Task
-from aima.events import EventFeed, EventLog, EventsLost, JobEvent, event_feed, last_event
+from aima.events import EventFeed, EventLog, EventsLost, JobEvent, event_feed, events_before, last_event
 from aima.graphql.context import Context
 from aima.graphql.queries import parse_id
 from aima.graphql.types import JobEventNode, TaskNode
@@ -38,7 +44,15 @@ REVALIDATE_S = 2.0
 #: meanwhile it can neither check its session nor read events, and carries on once Redis is back.
 REDIS_GRACE_S = 30.0
 
+#: How many stored events a reconnected `jobEvents` reads back, at most, for the ends of tasks it was not sent.
+SCAN_BACK = 2_000
+
 AFTER = "The number of the last event seen (`seq`): send the changes after it instead of a snapshot."
+EPOCH = (
+    "The `epoch` of the event numbered `after`. When the stream no longer is the one it names (Redis lost it and "
+    "made it anew), a fresh snapshot flagged `resync` comes instead of the changes. Without it, a stream made anew "
+    "that has grown past `after` is taken for the old one."
+)
 
 
 @strawberry.type(name="CaseEvent")
@@ -49,6 +63,9 @@ class CaseEventNode:
     seq: int = strawberry.field(
         description="The event's number in the case's stream; a snapshot has the number of the last change it "
         "includes. Reconnect with the last one seen as `after`."
+    )
+    epoch: str | None = strawberry.field(
+        description="Names the case's stream `seq` counts in (see JobEvent.epoch): reconnect with it as `epoch`."
     )
     snapshot: bool = strawberry.field(description="Whether this is the case's state rather than a change.")
     resync: bool = strawberry.field(
@@ -72,22 +89,34 @@ class Subscription:
         info: Info[Context, None],
         job_id: strawberry.ID,
         after: Annotated[int | None, strawberry.argument(description=AFTER)] = None,
+        epoch: Annotated[str | None, strawberry.argument(description=EPOCH)] = None,
     ) -> AsyncGenerator[JobEventNode, None]:
         ctx = info.context
         actor = ctx.require_actor()
         job_uuid = parse_id(job_id, "job")
         redis = ctx.resources.redis
         log = EventLog.of_job(ctx.resources.settings.redis_prefix, str(job_uuid))
+        sent = _SentTasks(after)
 
         async def snapshot(feed: EventFeed, *, resync: bool) -> tuple[JobEventNode, Job]:
             seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("jobEvents"):
                 job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
-            feed.restart(seq, last.epoch if last else None)
+            stream_epoch = last.epoch if last else None
+            feed.restart(seq, stream_epoch)
+            sent.reset(tasks)
             node = JobEventNode.of(
-                _job_snapshot(job, tasks, seq), [TaskNode.of(t) for t in tasks], snapshot=True, resync=resync
+                _job_snapshot(job, tasks, seq, stream_epoch),
+                [TaskNode.of(t) for t in tasks],
+                snapshot=True,
+                resync=resync,
             )
             return node, job
+
+        async def lacks_final_state(position: int) -> bool:
+            async with ctx.resources.sessions() as session:
+                tasks = await jobs.tasks_of_job(session=session, job_id=job_uuid)
+            return await sent.lack(tasks, redis, log, position)
 
         SUBSCRIPTIONS_ACTIVE.inc()
         try:
@@ -102,19 +131,20 @@ class Subscription:
                     seq, last = await last_event(redis, log)
                     async with ctx.refusals_audited("jobEvents"):
                         job = await _job(ctx, actor, job_uuid)
-                    if after > seq:  # a number the stream never reached: it was lost (or expired) since
+                    # A number the stream never reached (it was lost, or expired, since), or another stream's.
+                    if after > seq or _other_stream(epoch, last):
                         node, job = await snapshot(feed, resync=True)
                         yield node
                         if job.state.terminal:
                             return
                     elif after == seq and job.state.terminal:
-                        # The client saw every event; the state, if the stream lacks the job's end.
-                        if not _ends_job(last):
+                        # The client saw every event; the state, if the stream lacks the job's end or a task's.
+                        if not _ends_job(last) or await lacks_final_state(after):
                             node, _ = await snapshot(feed, resync=False)
                             yield node
                         return
                     else:
-                        feed.restart(after, last.epoch if last else None)
+                        feed.restart(after, epoch if epoch is not None else last.epoch if last else None)
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
@@ -127,8 +157,13 @@ class Subscription:
                             return
                         continue
                     if event is not None:
+                        sent.note(event)
                         yield JobEventNode.of(event)
                         if _ends_job(event):
+                            # A task's end published after the job's (by another worker) is sent as the state.
+                            if await lacks_final_state(feed.position):
+                                node, _ = await snapshot(feed, resync=False)
+                                yield node
                             return
                         continue
                     # Quiet for a while: events lost on the way are read from the stream; if it has none, the
@@ -159,6 +194,7 @@ class Subscription:
         info: Info[Context, None],
         case_id: strawberry.ID,
         after: Annotated[int | None, strawberry.argument(description=AFTER)] = None,
+        epoch: Annotated[str | None, strawberry.argument(description=EPOCH)] = None,
     ) -> AsyncGenerator[CaseEventNode, None]:
         ctx = info.context
         actor = ctx.require_actor()
@@ -170,14 +206,18 @@ class Subscription:
             seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("caseEvents"):
                 active = await _active_jobs(ctx, actor, case_uuid)
-            feed.restart(seq, last.epoch if last else None)
+            stream_epoch = last.epoch if last else None
+            feed.restart(seq, stream_epoch)
             return CaseEventNode(
                 case_id=strawberry.ID(str(case_uuid)),
                 seq=seq,
+                epoch=stream_epoch,
                 snapshot=True,
                 resync=resync,
                 jobs=[
-                    JobEventNode.of(_job_snapshot(job, tasks, seq), [TaskNode.of(t) for t in tasks], snapshot=True)
+                    JobEventNode.of(
+                        _job_snapshot(job, tasks, seq, stream_epoch), [TaskNode.of(t) for t in tasks], snapshot=True
+                    )
                     for job, tasks in active
                 ],
             )
@@ -191,10 +231,10 @@ class Subscription:
                     seq, last = await last_event(redis, log)
                     async with ctx.refusals_audited("caseEvents"):
                         await _case(ctx, actor, case_uuid)
-                    if after > seq:
+                    if after > seq or _other_stream(epoch, last):
                         yield await snapshot(feed, resync=True)
                     else:
-                        feed.restart(after, last.epoch if last else None)
+                        feed.restart(after, epoch if epoch is not None else last.epoch if last else None)
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
@@ -209,6 +249,7 @@ class Subscription:
                     yield CaseEventNode(
                         case_id=strawberry.ID(str(case_uuid)),
                         seq=event.seq or 0,
+                        epoch=event.epoch,
                         snapshot=False,
                         resync=False,
                         event=JobEventNode.of(event),
@@ -276,6 +317,54 @@ def _ends_job(event: JobEvent | None) -> bool:
     return event is not None and event.task_id is None and JobState(event.job_state).terminal
 
 
+def _other_stream(epoch: str | None, last: JobEvent | None) -> bool:
+    """Whether the stream, whose last event is `last`, is not the one of `epoch` (a client's; None: not given)."""
+    return epoch is not None and last is not None and last.epoch is not None and last.epoch != epoch
+
+
+class _SentTasks:
+    """The state of each task of a job that a `jobEvents` subscriber was sent, to tell whether the state of record
+    has a task's end that its events lacked when the job's end arrived."""
+
+    def __init__(self, after: int | None) -> None:
+        #: Each task's state as last sent, by its id.
+        self.states: dict[str, str] = {}
+        #: Until a snapshot is sent, the `after` the client reconnected with: it has each task's state as of that
+        #: event, which only the stream tells.
+        self.after = after
+
+    def reset(self, tasks: list[Task]) -> None:
+        self.states = {str(t.id): str(t.state) for t in tasks}
+        self.after = None
+
+    def note(self, event: JobEvent) -> None:
+        if event.task_id is not None and event.task_state is not None:
+            self.states[event.task_id] = event.task_state
+
+    async def lack(self, tasks: list[Task], redis: Redis, log: EventLog, position: int) -> bool:
+        """Whether a task that ended (in `tasks`, the state of record) has an end the subscriber was not sent, of
+        the events up to `position`."""
+        unsent = {str(t.id): str(t.state) for t in tasks if t.state.terminal and self.states.get(str(t.id)) != t.state}
+        if not unsent:
+            return False
+        if self.after is None or any(task_id in self.states for task_id in unsent):
+            return True  # sent the task's state, but not its end
+        # Reconnected: the ends the client has are among the events up to `after` (the latest of each task's).
+        below, read = min(self.after, position), 0
+        while unsent and below > 0 and read < SCAN_BACK:
+            events = await events_before(redis, log, below)
+            if not events:
+                break
+            for event in events:
+                if event.task_id not in unsent or event.task_state is None:
+                    continue
+                if unsent.pop(event.task_id) != event.task_state:
+                    return True  # its latest state the client has is not its end
+            read += len(events)
+            below = (events[-1].seq or 0) - 1
+        return bool(unsent)
+
+
 async def _job(ctx: Context, actor: Actor, job_id: uuid.UUID) -> Job:
     async with ctx.resources.sessions() as session:
         return await jobs.get_job(session=session, actor=actor, job_id=job_id)
@@ -300,7 +389,7 @@ async def _active_jobs(ctx: Context, actor: Actor, case_id: uuid.UUID) -> list[t
         return [(job, await jobs.tasks_of_job(session=session, job_id=job.id)) for job in reversed(active)]
 
 
-def _job_snapshot(job: Job, tasks: list[Task], seq: int) -> JobEvent:
+def _job_snapshot(job: Job, tasks: list[Task], seq: int, epoch: str | None) -> JobEvent:
     """The job's state as an event: its progress the share of finished tasks, its ETA the time it took so far
     stretched by what is left (elapsed * (1 - p) / p)."""
     done = sum(1 for t in tasks if t.state.terminal)
@@ -317,4 +406,5 @@ def _job_snapshot(job: Job, tasks: list[Task], seq: int) -> JobEvent:
         case_id=str(job.case_id),
         seq=seq,
         eta_s=eta_s,
+        epoch=epoch,
     )

@@ -626,6 +626,10 @@ class JobEventNode:
         description="The event's number in its stream (the job's for `jobEvents`, the case's for `caseEvents`); a "
         "snapshot has the number of the last change it includes. Reconnect with the last one seen as `after`."
     )
+    epoch: str | None = strawberry.field(
+        description="Names the stream `seq` counts in: a stream Redis lost and made anew has another, and counts from "
+        "1 again. Reconnect with it as `epoch` next to `after`. Null while not known (the stream holds no event)."
+    )
     eta_s: float | None = strawberry.field(
         description="Seconds until the task (on a job-level event: the job) is expected to end, where progress "
         "allows an estimate."
@@ -661,6 +665,7 @@ class JobEventNode:
             error_code=event.error_code,
             at=datetime.fromisoformat(event.at),
             seq=event.seq or 0,
+            epoch=event.epoch,
             eta_s=event.eta_s,
             case_id=strawberry.ID(event.case_id) if event.case_id else None,
             snapshot=snapshot,

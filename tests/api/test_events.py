@@ -13,15 +13,19 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
 from aima.app import create_app
 from aima.cli import create_account
-from aima.db.models import Role
+from aima.db.models import Job as JobRow
+from aima.db.models import JobState, Role, Task, TaskState
 from aima.events import EventLog, JobEvent, events_after, publish
 from aima.plugins import AnalyzerRegistry
 from aima.settings import Settings
@@ -362,4 +366,163 @@ def test_a_real_job_followed_across_a_reconnection(
     assert rest[-1]["jobState"] == "SUCCEEDED"
     # Reconnecting after the end: nothing was missed, and the subscription completes at once.
     with subscribed(http, owner.token, JOB_EVENTS, {"jobId": job.id, "after": rest[-1]["seq"]}) as sub:
+        assert sub.rest() == []
+
+
+EPOCH_EVENTS = f"""
+subscription($jobId: ID!, $after: Int, $epoch: String) {{
+  jobEvents(jobId: $jobId, after: $after, epoch: $epoch) {{ {EVENT_FIELDS} epoch tasks {{ id state }} }}
+}}
+"""
+EPOCH_CASE_EVENTS = f"""
+subscription($caseId: ID!, $after: Int, $epoch: String) {{
+  caseEvents(caseId: $caseId, after: $after, epoch: $epoch) {{
+    caseId seq epoch snapshot resync jobs {{ jobId seq epoch }} event {{ {EVENT_FIELDS} epoch }}
+  }}
+}}
+"""
+
+
+def forget(settings: Settings, log: EventLog) -> None:
+    """What Redis restarting without its data does to a stream."""
+
+    async def run() -> None:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            await redis.delete(log.stream)
+        finally:
+            await redis.aclose()
+
+    run_sync(run())
+
+
+def test_a_client_back_after_redis_made_the_stream_anew_gets_the_state(quiet: tuple[TestClient, Settings]) -> None:
+    """The new stream has grown past the client's `after` when it reconnects: its numbers are not the old ones, and
+    the client's `epoch` tells them apart."""
+    http, settings = quiet
+    client = register(http, f"live-{uuid.uuid4().hex[:6]}@example.org")
+    job = Job(client)
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": job.id}) as sub:
+        assert (sub.next() or {}).get("snapshot")
+        send(settings, *(job.step(n) for n in range(10)))
+        seen = [sub.next() or {} for _ in range(10)]
+    old = seen[6]  # the client saw the old stream up to here, then lost its connection
+    assert old["epoch"] and {e["epoch"] for e in seen} == {old["epoch"]}
+    # Meanwhile with the same epoch: the changes after it, as before.
+    with subscribed(
+        http, client.token, EPOCH_EVENTS, {"jobId": job.id, "after": old["seq"], "epoch": old["epoch"]}
+    ) as sub:
+        assert [(e["seq"], e["snapshot"]) for e in (sub.next() or {} for _ in range(3))] == [
+            (old["seq"] + n, False) for n in (1, 2, 3)
+        ]
+
+    forget(settings, EventLog.of_job(settings.redis_prefix, job.id))
+    new = send(settings, *(job.step(100 + n) for n in range(old["seq"] + 2)))
+    assert new[-1] > old["seq"]
+    with subscribed(
+        http, client.token, EPOCH_EVENTS, {"jobId": job.id, "after": old["seq"], "epoch": old["epoch"]}
+    ) as sub:
+        fresh = sub.next()
+        assert fresh is not None
+        assert (fresh["snapshot"], fresh["resync"], fresh["seq"], len(fresh["tasks"])) == (True, True, new[-1], 2)
+        assert fresh["epoch"] and fresh["epoch"] != old["epoch"]
+        send(settings, job.step(200))
+        following = sub.next()
+        assert following is not None
+        assert (following["seq"], following["message"], following["epoch"]) == (new[-1] + 1, "step 200", fresh["epoch"])
+
+    # The case's stream likewise.
+    case_log = EventLog.of_case(settings.redis_prefix, job.case_id)
+    with subscribed(http, client.token, EPOCH_CASE_EVENTS, {"caseId": job.case_id}) as sub:
+        state = sub.next()
+        assert state is not None and state["epoch"] and [j["epoch"] for j in state["jobs"]] == [state["epoch"]]
+        send(settings, job.step(300))
+        change = sub.next()
+        assert change is not None and change["epoch"] == change["event"]["epoch"] == state["epoch"]
+    forget(settings, case_log)
+    send(settings, *(job.step(400 + n) for n in range(change["seq"] + 3)))
+    variables = {"caseId": job.case_id, "after": change["seq"], "epoch": change["epoch"]}
+    with subscribed(http, client.token, EPOCH_CASE_EVENTS, variables) as sub:
+        fresh = sub.next()
+        assert fresh is not None
+        assert (fresh["snapshot"], fresh["resync"], fresh["seq"]) == (True, True, change["seq"] + 3)
+        assert fresh["epoch"] and fresh["epoch"] != change["epoch"]
+
+
+def end_in_postgres(settings: Settings, job_id: str) -> None:
+    """Record the job and every task of it as succeeded, as the workers would have."""
+
+    async def run() -> None:
+        engine = create_async_engine(settings.database_url)
+        try:
+            async with engine.begin() as conn:
+                now = datetime.now(UTC)
+                await conn.execute(
+                    update(Task)
+                    .where(Task.job_id == uuid.UUID(job_id))
+                    .values(state=TaskState.SUCCEEDED, finished_at=now)
+                )
+                await conn.execute(
+                    update(JobRow)
+                    .where(JobRow.id == uuid.UUID(job_id))
+                    .values(state=JobState.SUCCEEDED, finished_at=now)
+                )
+        finally:
+            await engine.dispose()
+
+    run_sync(run())
+
+
+def task_end(job: Job, task_id: str) -> JobEvent:
+    return JobEvent(
+        job_id=job.id,
+        job_state="running",
+        task_id=task_id,
+        task_state="succeeded",
+        progress=1.0,
+        message="task succeeded",
+        case_id=job.case_id,
+    )
+
+
+def test_a_task_end_published_after_its_job_end_comes_as_the_final_state(quiet: tuple[TestClient, Settings]) -> None:
+    """Two workers finish a job's last two tasks; the one whose commit closed the job publishes the job's end before
+    the other publishes its task's: the subscription, which completes on the job's end, then sends the state of
+    record, so that the last thing its subscriber sees has every task's end."""
+    http, settings = quiet
+    client = register(http, f"live-{uuid.uuid4().hex[:6]}@example.org")
+    job = Job(client)
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": job.id}) as sub:
+        first = sub.next()
+        assert first is not None and [t["state"] for t in first["tasks"]] == ["QUEUED", "QUEUED"]
+        a, b = (t["id"] for t in first["tasks"])
+        end_in_postgres(settings, job.id)
+        send(settings, task_end(job, a), job.end())  # b's end is still on its way
+        rest = sub.rest()
+    assert [(e["taskId"], e["jobState"], e["snapshot"]) for e in rest] == [
+        (a, "RUNNING", False),
+        (None, "SUCCEEDED", False),
+        (None, "SUCCEEDED", True),
+    ]
+    final = rest[-1]
+    assert not final["resync"] and final["seq"] == rest[-2]["seq"]
+    assert [t["state"] for t in final["tasks"]] == ["SUCCEEDED", "SUCCEEDED"]
+    # A client reconnecting after the job's end, its last task's end still missing, gets the state too.
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": job.id, "after": rest[-2]["seq"]}) as sub:
+        again = sub.rest()
+    assert [(e["snapshot"], e["seq"], [t["state"] for t in e["tasks"]]) for e in again] == [
+        (True, rest[-2]["seq"], ["SUCCEEDED", "SUCCEEDED"])
+    ]
+
+    # In order, or with the task's end among the events a reconnecting client had: nothing more.
+    second = Job(client, job.case_id)
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": second.id}) as sub:
+        a, b = (t["id"] for t in (sub.next() or {})["tasks"])
+    [b_end] = send(settings, task_end(second, b))
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": second.id, "after": b_end}) as sub:
+        end_in_postgres(settings, second.id)
+        send(settings, task_end(second, a), second.end())
+        rest = sub.rest()
+    assert [(e["taskId"], e["snapshot"]) for e in rest] == [(a, False), (None, False)]
+    with subscribed(http, client.token, EPOCH_EVENTS, {"jobId": second.id, "after": rest[-1]["seq"]}) as sub:
         assert sub.rest() == []
