@@ -267,6 +267,9 @@ class Task(Base):
     state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"), nullable=False, default=TaskState.QUEUED)
     progress: Mapped[float] = mapped_column(default=0.0, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: The generation of its current delivery (`aima.services.task_runs.arq_job_id`): its runs over every round,
+    #: plus one per retry from the start; never goes back (but for a run given back), so delivery ids never repeat.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))

@@ -16,16 +16,28 @@ Deadline: a task on a model endpoint that keeps meeting transient errors fails o
 has passed since its first run (`first_started_at`), even with runs left, so that the job's case task can go on
 without it and say what is missing.
 
-Deliveries: each delivery of a task is its own arq job, named after the task and its *generation* (the number of
-runs the task had when it was enqueued, `arq_job_id`), and the claim only accepts a delivery of the current
-generation of a task that is queued or waiting. A second copy of a delivery, or a stale one (the arq job of a worker
-that vanished, which arq would only hand out again when its lock expires an hour later), finds the task moved on and
-is skipped, so re-enqueueing with a fresh id never has to wait for arq. `attempts` counts the runs (claims); a run
-interrupted because its worker shut down is given back (it does not count).
+Deliveries: each delivery of a task is its own arq job, named after the task and its *generation* (`tasks.generation`,
+`arq_job_id`), and the claim only accepts a delivery of the current generation of a task that is queued or waiting
+and whose dependencies are met. Each claim moves the generation on with the run count (`attempts`); a retry from the
+start (`retry_failed`) resets `attempts` to 0 but moves the generation on once more, so a delivery id is never used
+twice for one task: a leftover arq job of an earlier round (a vanished worker's, locked by arq for an hour) can
+neither swallow a new enqueue nor claim the task. A second copy of a delivery, or a stale one, finds the task moved
+on and is skipped, so re-enqueueing with a fresh id never has to wait for arq. A run interrupted because its worker
+shut down is given back (attempts and generation go back by one: arq redelivers the same job).
 
 Cancellation: `request_cancel` marks the job, cancels its queued and waiting tasks in the same transaction and tells
 the workers (Redis channel `cancel_channel`) to stop the running ones; a claim refuses a task of a job whose
-cancellation was requested, and a run that finishes after the request ends cancelled, whatever its outcome.
+cancellation was requested, and a run that finishes after the request ends cancelled, whatever its outcome. Whatever
+puts a task of a running job back in line (`retry_later`, `requeue_task`, the reconciler) does so under the job's
+row lock and only when no cancellation was requested, so it cannot slip past `request_cancel`; should a queued or
+waiting task of such a job still turn up, the claim that refuses it and the reconciler end it cancelled
+(`cancel_leftovers`) and close the job. `retry_failed` is refused (`Conflict`) while the job is cancelling and
+tasks are still stopping: their runs end cancelled, and a job reopened under them could not tell that apart from a
+failure.
+
+Lock order: the job row, then its tasks (finishers, cancellation, retries, the reconciler). The claim, which locks
+its task first, never waits for the job row: it moves a queued job to running only if it can lock the row at once
+(SKIP LOCKED); otherwise whoever holds the row (a cancellation, a failure being recorded) sets or closes the state.
 """
 
 from __future__ import annotations
@@ -65,7 +77,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from aima import queues
 from aima.analysis import MediaKind
 from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
-from aima.errors import AimaError, BackendUnavailable
+from aima.errors import AimaError, BackendUnavailable, Conflict
 from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
 from aima.services import dossiers
@@ -167,27 +179,32 @@ class TaskRun:
 # Bind parameters are prefixed with p_: an UPDATE given a parameter named like one of its columns sets it.
 
 
-def _cancel_requested() -> Any:
+def cancel_requested() -> Any:
     """Whether the job of the task row in scope was asked to stop."""
     return exists().where(_jobs.c.id == _tasks.c.job_id, _jobs.c.cancel_requested_at.is_not(None))
 
 
 def _claim_statement() -> Select[Any]:
     """Mark a queued or waiting task running and its job; return the task with its case and media (none for a case
-    task). Only a delivery of the task's current generation (`p_generation`, None: any) claims it, and none of a job
-    being cancelled. Media deletion cascades to tasks, so a media task's media is there whenever the task is."""
+    task). Only a delivery of the task's current generation (`p_generation`, None: any) claims it, none of a job
+    being cancelled, and none whose dependencies are not met (a retry queued one of them again: the last one to end
+    hands the task over again). The job goes from queued to running only when its row can be locked at once, so the
+    claim never waits for the job row while it holds the task's (the lock order is job, then tasks). Media deletion
+    cascades to tasks, so a media task's media is there whenever the task is."""
     generation = bindparam("p_generation", type_=Integer)
     claimed = (
         update(_tasks)
         .where(
             _tasks.c.id == bindparam("p_task_id"),
             _tasks.c.state.in_(WAITING_STATES),
-            func.coalesce(generation, _tasks.c.attempts) == _tasks.c.attempts,
-            ~_cancel_requested(),
+            func.coalesce(generation, _tasks.c.generation) == _tasks.c.generation,
+            ~cancel_requested(),
+            ~unmet_dependencies(),
         )
         .values(
             state=TaskState.RUNNING,
             attempts=_tasks.c.attempts + 1,
+            generation=_tasks.c.generation + 1,
             worker=bindparam("p_worker"),
             started_at=bindparam("p_now"),
             first_started_at=func.coalesce(_tasks.c.first_started_at, bindparam("p_now")),
@@ -212,9 +229,15 @@ def _claim_statement() -> Select[Any]:
         )
         .cte("claimed")
     )
+    lockable = (
+        select(_jobs.c.id)
+        .where(_jobs.c.id.in_(select(claimed.c.job_id)), _jobs.c.state == JobState.QUEUED)
+        .with_for_update(key_share=True, skip_locked=True)
+        .cte("lockable")
+    )
     job_running = (
         update(_jobs)
-        .where(_jobs.c.id.in_(select(claimed.c.job_id)), _jobs.c.state == JobState.QUEUED)
+        .where(_jobs.c.id.in_(select(lockable.c.id)), _jobs.c.state == JobState.QUEUED)
         .values(state=JobState.RUNNING)
         .cte("job_running")
     )
@@ -245,7 +268,7 @@ def _finish_statement() -> Select[Any]:
     CTE's update: "other tasks" exclude this one, and its new state counts apart.
     """
     state_type = _tasks.c.state.type
-    cancelled = _cancel_requested()
+    cancelled = cancel_requested()
     finished = (
         update(_tasks)
         .where(
@@ -330,10 +353,13 @@ def _fail_dependents_statement() -> Any:
 
 def _close_job_statement(also: Any = literal(True)) -> Any:
     """Close the job `p_job_id` when no task other than `p_task_ids` is open: cancelled when that was requested,
-    else failed when any failed."""
+    else failed when any failed or ended cancelled (`p_these_failed`: one of `p_task_ids` did not succeed), else
+    succeeded. A task that ended cancelled without a pending request (its job was retried while it stopped) did not
+    succeed: the job does not either."""
     others = and_(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.id.not_in(bindparam("p_task_ids", expanding=True)))
     others_open = exists().where(others, _tasks.c.state.not_in(TERMINAL_TASK_STATES))
-    failed = or_(exists().where(others, _tasks.c.state == TaskState.FAILED), bindparam("p_these_failed", type_=Boolean))
+    unsuccessful = exists().where(others, _tasks.c.state.in_([TaskState.FAILED, TaskState.CANCELLED]))
+    failed = or_(unsuccessful, bindparam("p_these_failed", type_=Boolean))
     state_type = _jobs.c.state.type
     return (
         update(_jobs)
@@ -361,6 +387,41 @@ _READY = _ready_statement()
 _FAIL_DEPENDENTS = _fail_dependents_statement()
 _TASK_STATE = select(_tasks.c.job_id, _tasks.c.state).where(_tasks.c.id == bindparam("p_task_id"))
 _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_for_update()
+_OPEN_JOB_STATES = [JobState.QUEUED, JobState.RUNNING]
+#: The job `p_job_id`, locked, when it is open and its cancellation was requested.
+_LOCK_CANCELLING_JOB = (
+    select(_jobs.c.id, _jobs.c.case_id)
+    .where(
+        _jobs.c.id == bindparam("p_job_id"),
+        _jobs.c.cancel_requested_at.is_not(None),
+        _jobs.c.state.in_(_OPEN_JOB_STATES),
+    )
+    .with_for_update()
+)
+#: The job of task `p_task_id`, locked, when the task is queued or waiting in an open job whose cancellation was
+#: requested (only the job row is locked: the lock order is job, then tasks).
+_LOCK_CANCELLING_JOB_OF_TASK = (
+    select(_jobs.c.id, _jobs.c.case_id)
+    .where(
+        _jobs.c.id
+        == select(_tasks.c.job_id)
+        .where(_tasks.c.id == bindparam("p_task_id"), _tasks.c.state.in_(WAITING_STATES))
+        .scalar_subquery(),
+        _jobs.c.cancel_requested_at.is_not(None),
+        _jobs.c.state.in_(_OPEN_JOB_STATES),
+    )
+    .with_for_update()
+)
+#: A queued job one of whose tasks runs is running (for when a claim could not lock the job's row to say so).
+_MARK_RUNNING = (
+    update(_jobs)
+    .where(
+        _jobs.c.id == bindparam("p_job_id"),
+        _jobs.c.state == JobState.QUEUED,
+        exists().where(_tasks.c.job_id == _jobs.c.id, _tasks.c.state == TaskState.RUNNING),
+    )
+    .values(state=JobState.RUNNING)
+)
 
 
 def _this_run(run: _RunRef) -> Any:
@@ -377,7 +438,9 @@ async def start_task(
     *, resources: Resources, task_id: uuid.UUID, worker: str, generation: int | None = None
 ) -> TaskRun | None:
     """Claim a task for this worker; None when it is unknown, finished, running elsewhere, of a job being cancelled,
-    or when this delivery is not of the task's current `generation` (a late or stale duplicate)."""
+    waiting for a dependency, or when this delivery is not of the task's current `generation` (a late or stale
+    duplicate). A task refused because its job is being cancelled, but left queued or waiting, is ended cancelled
+    (with the job's other leftovers) and the job closed when nothing of it runs any more (`cancel_leftovers`)."""
     now = datetime.now(UTC)
     async with resources.engine.begin() as conn:
         params = {
@@ -389,6 +452,7 @@ async def start_task(
         }
         row = (await conn.execute(_CLAIM, params)).first()
     if row is None:
+        await cancel_leftovers(resources=resources, task_id=task_id)
         return None
     media = None
     if row.media_id is not None:
@@ -430,15 +494,17 @@ async def start_task(
 async def requeue_task(*, resources: Resources, run: TaskRun, reason: AimaError) -> None:
     """Give an interrupted run back (its worker is shutting down): the task is queued again and this run does not
     count, so arq's redelivery of the same job (same generation) runs it on another worker. A task of a job being
-    cancelled ends cancelled instead."""
+    cancelled ends cancelled instead. Under the job's row lock, so that a cancellation being requested is seen."""
     async with resources.engine.begin() as conn:
+        await lock_job(conn, run.job_id)
         requeued = (
             await conn.execute(
                 update(_tasks)
-                .where(_this_run(run), ~_cancel_requested())
+                .where(_this_run(run), ~cancel_requested())
                 .values(
                     state=TaskState.QUEUED,
                     attempts=_tasks.c.attempts - 1,
+                    generation=_tasks.c.generation - 1,
                     error_code=reason.code,
                     error_message=reason.message,
                     heartbeat_at=datetime.now(UTC),
@@ -464,7 +530,7 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
     """After a transient error: wait (state waiting for model) and run again after a backoff, or, when the task has
     had `worker.max_tries` runs, or runs on a model endpoint and has waited past `worker.model_wait_deadline_s` since
     its first run, fail it with the reason. Returns the wait in seconds, None when it failed (or was cancelled
-    meanwhile)."""
+    meanwhile: the wait is recorded under the job's row lock, so that a cancellation being requested is seen)."""
     worker = resources.settings.worker
     now = datetime.now(UTC)
     give_up: str | None = None
@@ -485,10 +551,11 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
     # The last wait ends at the deadline, so that the task fails then rather than a whole backoff later.
     delay = min(backoff_s(worker, run.attempt), remaining_s)
     async with resources.engine.begin() as conn:
+        await lock_job(conn, run.job_id)
         row = (
             await conn.execute(
                 update(_tasks)
-                .where(_this_run(run), ~_cancel_requested())
+                .where(_this_run(run), ~cancel_requested())
                 .values(
                     state=TaskState.WAITING_FOR_MODEL,
                     next_attempt_at=now + timedelta(seconds=delay),
@@ -497,7 +564,7 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
                     error_message=reason.message,
                     progress=0.0,
                 )
-                .returning(_tasks.c.resource, _tasks.c.priority)
+                .returning(_tasks.c.resource, _tasks.c.priority, _tasks.c.generation)
             )
         ).first()
     if row is None:  # cancelled meanwhile (or no longer this run's)
@@ -522,7 +589,7 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
             resource=row.resource,
             priority=row.priority,
             delay=timedelta(seconds=delay),
-            generation=run.attempt,
+            generation=row.generation,
         )
     except (RedisError, OSError):
         logger.warning("could not enqueue the next run of task %s; the reconciler will", run.id, exc_info=True)
@@ -560,7 +627,7 @@ async def finish_task(
     if state is TaskState.CANCELLED:
         error_code, error_message = JOB_CANCELLED, CANCELLED_MESSAGE
     async with resources.engine.begin() as conn:
-        await _lock_job(conn, run.job_id)
+        await lock_job(conn, run.job_id)
         params = {
             "p_task_id": run.id,
             "p_task_ids": [run.id],
@@ -572,7 +639,8 @@ async def finish_task(
             "p_error_code": error_code,
             "p_error_message": error_message,
             "p_progress": 1.0 if state is TaskState.SUCCEEDED else 0.0,
-            "p_these_failed": state is TaskState.FAILED,
+            # A run that ends cancelled without a pending request (its job was retried meanwhile) did not succeed.
+            "p_these_failed": state is not TaskState.SUCCEEDED,
         }
         row = (await conn.execute(_FINISH, params)).one()
         recorded = TaskState(row.task_state) if row.finished else None
@@ -648,9 +716,9 @@ async def enqueue_task(
     generation: int = 0,
     replace: bool = False,
 ) -> None:
-    """Hand one delivery of a task (generation: the runs it had so far) to the workers of its resource, ordered by
-    priority; call `wake` after the last of a batch. `replace` first removes whatever arq still knows of a job of
-    that id (a task retried from the start reuses its first id)."""
+    """Hand one delivery of a task (`generation`: the task's `generation` column) to the workers of its resource,
+    ordered by priority; call `wake` after the last of a batch. `replace` first removes whatever arq still knows of
+    a job of that id (a delivery skipped earlier, e.g. of a task handed over again)."""
     queue = queues.queue_name(resources.settings, resource)
     job_id = arq_job_id(task_id, generation)
     if replace:
@@ -676,7 +744,7 @@ async def wake(resources: Resources, resources_used: Iterable[str] = (queues.CPU
         await wake_workers(resources.redis, resources.settings.redis_prefix, queue)
 
 
-_ROUTING = select(Task.id, Task.resource, Task.priority, Task.attempts).where(
+_ROUTING = select(Task.id, Task.resource, Task.priority, Task.generation).where(
     Task.id.in_(bindparam("p_ids", expanding=True))
 )
 
@@ -688,14 +756,14 @@ async def hand_over(resources: Resources, job_id: uuid.UUID, task_ids: list[uuid
         async with resources.engine.connect() as conn:
             rows = list(await conn.execute(_ROUTING, {"p_ids": task_ids}))
         for row in rows:
-            # Replacing: no delivery of a task waiting for its dependencies can be legitimate (a leftover of an
-            # earlier round of the task, before `retry_failed`, would otherwise block its id).
+            # Replacing: no delivery of a task waiting for its dependencies can be legitimate (one skipped because a
+            # retry queued a dependency again would otherwise block its id).
             await enqueue_task(
                 resources=resources,
                 task_id=row.id,
                 resource=row.resource,
                 priority=row.priority,
-                generation=row.attempts,
+                generation=row.generation,
                 replace=True,
             )
             queued.append(row.id)
@@ -716,7 +784,7 @@ async def fail_unqueued(
         return
     now = datetime.now(UTC)
     async with resources.engine.begin() as conn:
-        await _lock_job(conn, job_id)
+        await lock_job(conn, job_id)
         await conn.execute(
             update(_tasks)
             .where(_tasks.c.id.in_(task_ids), _tasks.c.state == TaskState.QUEUED)
@@ -729,6 +797,8 @@ async def fail_unqueued(
                 {"p_job_id": job_id, "p_task_ids": list(task_ids), "p_these_failed": True, "p_now": now},
             )
         ).scalar_one_or_none()
+        if closed is None:  # a claim meanwhile could not lock the job's row to mark it running
+            await conn.execute(_MARK_RUNNING, {"p_job_id": job_id})
         case_id = (await conn.execute(_JOB_CASE, {"p_job_id": job_id})).scalar_one_or_none()
     if closed is not None:
         message = f"job {closed}: {reason.message}"
@@ -746,7 +816,7 @@ _HEARTBEAT = (
         _tasks.c.state == TaskState.RUNNING,
     )
     .values(heartbeat_at=bindparam("p_now"))
-    .returning(_tasks.c.id, _cancel_requested().label("cancel_requested"))
+    .returning(_tasks.c.id, cancel_requested().label("cancel_requested"))
 )
 
 
@@ -792,14 +862,15 @@ _REQUEST_CANCEL = (
     update(_jobs)
     .where(
         _jobs.c.id == bindparam("p_job_id"),
-        _jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
+        _jobs.c.state.in_(_OPEN_JOB_STATES),
     )
     .values(cancel_requested_at=func.coalesce(_jobs.c.cancel_requested_at, bindparam("p_now")))
     .returning(_jobs.c.case_id)
 )
+#: Cancel the queued and waiting tasks of job `p_job_id`, whose cancellation was requested.
 _CANCEL_WAITING = (
     update(_tasks)
-    .where(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state.in_(WAITING_STATES))
+    .where(_tasks.c.job_id == bindparam("p_job_id"), _tasks.c.state.in_(WAITING_STATES), cancel_requested())
     .values(
         state=TaskState.CANCELLED,
         finished_at=bindparam("p_now"),
@@ -824,7 +895,7 @@ async def request_cancel(*, resources: Resources, job_id: uuid.UUID) -> Cancella
     now = datetime.now(UTC)
     params = {"p_job_id": job_id, "p_now": now, "p_task_ids": [], "p_these_failed": False}
     async with resources.engine.begin() as conn:
-        await _lock_job(conn, job_id)
+        await lock_job(conn, job_id)
         case_id = (await conn.execute(_REQUEST_CANCEL, params)).scalar_one_or_none()
         if case_id is None:
             state = (await conn.execute(_JOB_STATE, params)).scalar_one_or_none()
@@ -832,6 +903,8 @@ async def request_cancel(*, resources: Resources, job_id: uuid.UUID) -> Cancella
         cancelled = list((await conn.execute(_CANCEL_WAITING, params)).all())
         stopping = (await conn.execute(_RUNNING_COUNT, params)).scalar_one()
         closed = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
+        if stopping:  # a claim meanwhile could not lock the job's row to mark it running
+            await conn.execute(_MARK_RUNNING, params)
     job_state = JobState(closed) if closed is not None else JobState.RUNNING
     if stopping:
         await _notify_workers(resources, job_id)
@@ -842,6 +915,43 @@ async def request_cancel(*, resources: Resources, job_id: uuid.UUID) -> Cancella
     await _publish(resources, job_id, job_state, None, None, 1.0 if closed else 0.0, message, case_id=case_id)
     logger.info("job %s: cancellation requested; %d tasks cancelled, %d stopping", job_id, len(cancelled), stopping)
     return Cancellation(job_state=job_state, cancelled=[task.id for task in cancelled], stopping=stopping)
+
+
+async def cancel_leftovers(
+    *, resources: Resources, job_id: uuid.UUID | None = None, task_id: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """End cancelled the queued and waiting tasks left in an open job whose cancellation was requested (job `job_id`,
+    or the job of task `task_id` when that task is one of them), and close the job when nothing of it runs any more;
+    under the job's row lock. Such tasks are never claimed, so without this their job would stay open. Returns the
+    ids of the tasks ended (none, normally: `request_cancel` cancels them, and nothing queues one again after it)."""
+    now = datetime.now(UTC)
+    params: dict[str, Any] = {
+        "p_job_id": job_id,
+        "p_task_id": task_id,
+        "p_now": now,
+        "p_task_ids": [],
+        "p_these_failed": False,
+    }
+    async with resources.engine.begin() as conn:
+        lock = _LOCK_CANCELLING_JOB if job_id is not None else _LOCK_CANCELLING_JOB_OF_TASK
+        job = (await conn.execute(lock, params)).first()
+        if job is None:
+            return []
+        params["p_job_id"] = job.id
+        cancelled = list((await conn.execute(_CANCEL_WAITING, params)).all())
+        closed = (await conn.execute(_close_job_statement(), params)).scalar_one_or_none()
+    if not cancelled and closed is None:
+        return []
+    job_state = JobState(closed) if closed is not None else JobState.RUNNING
+    logger.warning("job %s is being cancelled: %d tasks left in line ended cancelled", job.id, len(cancelled))
+    for task in cancelled:
+        message = f"{task.analyzer} cancelled"
+        await _publish(
+            resources, job.id, job_state, task, TaskState.CANCELLED, 0.0, message, JOB_CANCELLED, job.case_id
+        )
+    if closed is not None:
+        await _publish(resources, job.id, job_state, None, None, 1.0, f"job {closed}", case_id=job.case_id)
+    return [task.id for task in cancelled]
 
 
 async def _notify_workers(resources: Resources, job_id: uuid.UUID) -> None:
@@ -857,24 +967,35 @@ _AGAIN = (TaskState.FAILED, TaskState.CANCELLED)
 
 
 def _retried() -> Any:
-    """The tasks of job `p_job_id` a retry runs again: the failed and cancelled ones, and each case task that
-    succeeded without one of those (its dossier did without them; the retry may bring them). A case task still
-    running is left to finish."""
+    """The tasks of job `p_job_id` a retry runs again: the failed and cancelled ones, and each case task that depends
+    on one of those and has not started yet or succeeded: one that succeeded did without them (the retry may bring
+    them), one that is queued or waiting may have been handed over already (its dependencies had all ended) and must
+    wait for them again under a new delivery. A case task still running is left to finish: its dossier does without
+    the retried tasks (analysing the case again makes one with them)."""
     dependency = _tasks.alias("dependency")
     rerun_case_task = and_(
         _tasks.c.media_id.is_(None),
-        _tasks.c.state == TaskState.SUCCEEDED,
+        _tasks.c.state.in_([TaskState.SUCCEEDED, *WAITING_STATES]),
         exists().where(dependency.c.id == any_(_tasks.c.depends_on), dependency.c.state.in_(_AGAIN)),
     )
     return and_(_tasks.c.job_id == bindparam("p_job_id"), or_(_tasks.c.state.in_(_AGAIN), rerun_case_task))
 
 
+#: Whether the job `p_job_id` is being cancelled with tasks still stopping (read once its row is locked).
+_STOPPING = select(
+    and_(
+        _jobs.c.cancel_requested_at.is_not(None),
+        exists().where(_tasks.c.job_id == _jobs.c.id, _tasks.c.state == TaskState.RUNNING),
+    )
+).where(_jobs.c.id == bindparam("p_job_id"))
 _RETRY = (
     update(_tasks)
     .where(_retried())
     .values(
         state=TaskState.QUEUED,
         attempts=0,
+        # A new round: its deliveries are named apart from every earlier one (see `arq_job_id`).
+        generation=_tasks.c.generation + 1,
         progress=0.0,
         error_code=None,
         error_message=None,
@@ -886,7 +1007,14 @@ _RETRY = (
         next_attempt_at=None,
         heartbeat_at=bindparam("p_now"),
     )
-    .returning(_tasks.c.id, _tasks.c.analyzer, _tasks.c.resource, _tasks.c.priority, _tasks.c.depends_on)
+    .returning(
+        _tasks.c.id,
+        _tasks.c.analyzer,
+        _tasks.c.resource,
+        _tasks.c.priority,
+        _tasks.c.depends_on,
+        _tasks.c.generation,
+    )
 )
 _REOPEN = (
     update(_jobs)
@@ -907,15 +1035,22 @@ READY_AMONG = select(_tasks.c.id).where(_tasks.c.id.in_(bindparam("p_ids", expan
 
 async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.UUID]:
     """Run the failed and cancelled tasks of a job again, from the start: each gets a fresh set of
-    `worker.max_tries` runs (attempts back to 0; the earlier errors are dropped), the job is reopened (a
-    cancellation request is withdrawn), and the tasks whose dependencies are met are enqueued (the others when
-    they are). A case task that succeeded runs again too when one of its dependencies does, so that the case's
-    dossier takes in what the retry brings (as a new version). Returns the ids of the tasks queued again (none:
-    nothing to retry). The caller checks that the actor may do this."""
+    `worker.max_tries` runs (attempts back to 0; the earlier errors are dropped) under a new generation of
+    deliveries, the job is reopened (a cancellation request is withdrawn), and the tasks whose dependencies are met
+    are enqueued (the others when they are). A case task that succeeded, or that has not started yet, runs (again)
+    after them when one of its dependencies is retried, so that the case's dossier takes in what the retry brings
+    (as a new version); one that is running is left to finish without them. Returns the ids of the tasks queued
+    again (none: nothing to retry). Raises `Conflict` while the job is being cancelled and some of its tasks are
+    still stopping (they end cancelled: retry once the job has ended). The caller checks that the actor may do
+    this."""
     now = datetime.now(UTC)
     params = {"p_job_id": job_id, "p_now": now}
     async with resources.engine.begin() as conn:
-        await _lock_job(conn, job_id)
+        await lock_job(conn, job_id)
+        if (await conn.execute(_STOPPING, params)).scalar_one_or_none():
+            raise Conflict(
+                "The job is being cancelled and some of its tasks are still stopping; retry it once it has ended."
+            )
         retried = list((await conn.execute(_RETRY, params)).all())
         if not retried:
             return []
@@ -949,7 +1084,12 @@ async def retry_failed(*, resources: Resources, job_id: uuid.UUID) -> list[uuid.
     try:
         for task in ready:
             await enqueue_task(
-                resources=resources, task_id=task.id, resource=task.resource, priority=task.priority, replace=True
+                resources=resources,
+                task_id=task.id,
+                resource=task.resource,
+                priority=task.priority,
+                generation=task.generation,
+                replace=True,
             )
             queued.append(task.id)
         await wake(resources, {task.resource for task in ready})
@@ -976,8 +1116,10 @@ async def publish_task_event(
     await _publish(resources, job_id, JobState.RUNNING, task, task_state, 0.0, message, error_code, case_id)
 
 
-async def _lock_job(conn: AsyncConnection, job_id: uuid.UUID) -> None:
-    """Finishers of one job take turns on its row, so the last one sees every other task's end."""
+async def lock_job(conn: AsyncConnection, job_id: uuid.UUID) -> None:
+    """Finishers of one job take turns on its row, so the last one sees every other task's end; whatever puts one
+    of its tasks back in line takes it too, so that a cancellation being requested is seen. Lock the job before
+    any of its tasks."""
     await conn.execute(_LOCK_JOB, {"p_job_id": job_id})
 
 

@@ -6,11 +6,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
 from aima.app import create_app
 from aima.cli import create_account
-from aima.db.models import Role
+from aima.db.models import Job, JobState, Role, Task, TaskState
 from aima.plugins import AnalyzerRegistry
 from aima.testing.media import make_jpeg, make_wav
 from tests.api.conftest import People
@@ -116,3 +118,33 @@ def test_cancel_and_retry_a_job(quiet: tuple[GraphQLClient, GraphQLClient], peop
     assert {t["state"] for t in retried["tasks"]} == {"QUEUED"}
     entries = people.admin.data("query($t: String) { auditLog(targetId: $t) { action } }", {"t": job["id"]})["auditLog"]
     assert {"job.cancel", "job.retry"} <= {e["action"] for e in entries}
+
+
+async def _one_running(database_url: str, job_id: str) -> None:
+    """One queued task of the job without dependencies starts, as a worker's claim would start it."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            ready = select(Task.id).where(Task.job_id == uuid.UUID(job_id), Task.depends_on == [])
+            first = ready.limit(1).scalar_subquery()
+            running = {"state": TaskState.RUNNING, "attempts": 1, "started_at": func.now(), "heartbeat_at": func.now()}
+            await conn.execute(update(Task).where(Task.id == first).values(**running))
+            await conn.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(state=JobState.RUNNING))
+    finally:
+        await engine.dispose()
+
+
+def test_a_job_still_stopping_tasks_after_a_cancel_cannot_be_retried(
+    quiet: tuple[GraphQLClient, GraphQLClient], servers: Servers
+) -> None:
+    owner, _ = quiet
+    case_id = new_case(owner, "Cancel, then retry too soon")
+    media = owner.upload(case_id, make_jpeg(width=53), filename="r.jpg")["data"]["uploadMedia"]["id"]
+    job = owner.data("mutation($m: ID!) { analyzeMedia(mediaId: $m) { id } }", {"m": media})["analyzeMedia"]
+    run_sync(_one_running(servers.database_url, job["id"]))
+
+    cancelled = owner.data(CANCEL, {"j": job["id"]})["cancelJob"]
+    assert cancelled["state"] == "RUNNING" and cancelled["cancelRequestedAt"]  # its running task is stopping
+    refused = owner.execute(RETRY, {"j": job["id"]})
+    assert code(refused) == "CONFLICT"
+    assert "still stopping" in refused["errors"][0]["message"]  # type: ignore[index]

@@ -136,9 +136,14 @@ async def test_out_of_tries_a_lost_run_fails(servers: Servers, database_url: str
     assert "stopped responding" in (task.error_message or "")
     assert (await job_row(resources, job_id)).state is JobState.FAILED
 
-    # Retried from the start, the task counts its runs from 0 again: its new first run is not the ghost's.
+    # Retried from the start, the task counts its runs from 0 again: its new first run is not the ghost's. Its
+    # deliveries are of a new generation: one of the first round (the ghost's, once arq's lock expires) is refused.
     assert await task_runs.retry_failed(resources=resources, job_id=job_id) == [task.id]
-    new = await task_runs.start_task(resources=resources, task_id=task.id, worker="w:2", generation=0)
+    [task] = await job_tasks(resources, job_id)
+    assert (task.attempts, task.generation) == (0, 2)
+    assert await resources.arq.zscore(cpu_queue(resources), arq_job_id(task.id, task.generation)) is not None
+    assert await task_runs.start_task(resources=resources, task_id=task.id, worker="w:2", generation=0) is None
+    new = await task_runs.start_task(resources=resources, task_id=task.id, worker="w:2", generation=task.generation)
     assert new is not None and new.attempt == ghost.attempt == 1
     assert await task_runs.finish_task(resources=resources, run=ghost, state=TaskState.FAILED) is None
     assert (await task_runs.heartbeat(resources=resources, runs=[ghost])).lost == {task.id}
