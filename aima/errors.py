@@ -116,3 +116,5 @@ class ModelUnavailable(AimaError):
 
     code = "MODEL_UNAVAILABLE"
     transient = True
+    #: How long the server asked to be left alone (``Retry-After``), when it said; the next run waits at least that.
+    retry_after_s: float | None = None

@@ -77,7 +77,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from aima import queues
 from aima.analysis import MediaKind
 from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
-from aima.errors import AimaError, BackendUnavailable, Conflict
+from aima.errors import AimaError, BackendUnavailable, Conflict, ModelUnavailable
 from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
 from aima.services import dossiers
@@ -548,8 +548,10 @@ async def retry_later(*, resources: Resources, run: TaskRun, reason: AimaError) 
             resources=resources, run=run, state=TaskState.FAILED, error_code=reason.code, error_message=message
         )
         return None
-    # The last wait ends at the deadline, so that the task fails then rather than a whole backoff later.
-    delay = min(backoff_s(worker, run.attempt), remaining_s)
+    # A server that said how long to wait (Retry-After beyond the endpoint's own retries) is waited for at least
+    # that long; the last wait ends at the deadline, so that the task fails then rather than a whole backoff later.
+    asked_s = (reason.retry_after_s or 0.0) if isinstance(reason, ModelUnavailable) else 0.0
+    delay = min(max(backoff_s(worker, run.attempt), asked_s), remaining_s)
     async with resources.engine.begin() as conn:
         await lock_job(conn, run.job_id)
         row = (

@@ -450,3 +450,21 @@ async def test_a_claim_racing_a_cancellation_does_not_deadlock(resources: Resour
     assert (await job_row(resources, job_id)).state is JobState.RUNNING
     assert await task_runs.finish_task(resources=resources, run=run, state=TaskState.SUCCEEDED) is TaskState.CANCELLED
     assert (await job_row(resources, job_id)).state is JobState.CANCELLED
+
+
+# A server's Retry-After beyond the endpoint's own retries: the task's next run waits at least that long.
+
+
+async def test_a_wait_the_server_asked_for_is_kept_by_the_next_run(resources: Resources) -> None:
+    case = await new_case(resources)
+    job_id, ids = await new_job(resources, case, ["a", "b"])
+    asked = ModelUnavailable("the endpoint answered 429")
+    asked.retry_after_s = 120.0
+    delay = await task_runs.retry_later(resources=resources, run=await claim(resources, ids["a"], 0), reason=asked)
+    plain = await task_runs.retry_later(
+        resources=resources, run=await claim(resources, ids["b"], 0), reason=ModelUnavailable("503")
+    )
+    assert delay == 120.0 and plain is not None and plain < 120.0
+    [a] = [t for t in await job_tasks(resources, job_id) if t.analyzer == "a"]
+    assert a.state is TaskState.WAITING_FOR_MODEL and a.next_attempt_at is not None
+    assert a.next_attempt_at - datetime.now(UTC) > timedelta(seconds=110)
