@@ -97,7 +97,14 @@ class WakeableWorker(Worker):
                 await wakeups.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
+        """arq's close gathers the running task runs and re-raises a cancellation: a run that a stop signal
+        cancelled outside arq's own handling (while it reported its end) would skip `on_shutdown`, leave the pool
+        open and make the process exit 1. The runs are awaited here first, whatever their outcome."""
         await self._close_wakeups()
+        running = list(self.tasks.values())
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+            self.tasks.clear()
         await super().close()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from arq.connections import RedisSettings, create_pool
+
 from aima.db.models import JobState, Role
 from aima.events import wake_workers
 from aima.resources import Resources, open_resources
@@ -12,6 +14,7 @@ from aima.services import jobs
 from aima.services.access import Actor
 from aima.services.jobs import TASK_FUNCTION, arq_job_id
 from aima.settings import Settings
+from aima.workers.worker import WakeableWorker
 from tests.conftest import Servers, settings_for, worker_thread
 from tests.workers.test_tasks import new_task, reload
 
@@ -53,3 +56,31 @@ async def test_without_a_wake_up_an_idle_worker_still_polls(servers: Servers) ->
             assert await wait_closed(resources, task.job_id, within_s=10) is JobState.SUCCEEDED
         stored, _ = await reload(resources, task)
         assert stored.attempts == 1
+
+
+async def test_closing_with_a_run_that_was_cancelled_still_shuts_down(servers: Servers) -> None:
+    """A stop signal can cancel a run outside arq's own handling; closing must still run on_shutdown, not raise."""
+    shut_down: list[bool] = []
+
+    async def on_shutdown(ctx: dict[str, object]) -> None:
+        shut_down.append(True)
+
+    async def never_called(ctx: dict[str, object]) -> None:
+        raise AssertionError
+
+    pool = await create_pool(RedisSettings.from_dsn(servers.redis_url))
+    worker = WakeableWorker(
+        functions=[never_called],  # type: ignore[list-item]
+        redis_pool=pool,
+        wake_channel=f"aima-test-{uuid.uuid4().hex[:8]}:wake",
+        idle_poll_s=1.0,
+        handle_signals=False,
+        on_shutdown=on_shutdown,
+        queue_name=f"aima-test-{uuid.uuid4().hex[:8]}:queue",
+    )
+    run = asyncio.ensure_future(asyncio.sleep(10))
+    worker.tasks["run-1"] = run
+    await asyncio.sleep(0)
+    run.cancel()
+    await worker.close()
+    assert shut_down == [True] and worker.tasks == {}
