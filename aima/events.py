@@ -216,18 +216,17 @@ async def last_event(redis: Redis, log: EventLog) -> tuple[int, JobEvent | None]
 async def events_after(redis: Redis, log: EventLog, after: int, count: int = READ_BATCH) -> list[JobEvent]:
     """Up to `count` stored events numbered above `after`, in order."""
     entries = await redis.xrange(log.stream, min=f"{after + 1}-0", max="+", count=count)
-    events = []
-    for entry in entries:
-        try:
-            events.append(_entry_event(entry))
-        except (KeyError, TypeError, ValueError):
-            logger.warning("dropped a malformed event %r on %s", entry[0], log.stream)
-    return events
+    return _parsed(log, entries)
 
 
 async def events_before(redis: Redis, log: EventLog, upto: int, count: int = READ_BATCH) -> list[JobEvent]:
     """Up to `count` stored events numbered `upto` or below, the latest first."""
     entries = await redis.xrevrange(log.stream, max=f"{upto}-0", min="-", count=count)
+    return _parsed(log, entries)
+
+
+def _parsed(log: EventLog, entries: list[Any]) -> list[JobEvent]:
+    """The events of stream entries; a malformed one is logged and dropped rather than ending the reader."""
     events = []
     for entry in entries:
         try:
