@@ -1168,7 +1168,7 @@ class EvidenceNode:
     @strawberry.field(description="A short-lived presigned link to the keyframe's JPEG, when the item has one.")
     async def keyframe_url(self, info: Info[Context, None]) -> str | None:
         info.context.require_actor()
-        return await dossier_service.keyframe_url(info.context.resources, self.storage_key)
+        return await result_views.jpeg_url(info.context.resources, self.storage_key)
 
     @classmethod
     def of(cls, found: dossier_service.Evidence) -> EvidenceNode:

@@ -445,14 +445,6 @@ async def visual_description(resources: Resources, media_id: uuid.UUID) -> tuple
         ) from None
 
 
-async def keyframe_url(resources: Resources, key: str | None) -> str | None:
-    """A short-lived presigned link to a keyframe's JPEG."""
-    if key is None:
-        return None
-    expires_s = resources.settings.uploads.presigned_url_seconds
-    return await resources.store.presigned_get(key, expires_s=expires_s, content_type="image/jpeg")
-
-
 # --- Markdown ------------------------------------------------------------------------------------------------------
 
 
@@ -512,14 +504,13 @@ def evidence_line(evidence: Evidence) -> str:
     citation = evidence.citation
     name = _plain(evidence.media.filename) if evidence.media is not None else f"deleted media {citation.media_id}"
     where = name
-    start, end = evidence.start_s, evidence.end_s
-    if start is not None:
-        where += f" @ {hms(start)}" + (f"{DASH}{hms(end)}" if end is not None and hms(end) != hms(start) else "")
+    if evidence.start_s is not None:
+        where += f" @ {_span(evidence.start_s, evidence.end_s)}"
     what = _plain(citation.analyzer) + (f" {_plain(citation.key)}" if citation.key is not None else " (whole result)")
     if evidence.keyframe is not None:
         what += f", keyframe {evidence.keyframe}"
     if citation.box is not None:
-        what += ", box [" + ", ".join(f"{v:g}" for v in citation.box) + "]"
+        what += f", box {_box(citation.box)}"
     said = f' — "{_plain(evidence.item.summary)}"' if evidence.item is not None and evidence.item.summary else ""
     return f"{where}, {what}{said}"
 
@@ -606,7 +597,9 @@ def render_markdown(
 
 
 def _when(start: float | None, end: float | None) -> str:
-    if start is None:
-        return ""
-    until = f"{DASH}{hms(end)}" if end is not None and hms(end) != hms(start) else ""  # an instant has no range
-    return f"[{hms(start)}{until}] "
+    return f"[{_span(start, end)}] " if start is not None else ""
+
+
+def _span(start: float, end: float | None) -> str:
+    """A time, or a range of times; an instant (a keyframe, a sign) shows one time, not a range to itself."""
+    return hms(start) + (f"{DASH}{hms(end)}" if end is not None and hms(end) != hms(start) else "")

@@ -293,7 +293,8 @@ def _crop_key(stored: Stored, media: Media, name: str | None) -> str | None:
     return None
 
 
-async def _presign(resources: Resources, key: str | None) -> str | None:
+async def jpeg_url(resources: Resources, key: str | None) -> str | None:
+    """A short-lived presigned link to a stored JPEG (a face crop, a keyframe)."""
     if key is None:
         return None
     expires_s = resources.settings.uploads.presigned_url_seconds
@@ -319,7 +320,7 @@ async def faces(*, resources: Resources, actor: Actor, media_id: uuid.UUID, anal
                 box=face.box,
                 landmarks=face.landmarks,
                 det_score=face.det_score,
-                crop_url=await _presign(resources, _crop_key(stored, media, face.crop)),
+                crop_url=await jpeg_url(resources, _crop_key(stored, media, face.crop)),
                 member=clustered[0] if clustered else None,
                 person=clustered[1] if clustered else None,
             )
@@ -361,7 +362,7 @@ async def crop_links(resources: Resources, members: Iterable[tuple[IdentityMembe
             for face in stored.payload.get("faces") or []
             if isinstance(face, dict)
         }
-        url = await _presign(resources, _crop_key(stored, media, crops.get(member.key) or f"{member.key}.jpg"))
+        url = await jpeg_url(resources, _crop_key(stored, media, crops.get(member.key) or f"{member.key}.jpg"))
         if url is not None:
             links[member.id] = url
     return links
