@@ -225,7 +225,7 @@ def timed_calls(endpoint: Endpoint, calls: Calls) -> None:
     """Wraps the endpoint's ``generate_json`` to note, per keyframe, when the client asked and had its answer."""
     inner = endpoint.generate_json
 
-    async def generate_json(messages: list[ChatMessage], *args: Any, **kwargs: Any) -> GenerationResult:
+    async def generate_json(messages: list[ChatMessage], *args: Any, **kwargs: Any) -> GenerationResult[Any]:
         asked = time.monotonic()
         result = await inner(messages, *args, **kwargs)
         found = KEYFRAME_TEXT.search(messages[-1].text)

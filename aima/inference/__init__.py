@@ -7,7 +7,7 @@ A process builds its endpoints once from settings (``[inference.endpoints.<name>
         [Message.system(PROMPT + DATA_RULES), Message.user(ImagePart.from_path(frame.path), quoted("ocr", text))],
         Description,                             # a pydantic model, or a JSON schema
     )
-    Description.model_validate(answer.parsed)
+    description = answer.value                   # a Description, validated (None for a JSON schema: see .parsed)
 
 Failures a caller sees: `ModelUnavailable` (transient: the task waits for the model; raised as
 `EndpointUnavailable`, with the wait the server asked for), `ModelError` and

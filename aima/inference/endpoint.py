@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: A JSON schema: a pydantic model (the answer is validated against it) or a schema as a mapping.
 Schema = type[BaseModel] | Mapping[str, Any]
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+_ValueT = TypeVar("_ValueT")
 
 #: Statuses of a busy or failing server, worth another try.
 _RETRY_STATUSES = frozenset({408, 424, 425, 429, 500, 502, 503, 504})
@@ -206,6 +209,26 @@ class Endpoint:
 
     # -- generation ------------------------------------------------------------------------------------------
 
+    @overload
+    async def generate_json(
+        self,
+        messages: Sequence[Message],
+        schema: type[_ModelT],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> GenerationResult[_ModelT]: ...
+
+    @overload
+    async def generate_json(
+        self,
+        messages: Sequence[Message],
+        schema: Mapping[str, Any],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> GenerationResult[None]: ...
+
     async def generate_json(
         self,
         messages: Sequence[Message],
@@ -213,17 +236,17 @@ class Endpoint:
         *,
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
-    ) -> GenerationResult:
+    ) -> GenerationResult[BaseModel | None]:
         """An answer constrained to `schema` (TGI JSON grammar, OpenAI ``json_schema`` response format), parsed and,
-        for a pydantic model, validated; `InvalidModelOutput` when it does not fit."""
+        for a pydantic model, validated (the model in the result's `value`); `InvalidModelOutput` when it does not
+        fit."""
         schema_dict, model_type = _schema_of(schema)
         completion, attempts, latency = await self._generate(messages, schema_dict, max_new_tokens, temperature)
         try:
             parsed = json.loads(completion.text)  # the stdlib's messages are the clearer ones for a repair prompt
             if not isinstance(parsed, dict):
                 raise ValueError(f"the answer is a JSON {type(parsed).__name__}, not an object")
-            if model_type is not None:
-                model_type.model_validate(parsed)
+            value = model_type.model_validate(parsed) if model_type is not None else None
         except (ValueError, ValidationError) as exc:
             INFERENCE_ERRORS.labels(endpoint=self.name, kind="invalid_output").inc()
             cut = " (cut at max_new_tokens)" if completion.finish_reason == "length" else ""
@@ -237,16 +260,16 @@ class Endpoint:
             raise InvalidModelOutput(
                 f"The model at endpoint {self.name!r} did not answer valid JSON for the schema: {problem}",
                 problem=problem,
-                result=self._result(completion, None, attempts, latency),
+                result=self._result(completion, None, None, attempts, latency),
             ) from None
-        return self._result(completion, parsed, attempts, latency)
+        return self._result(completion, parsed, value, attempts, latency)
 
     async def generate_text(
         self, messages: Sequence[Message], *, max_new_tokens: int | None = None, temperature: float = 0.0
-    ) -> GenerationResult:
+    ) -> GenerationResult[None]:
         """A free-text answer."""
         completion, attempts, latency = await self._generate(messages, None, max_new_tokens, temperature)
-        return self._result(completion, None, attempts, latency)
+        return self._result(completion, None, None, attempts, latency)
 
     async def stream_text(
         self,
@@ -304,11 +327,12 @@ class Endpoint:
         raise AssertionError("unreachable: max_attempts >= 1")
 
     def _result(
-        self, completion: Completion, parsed: dict[str, Any] | None, attempts: int, latency_s: float
-    ) -> GenerationResult:
+        self, completion: Completion, parsed: dict[str, Any] | None, value: _ValueT, attempts: int, latency_s: float
+    ) -> GenerationResult[_ValueT]:
         return GenerationResult(
             text=completion.text,
             parsed=parsed,
+            value=value,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             latency_s=latency_s,

@@ -47,7 +47,7 @@ class InvalidModelOutput(AimaError):
 
     code = "INVALID_MODEL_OUTPUT"
 
-    def __init__(self, message: str, *, problem: str, result: GenerationResult) -> None:
+    def __init__(self, message: str, *, problem: str, result: GenerationResult[None]) -> None:
         super().__init__(message)
         self.problem = problem
         self.result = result

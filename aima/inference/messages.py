@@ -8,10 +8,12 @@ import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 Role = Literal["system", "user", "assistant"]
 _ROLES = ("system", "user", "assistant")
+#: What `GenerationResult.value` holds: the pydantic model a JSON answer was validated as, or None.
+ValueT = TypeVar("ValueT", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,14 @@ class Message:
 
 
 @dataclass(frozen=True)
-class GenerationResult:
+class GenerationResult(Generic[ValueT]):
     """A model's answer with what it cost. Token counts are None where the server does not report them."""
 
     text: str
     #: The answer as JSON (`Endpoint.generate_json`), validated against the schema; None for free text.
     parsed: dict[str, Any] | None
+    #: The answer as the pydantic model `generate_json` was given, validated; None for free text and a JSON schema.
+    value: ValueT
     prompt_tokens: int | None
     completion_tokens: int | None
     #: Seconds the whole call took: waiting for a slot, every try and the waits between them.

@@ -199,7 +199,7 @@ class Fusion:
             messages, ModelDossier, max_new_tokens=self.answer_tokens, temperature=self.temperature
         )
         self._model = result.model or self._model
-        return ModelDossier.model_validate(result.parsed)
+        return result.value
 
     def _measure_part(self, entries: Sequence[Entry]) -> int:
         return self._size(self.prompts.fuse(entries, Part(999, 999)))

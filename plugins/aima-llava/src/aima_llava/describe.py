@@ -115,9 +115,8 @@ async def describe_keyframe(
     return _described(index, keyframe, result, repaired)
 
 
-def _described(index: int, keyframe: Keyframe, result: GenerationResult, repaired: bool) -> Described:
-    description = FrameDescription.model_validate(result.parsed)  # generate_json checked it: this cannot fail
-    return Described(index, keyframe, description, result.model, repaired, result.completion_tokens or 0)
+def _described(index: int, keyframe: Keyframe, result: GenerationResult[FrameDescription], repaired: bool) -> Described:
+    return Described(index, keyframe, result.value, result.model, repaired, result.completion_tokens or 0)
 
 
 async def describe_keyframes(
