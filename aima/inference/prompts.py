@@ -99,11 +99,6 @@ def format_for_model(model: str) -> PromptFormat | None:
     return next((family for marker, family in _FAMILIES if marker in name), None)
 
 
-def image_markdown(image: ImagePart) -> str:
-    """An image as TGI's native API takes it inside the prompt."""
-    return f"![]({image.data_uri()})"
-
-
 def render_prompt(messages: Sequence[Message], prompt_format: PromptFormat) -> str:
     """One prompt string for TGI's native API: the conversation in the family's template, ending where the model's
     answer begins. Built as one list joined once: an image's data URI (hundreds of KB) is copied a single time."""
