@@ -99,8 +99,11 @@ async def analyze_case(
         job = _new_job(case_id, None, actor, priority)
         tasks: list[Task] = []
         for row in rows:
-            accepting = [a for a in wanted if a.accepts(MediaKind(row.kind))]
-            if audio is not None and audio not in accepting and _has_sound(row):
+            kind = MediaKind(row.kind)
+            accepting = [a for a in wanted if a.accepts(kind)]
+            # Audio always goes through Whisper: wherever there is a sound track to prepare.
+            has_sound = artifacts.AUDIO_TRACK.applies_to(kind, has_audio=row.has_audio)
+            if audio is not None and audio not in accepting and has_sound:
                 accepting.append(audio)
             if accepting:
                 tasks.extend(_plan_tasks(job, row, accepting))
@@ -146,12 +149,6 @@ def _case_job_analyzers(
 
 def _audio_analyzer(registry: AnalyzerRegistry) -> Analyzer | None:
     return registry.get(AUDIO_ANALYZER) if AUDIO_ANALYZER in registry.names() else None
-
-
-def _has_sound(media: Any) -> bool:
-    """Audio always; a video unless its probe found no audio stream; never an image."""
-    kind = MediaKind(media.kind)
-    return kind is MediaKind.AUDIO or (kind is MediaKind.VIDEO and media.has_audio is not False)
 
 
 def _case_task(job: Job, analyzer: CaseAnalyzer, depends_on: list[uuid.UUID]) -> Task:
