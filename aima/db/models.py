@@ -65,6 +65,7 @@ class TaskState(enum.StrEnum):
 
 
 TERMINAL_TASK_STATES = [s for s in TaskState if s.terminal]
+OPEN_JOB_STATES = [s for s in JobState if not s.terminal]
 
 
 def _now_column() -> Mapped[datetime]:

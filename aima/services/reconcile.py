@@ -37,7 +37,7 @@ from typing import Any, cast
 from sqlalchemy import DateTime, Table, Uuid, and_, any_, bindparam, func, or_, select, tuple_, update
 
 from aima import queues
-from aima.db.models import Job, JobState, Task, TaskState
+from aima.db.models import OPEN_JOB_STATES, Job, Task, TaskState
 from aima.resources import Resources
 from aima.services import task_runs
 from aima.services.task_runs import WAITING_STATES, arq_job_id
@@ -130,7 +130,7 @@ _LEFTOVER_JOBS = (
     .where(
         _tasks.c.state.in_(WAITING_STATES),
         _jobs.c.cancel_requested_at.is_not(None),
-        _jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
+        _jobs.c.state.in_(OPEN_JOB_STATES),
     )
     .distinct()
     .limit(BATCH)

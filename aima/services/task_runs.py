@@ -76,7 +76,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aima import queues
 from aima.analysis import MediaKind
-from aima.db.models import TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
+from aima.db.models import OPEN_JOB_STATES, TERMINAL_TASK_STATES, Job, JobState, Media, Task, TaskState
 from aima.errors import AimaError, BackendUnavailable, Conflict, ModelUnavailable
 from aima.events import JobEvent, publish, wake_workers
 from aima.resources import Resources
@@ -365,7 +365,7 @@ def _close_job_statement(also: Any = literal(True)) -> Any:
         update(_jobs)
         .where(
             _jobs.c.id == bindparam("p_job_id"),
-            _jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]),
+            _jobs.c.state.in_(OPEN_JOB_STATES),
             ~others_open,
             also,
         )
@@ -387,14 +387,13 @@ _READY = _ready_statement()
 _FAIL_DEPENDENTS = _fail_dependents_statement()
 _TASK_STATE = select(_tasks.c.job_id, _tasks.c.state).where(_tasks.c.id == bindparam("p_task_id"))
 _LOCK_JOB = select(_jobs.c.id).where(_jobs.c.id == bindparam("p_job_id")).with_for_update()
-_OPEN_JOB_STATES = [JobState.QUEUED, JobState.RUNNING]
 #: The job `p_job_id`, locked, when it is open and its cancellation was requested.
 _LOCK_CANCELLING_JOB = (
     select(_jobs.c.id, _jobs.c.case_id)
     .where(
         _jobs.c.id == bindparam("p_job_id"),
         _jobs.c.cancel_requested_at.is_not(None),
-        _jobs.c.state.in_(_OPEN_JOB_STATES),
+        _jobs.c.state.in_(OPEN_JOB_STATES),
     )
     .with_for_update()
 )
@@ -408,7 +407,7 @@ _LOCK_CANCELLING_JOB_OF_TASK = (
         .where(_tasks.c.id == bindparam("p_task_id"), _tasks.c.state.in_(WAITING_STATES))
         .scalar_subquery(),
         _jobs.c.cancel_requested_at.is_not(None),
-        _jobs.c.state.in_(_OPEN_JOB_STATES),
+        _jobs.c.state.in_(OPEN_JOB_STATES),
     )
     .with_for_update()
 )
@@ -864,7 +863,7 @@ _REQUEST_CANCEL = (
     update(_jobs)
     .where(
         _jobs.c.id == bindparam("p_job_id"),
-        _jobs.c.state.in_(_OPEN_JOB_STATES),
+        _jobs.c.state.in_(OPEN_JOB_STATES),
     )
     .values(cancel_requested_at=func.coalesce(_jobs.c.cancel_requested_at, bindparam("p_now")))
     .returning(_jobs.c.case_id)
@@ -1023,7 +1022,7 @@ _REOPEN = (
     .where(_jobs.c.id == bindparam("p_job_id"))
     .values(
         state=case(
-            (_jobs.c.state.in_([JobState.QUEUED, JobState.RUNNING]), _jobs.c.state),
+            (_jobs.c.state.in_(OPEN_JOB_STATES), _jobs.c.state),
             else_=literal(JobState.QUEUED, _jobs.c.state.type),
         ),
         finished_at=None,
