@@ -21,15 +21,16 @@ class VectorCollection:
     description: str
 
 
+#: Where the installed `Embedder` stores the vectors of analyzers' searchable texts.
+TEXT_VECTORS = VectorCollection("text_embeddings", 384, "Text embeddings of transcripts, OCR text and descriptions")
+TEXT_COLLECTION = TEXT_VECTORS.name
 #: Every collection AIMA writes to. Rows carry the case, media and task they came from, so deletion and
 #: idempotent re-runs can address them.
 COLLECTIONS: tuple[VectorCollection, ...] = (
     VectorCollection("face_embeddings", 512, "ArcFace face embeddings"),
     VectorCollection("voice_embeddings", 256, "Speaker embeddings per speech segment"),
-    VectorCollection("text_embeddings", 384, "Text embeddings of transcripts, OCR text and descriptions"),
+    TEXT_VECTORS,
 )
-#: Where the installed `Embedder` stores the vectors of analyzers' searchable texts.
-TEXT_COLLECTION = "text_embeddings"
 
 
 def collection_named(name: str) -> VectorCollection | None:

@@ -36,7 +36,7 @@ from pymilvus.exceptions import MilvusException
 
 from aima.analysis import AnalysisOutput, Embedder, Embedding, OutputFile, SearchableText
 from aima.db.documents import ResultFile
-from aima.db.vectors import COLLECTIONS, TEXT_COLLECTION, collection_named
+from aima.db.vectors import COLLECTIONS, TEXT_COLLECTION, TEXT_VECTORS, collection_named
 from aima.errors import AimaError, BackendUnavailable
 from aima.resources import Resources
 from aima.services.identities import cluster_media
@@ -295,8 +295,6 @@ def _checked_files(files: Sequence[OutputFile], source: str) -> list[OutputFile]
 
 async def _embed(embedder: Embedder, texts: list[_Text]) -> list[VectorRow]:
     source = f"Embedder {embedder.name}"
-    spec = collection_named(TEXT_COLLECTION)
-    assert spec is not None
     rows: list[VectorRow] = []
     for start in range(0, len(texts), EMBED_BATCH):
         batch = texts[start : start + EMBED_BATCH]
@@ -304,8 +302,8 @@ async def _embed(embedder: Embedder, texts: list[_Text]) -> list[VectorRow]:
         if len(vectors) != len(batch):
             raise InvalidOutput(f"{source} returned {len(vectors)} vectors for {len(batch)} texts.")
         for text, vector in zip(batch, vectors, strict=True):
-            checked = _checked_vector(vector, spec.name, spec.dimension, source, f"text {text.key!r}")
-            rows.append(VectorRow(spec.name, text.key, checked, text.fields))
+            checked = _checked_vector(vector, TEXT_COLLECTION, TEXT_VECTORS.dimension, source, f"text {text.key!r}")
+            rows.append(VectorRow(TEXT_COLLECTION, text.key, checked, text.fields))
     return rows
 
 

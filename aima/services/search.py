@@ -19,7 +19,7 @@ from pymilvus.exceptions import MilvusException
 from sqlalchemy import select
 
 from aima.db.models import Media
-from aima.db.vectors import TEXT_COLLECTION, collection_named
+from aima.db.vectors import TEXT_COLLECTION, TEXT_VECTORS
 from aima.errors import AimaError, BackendUnavailable, InvalidInput
 from aima.resources import Resources
 from aima.services.access import Actor
@@ -81,8 +81,7 @@ async def search_case(
             "Semantic search needs a text embedder plugin (for example aima-minilm); none is installed."
         )
     vectors = await asyncio.to_thread(embedder.embed, [query])
-    spec = collection_named(TEXT_COLLECTION)
-    dimension = spec.dimension if spec is not None else 0
+    dimension = TEXT_VECTORS.dimension
     if len(vectors) != 1 or len(vectors[0]) != dimension:
         raise SearchUnavailable(
             f"The text embedder {embedder.name!r} makes vectors of {len(vectors[0]) if vectors else 0} dimensions; "

@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 from aima import queues
 from aima.analysis import Analyzer, CaseAnalyzer, ModelNotInstalled
 from aima.config_sync import ConfigSync
-from aima.db.vectors import TEXT_COLLECTION, collection_named
+from aima.db.vectors import TEXT_COLLECTION, TEXT_VECTORS
 from aima.plugins import AnalyzerRegistry, create_plugin_manager
 from aima.resources import Resources, open_resources
 from aima.services import task_runs
@@ -99,7 +99,6 @@ def check_models(analyzers: AnalyzerRegistry, serves: Collection[str]) -> None:
             except ModelNotInstalled as exc:
                 problems.append(f"analyzer {analyzer.name}: {exc}")
     embedder = analyzers.embedder()
-    text = collection_named(TEXT_COLLECTION)
     if embedder is None:
         logger.warning("no text embedder is installed: texts found by analyzers are not stored, search is off")
     else:
@@ -107,10 +106,11 @@ def check_models(analyzers: AnalyzerRegistry, serves: Collection[str]) -> None:
             embedder.check()
         except ModelNotInstalled as exc:
             problems.append(f"embedder {embedder.name}: {exc}")
-        if text is not None and embedder.dimension != text.dimension:
+        if embedder.dimension != TEXT_VECTORS.dimension:
+            wanted = TEXT_VECTORS.dimension
             problems.append(
                 f"embedder {embedder.name}: it makes {embedder.dimension}-dimensional vectors, {TEXT_COLLECTION} "
-                f"holds {text.dimension}-dimensional ones; install an embedder of {text.dimension} dimensions"
+                f"holds {wanted}-dimensional ones; install an embedder of {wanted} dimensions"
             )
     if problems:
         raise ModelNotInstalled("; ".join(problems))
