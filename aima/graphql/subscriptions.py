@@ -102,7 +102,7 @@ class Subscription:
             seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("jobEvents"):
                 job, tasks = await _job_with_tasks(ctx, actor, job_uuid)
-            stream_epoch = last.epoch if last else None
+            stream_epoch = _epoch_of(last)
             feed.restart(seq, stream_epoch)
             sent.reset(tasks)
             node = JobEventNode.of(
@@ -144,7 +144,7 @@ class Subscription:
                             yield node
                         return
                     else:
-                        feed.restart(after, epoch if epoch is not None else last.epoch if last else None)
+                        feed.restart(after, epoch if epoch is not None else _epoch_of(last))
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
@@ -206,7 +206,7 @@ class Subscription:
             seq, last = await last_event(redis, log)  # before the state: it includes every change up to `seq`
             async with ctx.refusals_audited("caseEvents"):
                 active = await _active_jobs(ctx, actor, case_uuid)
-            stream_epoch = last.epoch if last else None
+            stream_epoch = _epoch_of(last)
             feed.restart(seq, stream_epoch)
             return CaseEventNode(
                 case_id=strawberry.ID(str(case_uuid)),
@@ -234,7 +234,7 @@ class Subscription:
                     if after > seq or _other_stream(epoch, last):
                         yield await snapshot(feed, resync=True)
                     else:
-                        feed.restart(after, epoch if epoch is not None else last.epoch if last else None)
+                        feed.restart(after, epoch if epoch is not None else _epoch_of(last))
                         feed.check()
                 follow = _Follow(ctx, feed)
                 while True:
@@ -315,6 +315,11 @@ def _wait_s(ctx: Context, until_revalidate_s: float, until_recheck_s: float) -> 
 
 def _ends_job(event: JobEvent | None) -> bool:
     return event is not None and event.task_id is None and JobState(event.job_state).terminal
+
+
+def _epoch_of(last: JobEvent | None) -> str | None:
+    """The epoch of the stream whose last event is `last` (None: the stream is empty, or older than epochs)."""
+    return last.epoch if last is not None else None
 
 
 def _other_stream(epoch: str | None, last: JobEvent | None) -> bool:
