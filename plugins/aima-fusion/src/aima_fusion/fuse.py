@@ -99,9 +99,10 @@ class Fusion:
     async def _run(self, budget: int) -> Outcome:
         entries = list(self.catalogue.entries.values())
         messages = self.prompts.fuse(entries)
-        if self._size(messages) <= budget:
+        size = self._size(messages)
+        if size <= budget:
             self._report(0.05, f"fusing {len(entries)} evidence items in one request")
-            answer = await self._ask(messages, "the case", budget)
+            answer = await self._ask(messages, size, "the case", budget)
             checked = self._checker.check(answer, set(self.catalogue.entries), "answer")
             return Outcome(checked.answer, checked.rejected, "single", self._model, requests=self._requests)
 
@@ -113,7 +114,8 @@ class Fusion:
         async def fuse_part(index: int, part: list[Entry]) -> Checked:
             nonlocal done
             what = f"part {index} of {len(parts)}"
-            answer = await self._ask(self.prompts.fuse(part, Part(index, len(parts))), what, budget)
+            messages = self.prompts.fuse(part, Part(index, len(parts)))
+            answer = await self._ask(messages, self._size(messages), what, budget)
             done += 1
             self._report(0.05 + 0.9 * done / steps, f"fused {done} of {len(parts)} parts")
             return self._checker.check(answer, {e.id for e in part}, what)
@@ -159,7 +161,8 @@ class Fusion:
             return Checked(group[0])
         last = first + len(group) - 1
         what = f"the combination of partial dossiers {first}-{last} of {total} (round {round_number})"
-        answer = await self._ask(self.prompts.reduce(group, first, total), what, budget)
+        messages = self.prompts.reduce(group, first, total)
+        answer = await self._ask(messages, self._size(messages), what, budget)
         return self._checker.check(answer, set().union(*(p.cited() for p in group)), what)
 
     def _groups(self, partials: list[ModelDossier], budget: int) -> list[list[ModelDossier]]:
@@ -172,18 +175,24 @@ class Fusion:
                 groups.append([partial])
         return groups
 
-    async def _ask(self, messages: list[Message], what: str, budget: int) -> ModelDossier:
-        """One answer, with one repair request when it is not valid JSON of the schema."""
+    async def _ask(self, messages: list[Message], size: int, what: str, budget: int) -> ModelDossier:
+        """One answer to `messages` (`size` tokens), with one repair request when it is not valid JSON of the
+        schema."""
         try:
-            return await self._generate(messages)
+            return await self._generate(messages, size)
         except InvalidModelOutput as exc:
             logger.warning("%s answered invalid JSON for %s; asking once to repair it", self.endpoint.name, what)
             cut = exc.result.finish_reason == "length"
-            without = repair(messages, exc.problem, None, cut)
-            room = budget - self._size(without) - 64
+            # The repair prompt is `messages` and one message more: only that one is counted.
+            prompt = repair(messages, exc.problem, None, cut)
+            added = self._size(prompt[-1:])
+            room = budget - (size + added) - 64
             previous = shorten(exc.text, max(0, int(room * REPAIR_CHARS_PER_TOKEN)))
+            if previous:
+                prompt = repair(messages, exc.problem, previous, cut)
+                added = self._size(prompt[-1:])
             try:
-                return await self._generate(repair(messages, exc.problem, previous or None, cut))
+                return await self._generate(prompt, size + added)
             except InvalidModelOutput as again:
                 raise InvalidModelOutput(
                     f"The fusion model at endpoint {self.endpoint.name!r} answered invalid JSON for {what} twice "
@@ -192,9 +201,10 @@ class Fusion:
                     result=again.result,
                 ) from None
 
-    async def _generate(self, messages: list[Message]) -> ModelDossier:
+    async def _generate(self, messages: list[Message], size: int) -> ModelDossier:
+        """The answer to `messages`, a prompt of `size` tokens (as `_size` counts them)."""
         self._requests += 1
-        self._largest = max(self._largest, self._size(messages))
+        self._largest = max(self._largest, size)
         result = await self.endpoint.generate_json(
             messages, ModelDossier, max_new_tokens=self.answer_tokens, temperature=self.temperature
         )

@@ -42,11 +42,12 @@ def split(
     used = 0
     seen: set[str] = set()
 
-    def cost(entry: Entry, media_new: bool) -> int:
+    def cost(entry: Entry, row: int, media_new: bool) -> int:
+        """The entry's tokens in the prompt, its `row` (tokens, counted once) and what it adds besides."""
         extra = _BLOCK_TOKENS if media_new else 0
         for person in touching.get(entry.id, ()):
             extra += _ID_TOKENS + (person_cost[person.id] if person.id not in seen else 0)
-        return counter.count(json.dumps(entry.row(), ensure_ascii=False)) + 1 + extra
+        return row + 1 + extra
 
     def close() -> None:
         nonlocal current, used
@@ -56,14 +57,15 @@ def split(
         seen.clear()
 
     for group in catalogue.by_media().values():
-        group_cost = sum(cost(e, i == 0) for i, e in enumerate(group))
+        rows = [counter.count(json.dumps(e.row(), ensure_ascii=False)) for e in group]
+        group_cost = sum(cost(e, row, i == 0) for i, (e, row) in enumerate(zip(group, rows, strict=True)))
         if current and used + group_cost > capacity:
             close()
-        for index, entry in enumerate(group):
-            needed = cost(entry, index == 0 or not current)
+        for index, (entry, row) in enumerate(zip(group, rows, strict=True)):
+            needed = cost(entry, row, index == 0 or not current)
             if current and used + needed > capacity:
                 close()
-                needed = cost(entry, True)
+                needed = cost(entry, row, True)
             if needed > capacity:
                 raise ContextTooSmall(
                     f"The fusion's prompt budget ({budget} tokens) cannot hold the fixed part of a prompt ({fixed} "
