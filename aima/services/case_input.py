@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import PyMongoError
@@ -43,15 +43,19 @@ logger = logging.getLogger(__name__)
 Results = dict[tuple[str, str], dict[str, Any]]
 
 
-async def read_results(resources: Resources, media_ids: Sequence[str]) -> Results:
-    """The newest stored result of each (media, analyzer) of these media (one query)."""
+async def read_results(
+    resources: Resources, media_ids: Sequence[str], analyzers: Collection[str] | None = None
+) -> Results:
+    """The newest stored result of each (media, analyzer) of these media (one query); of `analyzers` only, when
+    given (a dossier's citations need the results they cite, not whole transcripts of every other analyzer)."""
     found: Results = {}
     if not media_ids:
         return found
+    query: dict[str, Any] = {"media_id": {"$in": list(media_ids)}}
+    if analyzers is not None:
+        query["analyzer"] = {"$in": sorted(analyzers)}
     try:
-        cursor = resources.results.find(
-            {"media_id": {"$in": list(media_ids)}}, {"media_id": 1, "analyzer": 1, "payload": 1}
-        ).sort([("updated_at", 1)])
+        cursor = resources.results.find(query, {"media_id": 1, "analyzer": 1, "payload": 1}).sort([("updated_at", 1)])
         async for raw in cursor:  # later (newer) versions replace earlier ones
             found[(str(raw["media_id"]), str(raw["analyzer"]))] = dict(raw.get("payload") or {})
     except PyMongoError as exc:

@@ -403,7 +403,8 @@ async def resolve_evidence(resources: Resources, case_id: uuid.UUID, citations: 
         for media_id, storage_key in rows.tuples():
             frames.setdefault(str(media_id), []).append(storage_key)
     pairs = {(c.media_id, c.analyzer) for c in citations if c.media_id in media}
-    results = {k: v for k, v in (await read_results(resources, sorted(media))).items() if k in pairs}
+    cited = await read_results(resources, sorted(media), {analyzer for _, analyzer in pairs})
+    results = {k: v for k, v in cited.items() if k in pairs}
     index = evidence_index(resources.analyzers, results)
     resolved = []
     for citation in citations:
