@@ -9,6 +9,7 @@ resolve to stored results.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
@@ -119,18 +120,35 @@ class Dossier(BaseModel):
 
     def citations(self) -> list[Citation]:
         """Every citation in the dossier, for the server's check."""
-        found: list[Citation] = []
-        for event in self.timeline:
-            found.extend(event.evidence)
-        for person in self.persons:
-            for appearance in person.appearances:
-                found.extend(appearance.evidence)
-            for statement in person.statements:
-                found.extend(statement.evidence)
-        for entity in (*self.places, *self.objects, *self.events):
-            found.extend(entity.evidence)
-        for finding in self.findings:
-            found.extend(finding.evidence)
-        for indicator in self.sensitive:
-            found.extend(indicator.evidence)
-        return found
+        return citations_in(self)
+
+
+def citations_in(value: object) -> list[Citation]:
+    """Every `Citation` held anywhere in a result (its fields, their models, lists and mappings, in field order),
+    each object once: a case analyzer's own result type is checked as thoroughly as a `Dossier`."""
+    found: list[Citation] = []
+    seen: set[int] = set()
+
+    def walk(node: object) -> None:
+        if id(node) in seen:
+            return
+        if isinstance(node, Citation):
+            seen.add(id(node))
+            found.append(node)
+        elif isinstance(node, BaseModel):
+            seen.add(id(node))
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+            for extra in (node.model_extra or {}).values():
+                walk(extra)
+        elif isinstance(node, Mapping):
+            seen.add(id(node))
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, list | tuple | set | frozenset):
+            seen.add(id(node))
+            for item in node:
+                walk(item)
+
+    walk(value)
+    return found

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from aima.analysis import CaseAnalyzer, CaseInput, EvidenceItem
 from aima.db.models import Artifact, DossierVersion, Job, Media
-from aima.dossier import Citation, Dossier
+from aima.dossier import Citation, Dossier, citations_in
 from aima.errors import AimaError, NotFound
 from aima.resources import Resources
 from aima.services.access import Actor
@@ -159,37 +159,6 @@ def describe(citation: Citation) -> str:
     if citation.start_s is not None:
         where += f" @ {citation.start_s:g}" + (f"-{citation.end_s:g}" if citation.end_s is not None else "") + " s"
     return where
-
-
-def citations_in(value: object) -> list[Citation]:
-    """Every `Citation` held anywhere in a result (its fields, their models, lists and mappings, in field order: a
-    `Dossier`'s in the order of `Dossier.citations`), each object once."""
-    found: list[Citation] = []
-    seen: set[int] = set()
-
-    def walk(node: object) -> None:
-        if id(node) in seen:
-            return
-        if isinstance(node, Citation):
-            seen.add(id(node))
-            found.append(node)
-        elif isinstance(node, BaseModel):
-            seen.add(id(node))
-            for name in type(node).model_fields:
-                walk(getattr(node, name))
-            for extra in (node.model_extra or {}).values():
-                walk(extra)
-        elif isinstance(node, Mapping):
-            seen.add(id(node))
-            for item in node.values():
-                walk(item)
-        elif isinstance(node, list | tuple | set | frozenset):
-            seen.add(id(node))
-            for item in node:
-                walk(item)
-
-    walk(value)
-    return found
 
 
 def checked_result(analyzer: CaseAnalyzer, result: BaseModel, case: CaseInput) -> dict[str, Any]:
