@@ -238,6 +238,11 @@ def _plan_tasks(job: Job, media: Any, chosen: list[Analyzer]) -> list[Task]:
     return [*prepared.values(), *analyses]
 
 
+#: Whether a media item's probe lists an audio stream; None when it listed no streams (unknown: the audio track is
+#: then tried).
+_HAS_AUDIO = Media.probe["streams"].contains([{"type": "audio"}])
+
+
 def _media_rows(actor: Actor) -> Select[uuid.UUID, str, uuid.UUID, uuid.UUID, CaseRole, bool | None, bool]:
     """Media with what planning needs: kind, case, the actor's access, whether it has sound and a preview."""
     preview_kind = case(
@@ -261,8 +266,7 @@ def _media_rows(actor: Actor) -> Select[uuid.UUID, str, uuid.UUID, uuid.UUID, Ca
         Media.case_id,
         Case.owner_id,
         member_role_of(actor).label("member_role"),
-        # None when the probe listed no streams (unknown): the audio track is then tried.
-        Media.probe["streams"].contains([{"type": "audio"}]).label("has_audio"),
+        _HAS_AUDIO.label("has_audio"),
         has_preview.label("has_preview"),
     ).join(Case, Case.id == Media.case_id)
 
@@ -418,17 +422,20 @@ async def add_follow_ups(*, resources: Resources, run: task_runs.TaskRun, names:
     if run.media_id is None or run.media is None or not names:
         return []
     media_id, kind = run.media_id, run.media.kind
-    wanted: list[Analyzer] = []
+    candidates: list[Analyzer] = []
     for name in dict.fromkeys(names):
         try:
             analyzer = resources.analyzers.get(name)
         except UnknownAnalyzer:
             logger.warning("task %s asked for %r, which is not installed here; not added", run.id, name)
             continue
-        if name == run.analyzer or not analyzer.accepts(kind):
-            continue
-        if await resources.results.find_one({"media_id": str(media_id), "analyzer": name}, {"_id": 1}) is None:
-            wanted.append(analyzer)
+        if name != run.analyzer and analyzer.accepts(kind):
+            candidates.append(analyzer)
+    if not candidates:
+        return []
+    query = {"media_id": str(media_id), "analyzer": {"$in": [a.name for a in candidates]}}
+    done = set(await resources.results.distinct("analyzer", query))
+    wanted = [a for a in candidates if a.name not in done]
     if not wanted:
         return []
     async with resources.engine.begin() as conn:
@@ -442,9 +449,7 @@ async def add_follow_ups(*, resources: Resources, run: task_runs.TaskRun, names:
             )
         }
         wanted = [a for a in wanted if a.name not in existing]
-        has_audio = await conn.scalar(
-            select(Media.probe["streams"].contains([{"type": "audio"}])).where(Media.id == media_id)
-        )
+        has_audio = await conn.scalar(select(_HAS_AUDIO).where(Media.id == media_id))
         planned = _plan_tasks(
             Job(id=run.job_id, priority=job.priority), _FollowUpMedia(media_id, str(kind), has_audio), wanted
         )
