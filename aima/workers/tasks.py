@@ -329,7 +329,7 @@ async def _analyze_case(resources: Resources, task: TaskRun, inference: Endpoint
 async def _analyze(resources: Resources, task: TaskRun, inference: Endpoints | None) -> _Analysis:
     analyzer = resources.analyzers.get(task.analyzer)
     _check_version(task, analyzer.version, analyzer.name)
-    media = _media(task)
+    _, media = _media(task)
     reporter = _ProgressReporter(resources, task)
     workdir = await _workdir(task)
     try:
@@ -408,18 +408,18 @@ def _check_version(task: TaskRun, version: str, name: str) -> None:
         )
 
 
-def _media(task: TaskRun) -> MediaFacts:
-    if task.media is None:
+def _media(task: TaskRun) -> tuple[uuid.UUID, MediaFacts]:
+    """The media item a media task analyses (its id and what the claim read of it)."""
+    if task.media_id is None or task.media is None:
         raise RuntimeError(f"task {task.id} ({task.analyzer}) is a case task: it has no media")
-    return task.media
+    return task.media_id, task.media
 
 
 def _origin(task: TaskRun) -> outputs.Origin:
-    _media(task)
-    assert task.media_id is not None
+    media_id, _ = _media(task)
     return outputs.Origin(
         case_id=task.case_id,
-        media_id=task.media_id,
+        media_id=media_id,
         analyzer=task.analyzer,
         analyzer_version=task.analyzer_version,
         task_id=task.id,
@@ -427,10 +427,9 @@ def _origin(task: TaskRun) -> outputs.Origin:
 
 
 def _source(task: TaskRun) -> SourceMedia:
-    media = _media(task)
-    assert task.media_id is not None
+    media_id, media = _media(task)
     return SourceMedia(
-        id=task.media_id,
+        id=media_id,
         case_id=media.case_id,
         kind=media.kind,
         format=media.format,
