@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 if TYPE_CHECKING:
     from aima.inference import Endpoints
+
+logger = logging.getLogger(__name__)
 
 
 class MediaKind(enum.StrEnum):
@@ -152,6 +155,21 @@ class EvidenceItem:
     keyframe: int | None = None
     box: Sequence[float] | None = None
     confidence: float | None = None
+
+
+T = TypeVar("T")
+
+
+def stored_items(
+    adapter: TypeAdapter[list[T]], payload: Mapping[str, Any], field: str, *, media_id: str, what: str
+) -> list[T] | None:
+    """The list `field` of a stored result, read with `adapter`, for an analyzer's `evidence`; None (logged) when
+    it has another shape (an older or foreign result): the result then offers no items and is cited whole."""
+    try:
+        return adapter.validate_python(payload.get(field))
+    except ValidationError as exc:
+        logger.warning("%s of media %s has %s of another shape, no evidence: %s", what, media_id, field, exc)
+        return None
 
 
 class ModelNotInstalled(Exception):

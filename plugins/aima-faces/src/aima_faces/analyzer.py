@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from aima.analysis import (
     AnalysisInput,
@@ -22,6 +22,7 @@ from aima.analysis import (
     MediaKind,
     Need,
     OutputFile,
+    stored_items,
 )
 from aima_faces.detectors import Detection, FloatArray, Image
 from aima_faces.engine import EMBEDDING_DIM, FaceEngine, load_engine, require_pack
@@ -94,10 +95,8 @@ class FacesAnalyzer(BlockingAnalyzer):
         citations use. A picture's faces (one keyframe, at 0 s) carry no time. The detection score is the
         confidence only where it is a probability (not the Haar cascade's stage weight). A stored result whose
         faces have another shape offers none (it is cited whole)."""
-        try:
-            faces = _FACES.validate_python(payload.get("faces"))
-        except ValidationError as exc:
-            logger.warning("faces result of media %s has faces of another shape, no evidence: %s", media_id, exc)
+        faces = stored_items(_FACES, payload, "faces", media_id=media_id, what="faces result")
+        if faces is None:
             return []
         frames = payload.get("frames")
         picture = isinstance(frames, list) and len(frames) == 1 and all(f.timestamp_s == 0 for f in faces)

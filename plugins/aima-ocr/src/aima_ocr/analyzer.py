@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from aima.analysis import (
     AnalysisInput,
@@ -22,6 +22,7 @@ from aima.analysis import (
     MediaKind,
     Need,
     SearchableText,
+    stored_items,
 )
 from aima.errors import CorruptMedia
 from aima_ocr.engine import Image as Picture
@@ -93,10 +94,8 @@ class OcrAnalyzer(BlockingAnalyzer):
         item: its text, where it was first read (keyframe and bounding box) and, in a video, when it was on screen.
         A picture (one keyframe, at 0 s) gives no time, as its searchable texts do. A stored result whose spans have
         another shape offers none (it is cited whole)."""
-        try:
-            spans = _SPANS.validate_python(payload.get("spans"))
-        except ValidationError as exc:
-            logger.warning("ocr result of media %s has spans of another shape, no evidence: %s", media_id, exc)
+        spans = stored_items(_SPANS, payload, "spans", media_id=media_id, what="ocr result")
+        if spans is None:
             return []
         timed = payload.get("frames_analyzed") != 1 or any(span.last_s > 0 for span in spans)
         return [

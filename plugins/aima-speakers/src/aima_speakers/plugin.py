@@ -25,6 +25,7 @@ from aima.analysis import (
     Need,
     PluginConfig,
     RegisterAnalyzer,
+    stored_items,
 )
 from aima.errors import AimaError
 from aima.hookspecs import hookimpl
@@ -135,10 +136,8 @@ class SpeakersAnalyzer(BlockingAnalyzer):
     def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
         """Each turn, under the key of its voice embedding: the key a voice cluster's members and a dossier's
         citations use. A stored result whose turns have another shape offers none (it is cited whole)."""
-        try:
-            turns = _TURNS.validate_python(payload.get("turns"))
-        except ValidationError as exc:
-            logger.warning("speakers result of media %s has turns of another shape, no evidence: %s", media_id, exc)
+        turns = stored_items(_TURNS, payload, "turns", media_id=media_id, what="speakers result")
+        if turns is None:
             return []
         return [
             EvidenceItem(

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from aima.analysis import (
     AnalysisInput,
@@ -18,6 +18,7 @@ from aima.analysis import (
     MediaKind,
     Need,
     SearchableText,
+    stored_items,
 )
 from aima_whisper.audio import read_audio
 from aima_whisper.results import LanguageGuess, Transcript, TranscriptSegment, TranscriptWord
@@ -140,10 +141,8 @@ class WhisperAnalyzer(BlockingAnalyzer):
     def evidence(self, media_id: str, payload: Mapping[str, Any]) -> list[EvidenceItem]:
         """Each segment, under the key of its searchable text, so a search hit and a dossier citation name the
         same item. A stored transcript whose segments have another shape offers none (it is cited whole)."""
-        try:
-            segments = _SEGMENTS.validate_python(payload.get("segments"))
-        except ValidationError as exc:
-            logger.warning("transcript of media %s has segments of another shape, no evidence: %s", media_id, exc)
+        segments = stored_items(_SEGMENTS, payload, "segments", media_id=media_id, what="transcript")
+        if segments is None:
             return []
         return [
             EvidenceItem(
