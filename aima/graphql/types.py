@@ -251,10 +251,7 @@ class MediaNode:
     )
     async def description(self, info: Info[Context, None]) -> VisualDescriptionNode | None:
         ctx = info.context
-        actor = ctx.require_actor()
-        async with ctx.resources.sessions() as session:
-            await media_service.get_media(session=session, actor=actor, media_id=self._id)
-        found = await dossier_service.visual_description(ctx.resources, self._id)
+        found = await result_views.description(resources=ctx.resources, actor=ctx.require_actor(), media_id=self._id)
         if found is None:
             return None
         await _audit_view(ctx, self.id, "description")

@@ -34,8 +34,6 @@ from aima.services.access import Actor
 from aima.services.artifacts import ArtifactKind
 from aima.services.case_input import evidence_index, read_results
 from aima.services.cases import get_case
-from aima.services.result_views import UnreadableResult
-from aima.vision import VisualDescription
 
 logger = logging.getLogger(__name__)
 
@@ -391,28 +389,6 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def visual_description(resources: Resources, media_id: uuid.UUID) -> tuple[str, str, VisualDescription] | None:
-    """The newest stored result, for a media item, of any installed analyzer whose result is a
-    `VisualDescription` (the vision plugin's), with its analyzer and version; None when there is none. The caller
-    checked that the actor may read the media."""
-    names = [a.name for a in resources.analyzers.all() if issubclass(a.result_model, VisualDescription)]
-    if not names:
-        return None
-    raw = await resources.results.find_one(
-        {"media_id": str(media_id), "analyzer": {"$in": names}}, sort=[("updated_at", -1)]
-    )
-    if raw is None:
-        return None
-    analyzer, version = str(raw["analyzer"]), str(raw.get("analyzer_version", ""))
-    try:
-        return analyzer, version, VisualDescription.model_validate(raw.get("payload") or {})
-    except ValidationError:
-        logger.warning("unreadable %s result (version %s) of media %s", analyzer, version, media_id)
-        raise UnreadableResult(
-            f"The {analyzer} result (version {version}) has a shape this server does not read."
-        ) from None
 
 
 # --- Markdown ------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from aima.services.access import Actor
 from aima.services.identities import display_name
 from aima.services.identity_views import identities_of_media
 from aima.services.media import get_media
+from aima.vision import VisualDescription
 
 logger = logging.getLogger(__name__)
 
@@ -131,15 +132,19 @@ class Stored:
     files: list[dict[str, Any]]
 
 
-async def _latest(resources: Resources, media_id: uuid.UUID, analyzer: str, fields: Sequence[str]) -> Stored | None:
-    projection = {"analyzer_version": 1, "files": 1, **{f"payload.{name}": 1 for name in fields}}
+async def _latest(
+    resources: Resources, media_id: uuid.UUID, analyzer: str | Sequence[str], fields: Sequence[str]
+) -> Stored | None:
+    """The newest result of `analyzer` (or of any of several) for the media item, with the payload's `fields`."""
+    wanted: object = analyzer if isinstance(analyzer, str) else {"$in": list(analyzer)}
+    projection = {"analyzer": 1, "analyzer_version": 1, "files": 1, **{f"payload.{name}": 1 for name in fields}}
     raw = await resources.results.find_one(
-        {"media_id": str(media_id), "analyzer": analyzer}, projection=projection, sort=[("updated_at", -1)]
+        {"media_id": str(media_id), "analyzer": wanted}, projection=projection, sort=[("updated_at", -1)]
     )
     if raw is None:
         return None
     files = [f for f in raw.get("files") or [] if isinstance(f, dict)]
-    return Stored(analyzer, str(raw.get("analyzer_version", "")), dict(raw.get("payload") or {}), files)
+    return Stored(str(raw["analyzer"]), str(raw.get("analyzer_version", "")), dict(raw.get("payload") or {}), files)
 
 
 def _read(model: type[M], stored: Stored) -> M:
@@ -415,3 +420,22 @@ async def ocr(*, resources: Resources, actor: Actor, media_id: uuid.UUID, analyz
     ]
     spans = [OcrSpanView(s.key, s.text, s.confidence, s.variants, s.first_s, s.last_s, s.frames) for s in read.spans]
     return OcrView(stored.version, lines, spans)
+
+
+# --- Visual description ------------------------------------------------------------------------------------------
+
+
+async def description(
+    *, resources: Resources, actor: Actor, media_id: uuid.UUID
+) -> tuple[str, str, VisualDescription] | None:
+    """The newest stored result, for a media item, of any installed analyzer whose result is a
+    `VisualDescription` (the vision plugin's), with its analyzer and version; None when there is none."""
+    async with resources.sessions() as session:
+        media = await get_media(session=session, actor=actor, media_id=media_id)
+    names = [a.name for a in resources.analyzers.all() if issubclass(a.result_model, VisualDescription)]
+    if not names:
+        return None
+    stored = await _latest(resources, media.id, names, list(VisualDescription.model_fields))
+    if stored is None:
+        return None
+    return stored.analyzer, stored.version, _read(VisualDescription, stored)
