@@ -69,6 +69,11 @@ _CREDENTIAL = re.compile(r"\b(Bearer|Basic)\s+[^\s,;'\"]+", re.IGNORECASE)
 _INPUT_ECHO = re.compile(r"input_value=.*", re.DOTALL)
 
 
+def _retryable_status(status: int) -> bool:
+    """A status saying the server is busy or failing (not that the request is wrong): worth trying again."""
+    return status in _RETRY_STATUSES or status >= 500
+
+
 def safe_url(url: str) -> str:
     """The URL without user, password, query or fragment: safe to log and show."""
     parts = urlsplit(url)
@@ -466,7 +471,7 @@ class Endpoint:
         message = _error_message(body)
         if status == 429:
             raise Retryable("rate_limited", f"HTTP 429: {message}", _retry_after(headers))
-        if status in _RETRY_STATUSES or status >= 500:
+        if _retryable_status(status):
             raise Retryable("unavailable", f"HTTP {status}: {message}", _retry_after(headers))
         if status == 413 or _TOO_LONG.search(message):
             raise PromptTooLong(f"The prompt is too long for endpoint {self.name!r}: {message}", status=status)
@@ -480,7 +485,7 @@ class Endpoint:
         kind = error.kind.lower()
         status = error.code
         said = f"{error.kind or 'error'}{f' (HTTP {status})' if status else ''} {where}: {_clean(error.message)}"
-        if kind in _RETRY_ERROR_TYPES or (status is not None and (status in _RETRY_STATUSES or status >= 500)):
+        if kind in _RETRY_ERROR_TYPES or (status is not None and _retryable_status(status)):
             busy = kind in ("overloaded", "rate_limit_error") or status == 429
             raise Retryable("rate_limited" if busy else "unavailable", said, retry_after)
         if status == 413 or _TOO_LONG.search(error.message):
